@@ -1,0 +1,74 @@
+//! `kdbt-user`: runs Debian's static busybox under kdbt's translation in user space and
+//! compares every output with a native run (`make user-check`, `make bench-engine`).
+
+#[path = "../user/mod.rs"]
+mod user;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use user::check::{compare, Mode};
+use user::workload;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: kdbt-user check [--loader] [--dir DIR]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { return usage() };
+    let mut dir = PathBuf::from("build/user-check");
+    let mut mode = None;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--loader" => mode = Some(Mode::Loader),
+            "--dir" => match it.next() {
+                Some(d) => dir = PathBuf::from(d),
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    match cmd.as_str() {
+        "check" => check(mode.unwrap_or(Mode::Loader), &dir),
+        _ => usage(),
+    }
+}
+
+fn check(mode: Mode, dir: &std::path::Path) -> ExitCode {
+    if !std::path::Path::new(workload::BUSYBOX).exists() {
+        eprintln!("kdbt-user: {} is missing: install the Debian package busybox-static", workload::BUSYBOX);
+        return ExitCode::from(2);
+    }
+    let input = match workload::prepare_input(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kdbt-user: writing inputs under {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut same = 0;
+    for applet in workload::APPLETS {
+        match compare(mode, applet, &input, dir) {
+            Ok(c) => {
+                if c.identical {
+                    same += 1;
+                }
+                println!(
+                    "{:<12} {:<9} out {:>8} B native / {:>8} B guest  native {:>7.3}s  guest {:>7.3}s{}",
+                    c.label,
+                    if c.identical { "identical" } else { "DIFFERENT" },
+                    c.native_bytes,
+                    c.guest_bytes,
+                    c.native_wall.as_secs_f64(),
+                    c.guest_wall.as_secs_f64(),
+                    if c.identical { String::new() } else { format!("  ({:?} vs {:?})", c.native_ended, c.guest_ended) }
+                );
+            }
+            Err(e) => println!("{:<12} ERROR {e}", applet.label),
+        }
+    }
+    println!("identical: {same}/{}", workload::APPLETS.len());
+    if same == workload::APPLETS.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

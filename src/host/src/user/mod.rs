@@ -1,0 +1,12 @@
+//! Running unmodified static Linux programs in user space, natively through our own ELF
+//! loader or under translation, for `make user-check` and the busybox benchmark.
+
+pub mod check;
+pub mod child;
+pub mod elf;
+pub mod fsbase;
+pub mod guest;
+pub mod image;
+pub mod stack;
+pub mod syscall;
+pub mod workload;
