@@ -10,7 +10,7 @@ use user::check::{compare, Mode};
 use user::workload;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: kdbt-user check [--loader] [--dir DIR]");
+    eprintln!("usage: kdbt-user check [--loader] [--dir DIR]\n       kdbt-user run [--loader] -- PROGRAM [ARGS...]");
     ExitCode::from(2)
 }
 
@@ -19,10 +19,12 @@ fn main() -> ExitCode {
     let Some(cmd) = args.first() else { return usage() };
     let mut dir = PathBuf::from("build/user-check");
     let mut mode = None;
+    let mut program = Vec::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--loader" => mode = Some(Mode::Loader),
+            "--" => program = it.by_ref().map(|a| a.as_bytes().to_vec()).collect(),
             "--dir" => match it.next() {
                 Some(d) => dir = PathBuf::from(d),
                 None => return usage(),
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     }
     match cmd.as_str() {
         "check" => check(mode.unwrap_or(Mode::Loader), &dir),
+        "run" if !program.is_empty() => run(mode.unwrap_or(Mode::Loader), &program),
         _ => usage(),
     }
 }
@@ -71,4 +74,18 @@ fn check(mode: Mode, dir: &std::path::Path) -> ExitCode {
     }
     println!("identical: {same}/{}", workload::APPLETS.len());
     if same == workload::APPLETS.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Runs one program as a guest in this very process and exits with its status.
+fn run(mode: Mode, argv: &[Vec<u8>]) -> ExitCode {
+    let env: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
+        .collect();
+    match user::check::run_here(mode, argv, &env) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(e) => {
+            eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
+            ExitCode::from(120)
+        }
+    }
 }

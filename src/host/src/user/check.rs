@@ -58,21 +58,23 @@ pub fn run_native(argv: &[Vec<u8>], out: &Path) -> io::Result<(Ended, Duration)>
     Ok((ended, wall))
 }
 
+/// Loads `argv[0]` with `argv` and `env` into this process and runs it in `mode` until
+/// it exits; returns its exit status. The process is the guest's from then on.
+pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<i32> {
+    let guest = Guest::load(&String::from_utf8_lossy(&argv[0]), argv, env)?;
+    match mode {
+        // SAFETY: callers run this in a process the guest may end (see above).
+        Mode::Loader => unsafe { guest.enter_natively() },
+    }
+}
+
 /// Runs `argv` as a guest in a forked child in `mode`, stdout into `out`.
 pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRun> {
-    let path = String::from_utf8_lossy(&argv[0]).into_owned();
     run_in_child(&stdin_null()?, &File::create(out)?, |_report| {
-        let guest = match Guest::load(&path, argv, &workload::env()) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("kdbt-user: loading {path}: {e}");
-                return 120;
-            }
-        };
-        match mode {
-            // SAFETY: this is the disposable child; the guest ends it with exit_group.
-            Mode::Loader => unsafe { guest.enter_natively() },
-        }
+        run_here(mode, argv, &workload::env()).unwrap_or_else(|e| {
+            eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
+            120
+        })
     })
 }
 
