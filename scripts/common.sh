@@ -15,3 +15,4 @@ kernel_tree() {
     key="$( { cat "$KCONFIG_FRAGMENT"; "$KDBT_RUSTC" --version; } | sha256sum | cut -c1-12)"
     echo "$KDBT_CACHE/linux-$ver-$key"
 }
+KDBT_BUILD="${KDBT_BUILD:-$KDBT_ROOT/build}"

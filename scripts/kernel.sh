@@ -36,6 +36,6 @@ while IFS= read -r line; do
     fi
 done <"$KCONFIG_FRAGMENT"
 [ "$bad" = 0 ] || die "config fragment not applied; see $tree/.config"
-kmake -j"$(nproc)" vmlinux bzImage >>"$log" 2>&1 || { tail -30 "$log" >&2; die "kernel build failed; see $log"; }
+kmake -j"$(nproc)" vmlinux bzImage modules >>"$log" 2>&1 || { tail -30 "$log" >&2; die "kernel build failed; see $log"; }
 touch .kdbt-built
 echo "$tree"

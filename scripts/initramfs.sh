@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the guest initramfs: busybox-static, kdbt.ko, the VM tests, /init.
+# usage: initramfs.sh KO OUT.cpio
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/common.sh"
+ko="$1"; out="$2"
+[ -x /bin/busybox ] || die "/bin/busybox missing: install the Debian package busybox-static (make setup)"
+command -v cpio >/dev/null || die "cpio missing: install the Debian package cpio (make setup)"
+root="$(mktemp -d)"
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,kdbt/tests,kdbt/bench}
+cp /bin/busybox "$root/bin/busybox"
+for app in $(/bin/busybox --list); do
+    [ -e "$root/bin/$app" ] || ln -s busybox "$root/bin/$app"
+done
+cp "$ko" "$root/kdbt/kdbt.ko"
+cp "$KDBT_ROOT"/tests/vm/*.sh "$root/kdbt/tests/"
+[ -d "$KDBT_ROOT/tests/bench" ] && cp -r "$KDBT_ROOT"/tests/bench/. "$root/kdbt/bench/"
+cp "$KDBT_ROOT/tests/vm/init" "$root/init"
+chmod +x "$root/init" "$root"/kdbt/tests/*.sh
+(cd "$root" && find . | cpio -o -H newc --quiet) >"$out"

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Judges a VM console log: KTAP results and plan, kernel errors, timeout,
+and the "decode:" lines of the load test against objdump of vmlinux.
+
+usage: judge-vm.py CONSOLE_LOG VMLINUX QEMU_EXIT_STATUS
+Prints one line per check and "vm: N passed, N failed"; exits 1 on failure.
+"""
+import re, subprocess, sys
+
+# Kernel trouble anywhere in the log fails the run. The command-line echo is
+# exempt: it names panic=/oops= options.
+KERNEL_ERRORS = re.compile(r"Oops|BUG|WARNING|panic|general protection")
+
+
+def objdump_insns(vmlinux, addr, count):
+    out = subprocess.run(
+        ["objdump", "-d", "-M", "intel", "--no-addresses", "--show-raw-insn", vmlinux,
+         f"--start-address={addr:#x}", f"--stop-address={addr + 15 * count:#x}"],
+        capture_output=True, text=True, check=True).stdout
+    insns = []
+    for line in out.splitlines():
+        m = re.match(r"^\s+((?:[0-9a-f]{2} )+)\s*(\S+)", line)
+        if m:
+            insns.append((m.group(1).replace(" ", ""), m.group(2)))
+    return insns[:count]
+
+
+def main():
+    log_path, vmlinux, qemu_rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    text = open(log_path, errors="replace").read().replace("\r", "")
+    lines = text.splitlines()
+    results = []  # (ok, name, detail)
+
+    plan, seen = None, {}
+    for line in lines:
+        if m := re.match(r"^1\.\.(\d+)$", line):
+            plan = int(m.group(1))
+        elif m := re.match(r"^(ok|not ok) (\d+) (\S+)(.*)$", line):
+            seen[int(m.group(2))] = (m.group(1) == "ok", m.group(3), m.group(4).strip())
+    if "TAP version 13" not in lines or plan is None:
+        results.append((False, "ktap_plan", "no 'TAP version 13' and plan in the console log"))
+    else:
+        results.append((len(seen) == plan, "ktap_plan", f"plan 1..{plan}, {len(seen)} results"))
+    for n in sorted(seen):
+        ok, name, detail = seen[n]
+        results.append((ok, f"vm:{name}", detail))
+
+    errors = [l for l in lines if KERNEL_ERRORS.search(l) and not re.search(r"(Kernel c|C)ommand line:", l)]
+    results.append((not errors, "no_kernel_errors", "\n".join(errors[:40])))
+    results.append((qemu_rc == 0, "vm_exit", "timeout" if qemu_rc == 124 else f"qemu exit {qemu_rc}"))
+    results.append(("kdbt-guest: done" in text, "guest_finished", "guest did not reach poweroff"))
+
+    decoded = [re.search(r"decode: kfree 0x([0-9a-f]+) ([0-9a-f]+) (\w+)", l) for l in lines]
+    decoded = [(int(m.group(1), 16), m.group(2), m.group(3).lower()) for m in decoded if m]
+    if not decoded:
+        results.append((False, "decode_matches_objdump", "no decode: lines in the log"))
+    else:
+        want = objdump_insns(vmlinux, decoded[0][0], len(decoded))
+        got = [(b, mn) for _, b, mn in decoded]
+        mism = [f"kdbt {g} vs objdump {w}" for g, w in zip(got, want)
+                if g[0] != w[0] or not w[1].startswith(g[1])]
+        ok = len(want) == len(got) and not mism
+        results.append((ok, "decode_matches_objdump",
+                        f"{len(got)} instructions" + ("" if ok else ": " + "; ".join(mism))))
+
+    passed = sum(1 for ok, _, _ in results if ok)
+    for ok, name, detail in results:
+        print(f"{'ok' if ok else 'not ok'} - {name}")
+        if not ok and detail:
+            for d in detail.splitlines():
+                print(f"    {d}")
+    print(f"console log: {log_path}")
+    print(f"vm: {passed} passed, {len(results) - passed} failed")
+    sys.exit(0 if passed == len(results) else 1)
+
+
+main()

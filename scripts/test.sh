@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make test`: host tests (cargo test), user-space busybox check, VM suite.
+# Ends with one line "N passed, N failed" over everything.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/common.sh"
+cd "$KDBT_ROOT"
+mkdir -p "$KDBT_BUILD"
+passed=0; failed=0
+
+echo "== host: cargo test"
+cargo test --release --workspace 2>&1 | tee "$KDBT_BUILD/cargo-test.log"
+cargo_rc=${PIPESTATUS[0]}
+read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+                     END { print p + 0, f + 0 }' "$KDBT_BUILD/cargo-test.log")
+# A build failure runs no test at all: count it as one failure.
+[ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+passed=$((passed + p)); failed=$((failed + f))
+
+if [ -f "$here/user-check.sh" ]; then
+    echo "== host: user-check (busybox under translation)"
+    if bash "$here/user-check.sh"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+fi
+
+echo "== vm: tests/vm"
+bash "$here/vm-test.sh" | tee "$KDBT_BUILD/vm-test.log"
+read -r p f < <(sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$KDBT_BUILD/vm-test.log")
+passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
+
+echo "${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ]

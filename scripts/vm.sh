@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Boots the test kernel in QEMU (TCG, 2 vCPUs, serial console) with the
+# initramfs, in the given guest mode, and keeps the whole console log.
+# usage: vm.sh MODE LOG [TIMEOUT_SECONDS] [extra qemu args...]
+# Exit status: QEMU's, or 124 on timeout.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/common.sh"
+mode="$1"; log="$2"; limit="${3:-600}"; shift $(( $# >= 3 ? 3 : $# ))
+tree="$("$here/kernel.sh")"
+ko="$("$here/module.sh")"
+mkdir -p "$KDBT_BUILD/vm" "$(dirname "$log")"
+initrd="$KDBT_BUILD/vm/initramfs.cpio"
+"$here/initramfs.sh" "$ko" "$initrd"
+# TCG only: this machine's /dev/kvm cannot boot an ordinary guest (see
+# docs/vm.md), and TCG is what the timings and instruction counts assume.
+set +e
+timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
+    -nographic -no-reboot -serial mon:stdio -display none \
+    -kernel "$tree/arch/x86/boot/bzImage" -initrd "$initrd" \
+    -append "console=ttyS0 rdinit=/init panic=-1 oops=panic kdbt.mode=$mode ${KDBT_APPEND:-}" \
+    "$@" </dev/null 2>&1 | tee "$log" | { if [ -n "${KDBT_QUIET:-}" ]; then cat >/dev/null; else cat; fi; }
+rc=${PIPESTATUS[0]}
+set -e
+echo "console log: $log" >&2
+exit "$rc"
