@@ -1,1 +1,18 @@
-//! Placeholder until the host runtime lands.
+//! User-space runtime for kdbt's engine: executable code-cache memory, the dispatcher
+//! entry trampoline, a run loop executing guest functions under translation, and signal
+//! capture mapping faults back through the engine's PC map. It is the user-space
+//! counterpart of the kernel glue and uses the engine's API the same way.
+
+mod exec;
+mod memory;
+mod runtime;
+mod signals;
+mod trampoline;
+
+pub use exec::ExecMemory;
+pub use memory::ProcessMemory;
+pub use runtime::{HookAction, HookFn, Options, Placement, RunError, Runtime};
+pub use signals::{Trace, Trap};
+pub use trampoline::{
+    kdbt_host_dispatch_entry, kdbt_host_return, kdbt_host_trampolines_end, kdbt_host_trampolines_start, RED_ZONE,
+};

@@ -1,0 +1,390 @@
+//! The code cache: a caller-provided arena holding the dispatcher slot, the inline lookup
+//! table and the fragments, plus the fragments' metadata.
+//!
+//! Arena layout (offsets from the arena start, runtime address `exec_base`):
+//! ```text
+//! 0                 8-byte dispatcher slot (absolute address, for `jmp [rip + slot]`)
+//! 64                lookup table: entries of (guest PC u64, cache PC u64)
+//! 64 + 16*entries   fragments, each 16-byte aligned: body, exit stubs, literals
+//! ```
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::exit::{ExitId, ExitKind, ExitReason};
+use crate::memory::GuestMemory;
+use crate::pcmap::{self, EntryKind, PcEntry, PcMapping, RipSource};
+use crate::stats::Stats;
+use crate::translate::{self, Layout};
+
+/// Offset of the dispatcher slot in the arena.
+pub const DISPATCHER_SLOT_OFFSET: usize = 0;
+/// Offset of the lookup table in the arena.
+pub const TABLE_OFFSET: usize = 64;
+/// Largest arena: every fragment must reach the table and slot RIP-relative.
+pub const MAX_ARENA: usize = 1 << 30;
+const FRAGMENT_ALIGN: u32 = 16;
+
+/// Identifies a fragment until the next flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragmentId(pub u32);
+
+/// Metadata of one fragment.
+///
+/// # Invariants
+/// `start + size` is within the arena's code area; `entries` are sorted and cover
+/// `[0, code_end)`; exits `first_exit .. first_exit + n_exits` belong to this fragment.
+pub(crate) struct Fragment {
+    pub guest_pc: u64,
+    pub guest_len: u64,
+    /// Arena offset of the first byte.
+    pub start: u32,
+    /// Fragment-relative end of executable code.
+    pub code_end: u32,
+    pub entries: Vec<PcEntry>,
+    pub return_sites: Vec<(u32, u64)>,
+    pub first_exit: u32,
+    pub n_exits: u32,
+    /// Exits currently linked to this fragment.
+    pub incoming: Vec<u32>,
+    /// False once invalidated: no longer found by guest PC, its code still maps back.
+    pub live: bool,
+}
+
+/// One exit of a fragment (DynamoRIO's linkstub).
+pub(crate) struct LinkStub {
+    pub kind: ExitKind,
+    /// Arena offset of the body branch's rel32 field (direct exits).
+    pub patch: Option<u32>,
+    /// Arena offset of the exit stub (direct exits).
+    pub stub: Option<u32>,
+    /// Fragment the branch currently jumps to.
+    pub linked: Option<u32>,
+}
+
+/// A code cache over arena `A` (the writable view of memory that executes at `exec_base`).
+///
+/// # Invariants
+/// The arena's dispatcher slot and lookup table are initialised; every lookup-table entry
+/// either is empty (its guest PC's low bits differ from its index) or maps a live fragment's
+/// guest PC to its entry; `fragments` are sorted by `start`; every linked body branch jumps
+/// to the start of a live fragment whose `incoming` lists it, every other direct branch
+/// jumps to its own exit stub.
+pub struct CodeCache<A> {
+    arena: A,
+    arena_len: usize,
+    exec_base: u64,
+    cfg: Config,
+    code_start: u32,
+    cursor: u32,
+    generation: u32,
+    pub(crate) fragments: Vec<Fragment>,
+    by_guest: BTreeMap<u64, u32>,
+    pub(crate) exits: Vec<LinkStub>,
+    pub(crate) stats: Stats,
+}
+
+impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
+    /// A cache over `arena`, whose first byte executes at `exec_base`. Initialises the
+    /// dispatcher slot and the lookup table.
+    pub fn new(arena: A, exec_base: u64, cfg: Config) -> Result<Self, Error> {
+        cfg.validate()?;
+        let arena_len = arena.as_ref().len();
+        let table_bytes = cfg.ibl.entries() as usize * 16;
+        let code_start = TABLE_OFFSET + table_bytes;
+        if arena_len > MAX_ARENA || arena_len < code_start + 64 {
+            return Err(Error::ArenaSize { len: arena_len });
+        }
+        let code_start = u32::try_from(code_start).map_err(|_| Error::ArenaSize { len: arena_len })?;
+        let mut cache = CodeCache {
+            arena,
+            arena_len,
+            exec_base,
+            cfg,
+            code_start,
+            cursor: code_start,
+            generation: 0,
+            fragments: Vec::new(),
+            by_guest: BTreeMap::new(),
+            exits: Vec::new(),
+            stats: Stats::default(),
+        };
+        cache.write_u64(DISPATCHER_SLOT_OFFSET, cfg.dispatcher);
+        cache.clear_table();
+        Ok(cache)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Runtime address of the arena's first byte.
+    pub fn exec_base(&self) -> u64 {
+        self.exec_base
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Bytes of the code area in use.
+    pub fn used(&self) -> u32 {
+        self.cursor - self.code_start
+    }
+
+    /// Bytes of the code area.
+    pub fn capacity(&self) -> u32 {
+        u32::try_from(self.arena_len).unwrap_or(u32::MAX).saturating_sub(self.code_start)
+    }
+
+    /// Whether `cache_pc` is inside the code area (where fragments live).
+    pub fn contains(&self, cache_pc: u64) -> bool {
+        cache_pc
+            .checked_sub(self.exec_base)
+            .is_some_and(|off| off >= u64::from(self.code_start) && off < u64::from(self.cursor))
+    }
+
+    pub(crate) fn write_u64(&mut self, off: usize, value: u64) {
+        if let Some(dst) = off.checked_add(8).and_then(|end| self.arena.as_mut().get_mut(off..end)) {
+            dst.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    pub(crate) fn write_u32(&mut self, off: usize, value: u32) {
+        if let Some(dst) = off.checked_add(4).and_then(|end| self.arena.as_mut().get_mut(off..end)) {
+            dst.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn read_u64(&self, off: usize) -> Option<u64> {
+        let bytes = self.arena.as_ref().get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    fn table_slot(&self, guest_pc: u64) -> (usize, u64) {
+        let idx = guest_pc & u64::from(self.cfg.ibl.entries() - 1);
+        (TABLE_OFFSET + idx as usize * 16, idx)
+    }
+
+    fn clear_table(&mut self) {
+        for idx in 0..u64::from(self.cfg.ibl.entries()) {
+            // `!idx` has low bits different from `idx`: never matches a target hashed here.
+            self.write_u64(TABLE_OFFSET + idx as usize * 16, !idx);
+            self.write_u64(TABLE_OFFSET + idx as usize * 16 + 8, 0);
+        }
+    }
+
+    /// Points the table entry for `guest_pc` at `cache_pc`. The guest PC is invalidated
+    /// first and written last, so a concurrent lookup sees either the old pair, a miss, or
+    /// the new pair (x86 keeps stores in order).
+    fn table_insert(&mut self, guest_pc: u64, cache_pc: u64) {
+        let (off, idx) = self.table_slot(guest_pc);
+        self.write_u64(off, !idx);
+        self.write_u64(off + 8, cache_pc);
+        self.write_u64(off, guest_pc);
+    }
+
+    pub(crate) fn table_remove(&mut self, guest_pc: u64) {
+        let (off, idx) = self.table_slot(guest_pc);
+        if self.read_u64(off) == Some(guest_pc) {
+            self.write_u64(off, !idx);
+        }
+    }
+
+    /// Number of flushes so far (the generation of current exit ids).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub(crate) fn remove_guest(&mut self, pc: u64, id: FragmentId) {
+        if self.by_guest.get(&pc) == Some(&id.0) {
+            self.by_guest.remove(&pc);
+        }
+    }
+
+    /// Runtime address of a fragment's first instruction.
+    pub fn fragment_entry(&self, id: FragmentId) -> Result<u64, Error> {
+        let f = self.fragments.get(id.0 as usize).ok_or(Error::UnknownFragment)?;
+        Ok(self.exec_base.wrapping_add(u64::from(f.start)))
+    }
+
+    /// The live fragment starting at guest `pc`, if translated.
+    pub fn lookup(&self, pc: u64) -> Option<FragmentId> {
+        self.by_guest.get(&pc).map(|&i| FragmentId(i))
+    }
+
+    /// The fragment for guest `pc`, translating the block if needed (a dispatcher lookup,
+    /// counted in [`Stats`]). On `CacheFull` nothing changed: flush and retry.
+    pub fn translate(&mut self, pc: u64, mem: &dyn GuestMemory) -> Result<FragmentId, Error> {
+        self.stats.lookups += 1;
+        if let Some(id) = self.lookup(pc) {
+            self.stats.hits += 1;
+            return Ok(id);
+        }
+        self.stats.misses += 1;
+        let start = self.cursor.checked_add(FRAGMENT_ALIGN - 1).map(|c| c & !(FRAGMENT_ALIGN - 1)).unwrap_or(u32::MAX);
+        let first_exit = u32::try_from(self.exits.len()).map_err(|_| Error::CacheFull { needed: 0, available: 0 })?;
+        let layout = Layout {
+            base: self.exec_base.wrapping_add(u64::from(start)),
+            table: self.exec_base.wrapping_add(TABLE_OFFSET as u64),
+            dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
+            first_exit,
+        };
+        let built = translate::build(mem, pc, &self.cfg, layout)?;
+        let size = u32::try_from(built.bytes.len()).unwrap_or(u32::MAX);
+        let arena_len = u32::try_from(self.arena_len).unwrap_or(u32::MAX);
+        if size > self.capacity() {
+            return Err(Error::FragmentTooLarge { needed: size, capacity: self.capacity() });
+        }
+        let end = match start.checked_add(size) {
+            Some(end) if end <= arena_len => end,
+            _ => return Err(Error::CacheFull { needed: size, available: arena_len.saturating_sub(self.cursor) }),
+        };
+        let dst = self.arena.as_mut().get_mut(start as usize..end as usize).ok_or(Error::CacheFull {
+            needed: size,
+            available: arena_len.saturating_sub(self.cursor),
+        })?;
+        dst.copy_from_slice(&built.bytes);
+
+        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull { needed: size, available: 0 })?;
+        for x in &built.exits {
+            self.exits.push(LinkStub {
+                kind: x.kind,
+                patch: x.patch.and_then(|p| start.checked_add(p)),
+                stub: x.stub.and_then(|s| start.checked_add(s)),
+                linked: None,
+            });
+        }
+        self.fragments.push(Fragment {
+            guest_pc: pc,
+            guest_len: built.guest_len,
+            start,
+            code_end: built.code_end,
+            entries: built.entries,
+            return_sites: built.return_sites,
+            first_exit,
+            n_exits: u32::try_from(built.exits.len()).unwrap_or(0),
+            incoming: Vec::new(),
+            live: true,
+        });
+        self.by_guest.insert(pc, id);
+        self.cursor = end;
+        self.table_insert(pc, layout.base);
+        self.stats.blocks += 1;
+        self.stats.guest_insns += u64::from(built.guest_insns);
+        self.stats.guest_bytes += built.guest_len;
+        self.stats.cache_bytes += u64::from(size);
+        Ok(FragmentId(id))
+    }
+
+    /// Runtime address of the translation of guest `pc`, translating it if needed.
+    pub fn entry(&mut self, pc: u64, mem: &dyn GuestMemory) -> Result<u64, Error> {
+        let id = self.translate(pc, mem)?;
+        self.fragment_entry(id)
+    }
+
+    /// Decodes the dispatcher frame's exit id and aux value.
+    pub fn exit_reason(&self, exit_id: u64, aux: u64) -> Result<ExitReason, Error> {
+        let index = u32::try_from(exit_id).map_err(|_| Error::UnknownExit { id: exit_id })?;
+        let x = self.exits.get(index as usize).ok_or(Error::UnknownExit { id: exit_id })?;
+        Ok(match x.kind {
+            ExitKind::Direct { target } => {
+                ExitReason::DirectMiss { exit: ExitId { index, generation: self.generation }, target }
+            }
+            ExitKind::Indirect { insn_pc, kind } => ExitReason::IndirectMiss { target: aux, insn_pc, kind },
+            ExitKind::Hook(site) => ExitReason::Hook(site),
+        })
+    }
+
+    /// Resolves a miss: translates the target, links a direct exit (when it is still of the
+    /// current generation, i.e. no flush happened since [`Self::exit_reason`]) and returns
+    /// the runtime address to resume at. `Ok(None)` for a hook, which the caller emulates
+    /// before resuming with [`Self::entry`].
+    pub fn resolve(&mut self, reason: &ExitReason, mem: &dyn GuestMemory) -> Result<Option<u64>, Error> {
+        match *reason {
+            ExitReason::DirectMiss { exit, target } => {
+                let id = self.translate(target, mem)?;
+                if exit.generation == self.generation {
+                    self.link(exit, id)?;
+                }
+                self.fragment_entry(id).map(Some)
+            }
+            ExitReason::IndirectMiss { target, .. } => self.entry(target, mem).map(Some),
+            ExitReason::Hook(_) => Ok(None),
+        }
+    }
+
+    /// Drops every fragment, exit and table entry. Exit and fragment ids of before are no
+    /// longer valid; under the Fast policy, code-cache return addresses on live stacks
+    /// become dangling (the caller must rewrite or discard those stacks).
+    pub fn flush(&mut self) {
+        self.fragments.clear();
+        self.by_guest.clear();
+        self.exits.clear();
+        self.cursor = self.code_start;
+        self.generation = self.generation.wrapping_add(1);
+        self.clear_table();
+        self.stats.flushes += 1;
+    }
+
+    fn fragment_at(&self, cache_pc: u64) -> Option<(&Fragment, u32)> {
+        let off = u32::try_from(cache_pc.checked_sub(self.exec_base)?).ok()?;
+        let idx = self.fragments.partition_point(|f| f.start <= off).checked_sub(1)?;
+        let f = self.fragments.get(idx)?;
+        let rel = off.saturating_sub(f.start);
+        (rel < f.code_end).then_some((f, rel))
+    }
+
+    /// The PC map: for an address inside translated code (an interrupted `rip`), the guest
+    /// instruction it belongs to and the rollback giving the precise guest state. `None`
+    /// outside fragment code (table, literals, padding, unused space).
+    pub fn pc_map(&self, cache_pc: u64) -> Option<PcMapping> {
+        let (f, rel) = self.fragment_at(cache_pc)?;
+        pcmap::lookup(&f.entries, rel)
+    }
+
+    /// Fast policy: the guest return address for a code-cache return address pushed by a
+    /// translated `call`.
+    pub fn return_site(&self, cache_pc: u64) -> Option<u64> {
+        let (f, rel) = self.fragment_at(cache_pc)?;
+        f.return_sites.iter().find(|(off, _)| *off == rel).map(|&(_, guest)| guest)
+    }
+
+    /// Reverse map: a runtime address at which execution can resume for guest instruction
+    /// `pc` (a fragment start, or an instruction boundary inside a live fragment where no
+    /// rollback is needed). `pc` must be a guest instruction boundary. `None`: translate a
+    /// new fragment at `pc` with [`Self::translate`].
+    pub fn cache_pc_for(&self, pc: u64) -> Option<u64> {
+        if let Some(&i) = self.by_guest.get(&pc) {
+            let f = self.fragments.get(i as usize)?;
+            return Some(self.exec_base.wrapping_add(u64::from(f.start)));
+        }
+        let (_, &i) = self.by_guest.range(..pc).next_back()?;
+        let f = self.fragments.get(i as usize)?;
+        if pc >= f.guest_pc.wrapping_add(f.guest_len) {
+            return None;
+        }
+        for (n, e) in f.entries.iter().enumerate() {
+            let next_off = f.entries.get(n + 1).map_or(f.code_end, |x| x.off);
+            let rel = match e.kind {
+                EntryKind::Copy => {
+                    let len = u64::from(next_off.saturating_sub(e.off));
+                    pc.checked_sub(e.guest_pc).filter(|&d| d < len).map(|d| u64::from(e.off) + d)
+                }
+                EntryKind::Fixed(rb) => (rb.restore == [None; 3]
+                    && rb.rsp_adjust == 0
+                    && rb.rip == RipSource::Guest(pc)
+                    && e.guest_pc == pc)
+                    .then_some(u64::from(e.off)),
+            };
+            if let Some(rel) = rel {
+                return Some(self.exec_base.wrapping_add(u64::from(f.start)).wrapping_add(rel));
+            }
+        }
+        None
+    }
+}

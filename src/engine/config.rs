@@ -1,0 +1,62 @@
+//! Per-cache translation configuration.
+
+use crate::error::Error;
+use crate::hooks::HookClass;
+
+/// How guest `call` and `ret` are translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallRetPolicy {
+    /// The stack holds native (guest) return addresses: `call` pushes the guest return
+    /// address and continues in the cache; `ret` pops it and does an inline lookup.
+    Transparent,
+    /// BTKernel's policy: the stack holds code-cache return addresses. A direct `call` is a
+    /// real `call` into the cache, an indirect one pushes the cache return address, and
+    /// `ret` stays `ret`. Flushing the cache invalidates return addresses on live stacks.
+    Fast,
+}
+
+/// Size of the inline lookup table (guest PC → cache PC), indexed by the low bits of the
+/// guest PC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IblSize {
+    /// 256 entries (4 KiB), indexed by the low 8 bits.
+    Small,
+    /// 65536 entries (1 MiB), indexed by the low 16 bits.
+    Large,
+}
+
+impl IblSize {
+    /// Number of table entries.
+    pub fn entries(self) -> u32 {
+        match self {
+            IblSize::Small => 1 << 8,
+            IblSize::Large => 1 << 16,
+        }
+    }
+}
+
+/// Configuration of one code cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// call/ret translation policy.
+    pub policy: CallRetPolicy,
+    /// Bytes below `rsp` the guest may use without moving `rsp` (128 in user space, 0 in
+    /// the kernel). Translated code skips it before pushing anything. A multiple of 8, at
+    /// most 4096.
+    pub red_zone: u32,
+    /// Runtime address of the dispatcher entry trampoline that exit stubs jump to.
+    pub dispatcher: u64,
+    /// Special-instruction classes that become hooks.
+    pub hooks: HookClass,
+    /// Size of the inline lookup table.
+    pub ibl: IblSize,
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.red_zone % 8 != 0 || self.red_zone > 4096 {
+            return Err(Error::Config);
+        }
+        Ok(())
+    }
+}

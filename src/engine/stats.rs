@@ -1,0 +1,43 @@
+//! Engine statistics: plain counters, so the kernel can keep one copy per CPU and sum them.
+
+/// Counters of one code cache. All fields only ever grow, except after
+/// [`Stats::default`]; a flush increments `flushes` and keeps the other counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Fragments (translated basic blocks) built.
+    pub blocks: u64,
+    /// Guest instructions translated.
+    pub guest_insns: u64,
+    /// Guest code bytes translated.
+    pub guest_bytes: u64,
+    /// Code-cache bytes emitted for those fragments (bodies, exit stubs, literals).
+    pub cache_bytes: u64,
+    /// Exits patched to jump straight to their target fragment.
+    pub links: u64,
+    /// Exits restored to their exit stub.
+    pub unlinks: u64,
+    /// Guest-PC → fragment lookups made by the dispatcher (direct and indirect misses).
+    pub lookups: u64,
+    /// Dispatcher lookups that found an existing fragment.
+    pub hits: u64,
+    /// Dispatcher lookups that had to translate a new fragment.
+    pub misses: u64,
+    /// Flushes of the whole cache.
+    pub flushes: u64,
+}
+
+impl Stats {
+    /// Adds `other` into `self` (e.g. summing per-CPU copies).
+    pub fn accumulate(&mut self, other: &Stats) {
+        self.blocks = self.blocks.wrapping_add(other.blocks);
+        self.guest_insns = self.guest_insns.wrapping_add(other.guest_insns);
+        self.guest_bytes = self.guest_bytes.wrapping_add(other.guest_bytes);
+        self.cache_bytes = self.cache_bytes.wrapping_add(other.cache_bytes);
+        self.links = self.links.wrapping_add(other.links);
+        self.unlinks = self.unlinks.wrapping_add(other.unlinks);
+        self.lookups = self.lookups.wrapping_add(other.lookups);
+        self.hits = self.hits.wrapping_add(other.hits);
+        self.misses = self.misses.wrapping_add(other.misses);
+        self.flushes = self.flushes.wrapping_add(other.flushes);
+    }
+}

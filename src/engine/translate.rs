@@ -1,0 +1,626 @@
+//! Block builder: translates one guest basic block into one fragment's code.
+//!
+//! Guest registers stay in the real registers. Ordinary instructions are copied; those
+//! with RIP-relative operands are re-encoded for their new address, or rewritten through a
+//! scratch register spilled on the stack when the target is out of ±2 GB reach. Control
+//! transfers end the fragment; see `docs/engine.md` for every emitted sequence.
+
+use alloc::vec::Vec;
+use iced_x86::{
+    Code, ConditionCode, Encoder, FlowControl, Instruction, InstructionInfoFactory, MemoryOperand, OpKind, Register,
+};
+
+use crate::config::{CallRetPolicy, Config, IblSize};
+use crate::decode::{Window, MAX_BLOCK_INSNS};
+use crate::emit::{Emitter, Label};
+use crate::error::{Error, Unsupported};
+use crate::exit::{ExitKind, HookSite, IndirectKind};
+use crate::hooks::{self, HookClass};
+use crate::memory::GuestMemory;
+use crate::pcmap::{Gpr, PcEntry, Restore, RipSource, Rollback};
+
+/// Runtime addresses a fragment's code depends on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    /// Runtime address of the fragment's first byte.
+    pub base: u64,
+    /// Runtime address of the lookup table.
+    pub table: u64,
+    /// Runtime address of the arena's 8-byte dispatcher slot.
+    pub dispatcher_slot: u64,
+    /// Id of the fragment's first exit.
+    pub first_exit: u32,
+}
+
+/// One exit of a fragment under construction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExitSpec {
+    pub kind: ExitKind,
+    /// Guest instruction the exit belongs to.
+    pub insn_pc: u64,
+    /// Fragment offset of the body branch's rel32 field (direct exits).
+    pub patch: Option<u32>,
+    /// Fragment offset of the exit stub (direct exits).
+    pub stub: Option<u32>,
+}
+
+/// A translated fragment, ready to be copied to its layout base.
+pub(crate) struct Built {
+    /// Code, padding and literals.
+    pub bytes: Vec<u8>,
+    /// End of executable code (literals follow).
+    pub code_end: u32,
+    pub entries: Vec<PcEntry>,
+    pub exits: Vec<ExitSpec>,
+    /// Fast-policy return sites: (fragment offset, guest return address).
+    pub return_sites: Vec<(u32, u64)>,
+    pub guest_len: u64,
+    pub guest_insns: u32,
+}
+
+/// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
+const SPILL: [Option<Restore>; 3] = [
+    Some(Restore { reg: Gpr::Rax, offset: 16 }),
+    Some(Restore { reg: Gpr::Rcx, offset: 8 }),
+    Some(Restore { reg: Gpr::Rdx, offset: 0 }),
+];
+
+fn rb(restore: [Option<Restore>; 3], rsp_adjust: u32, rip: RipSource) -> Rollback {
+    Rollback { restore, rsp_adjust, rip }
+}
+
+fn gpr_of(reg: Register) -> Option<Gpr> {
+    if reg.is_gpr64() {
+        Gpr::ALL.get(reg.number()).copied()
+    } else {
+        None
+    }
+}
+
+fn reg_of(gpr: Gpr) -> Register {
+    const REGS: [Register; 16] = [
+        Register::RAX,
+        Register::RCX,
+        Register::RDX,
+        Register::RBX,
+        Register::RSP,
+        Register::RBP,
+        Register::RSI,
+        Register::RDI,
+        Register::R8,
+        Register::R9,
+        Register::R10,
+        Register::R11,
+        Register::R12,
+        Register::R13,
+        Register::R14,
+        Register::R15,
+    ];
+    REGS.get(usize::from(gpr.num())).copied().unwrap_or(Register::RAX)
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+struct Builder<'c> {
+    cfg: &'c Config,
+    layout: Layout,
+    e: Emitter,
+    exits: Vec<ExitSpec>,
+    return_sites: Vec<(u32, u64)>,
+    info: InstructionInfoFactory,
+}
+
+/// Translates the guest block at `pc`.
+pub(crate) fn build(mem: &dyn GuestMemory, pc: u64, cfg: &Config, layout: Layout) -> Result<Built, Error> {
+    let window = Window::fetch(mem, pc)?;
+    let mut b = Builder {
+        cfg,
+        layout,
+        e: Emitter::new(layout.base),
+        exits: Vec::new(),
+        return_sites: Vec::new(),
+        info: InstructionInfoFactory::new(),
+    };
+    let mut ip = pc;
+    let mut count = 0u32;
+    loop {
+        if count as usize == MAX_BLOCK_INSNS {
+            b.e.map(ip, Rollback::at(ip));
+            b.exit_jmp(ip, ip)?;
+            break;
+        }
+        let insn = match window.decode(ip) {
+            Ok(insn) => insn,
+            // The first instruction's error is the fragment's; a later one ends the block
+            // so the error is reported when (and if) execution gets there.
+            Err(e) if count == 0 => return Err(e),
+            Err(_) => {
+                b.e.map(ip, Rollback::at(ip));
+                b.exit_jmp(ip, ip)?;
+                break;
+            }
+        };
+        count += 1;
+        let ended = b.insn(&window, &insn)?;
+        ip = insn.next_ip();
+        if ended {
+            break;
+        }
+    }
+    b.finish(ip.wrapping_sub(pc), count)
+}
+
+impl Builder<'_> {
+    fn rz(&self) -> u32 {
+        self.cfg.red_zone
+    }
+
+    fn exit_id(&self, local: usize) -> Result<i32, Error> {
+        u32::try_from(local)
+            .ok()
+            .and_then(|l| self.layout.first_exit.checked_add(l))
+            .and_then(|id| i32::try_from(id).ok())
+            .ok_or(Error::CacheFull { needed: 0, available: 0 })
+    }
+
+    fn off32(&self) -> u32 {
+        u32::try_from(self.e.off()).unwrap_or(u32::MAX)
+    }
+
+    fn add_exit(&mut self, kind: ExitKind, insn_pc: u64, patch: Option<u32>) -> usize {
+        self.exits.push(ExitSpec { kind, insn_pc, patch, stub: None });
+        self.exits.len() - 1
+    }
+
+    /// `jmp rel32` to a direct exit towards `target`.
+    fn exit_jmp(&mut self, insn_pc: u64, target: u64) -> Result<(), Error> {
+        let i = self.add_exit(ExitKind::Direct { target }, insn_pc, Some(self.off32().wrapping_add(1)));
+        self.e.jmp_label(Label::Stub(i));
+        Ok(())
+    }
+
+    fn encode(&self, insn: &Instruction, pc: u64) -> Result<Vec<u8>, Error> {
+        let mut enc = Encoder::new(64);
+        enc.encode(insn, self.e.here()).map_err(|_| Error::Encode { pc })?;
+        Ok(enc.take_buffer())
+    }
+
+    /// Translates one instruction; `Ok(true)` when it ended the fragment.
+    fn insn(&mut self, w: &Window, insn: &Instruction) -> Result<bool, Error> {
+        let pc = insn.ip();
+        let next = insn.next_ip();
+        if let Some(special) = hooks::special(insn) {
+            if self.cfg.hooks.contains(special.class) {
+                self.hook(special.class, pc, next)?;
+                return Ok(true);
+            }
+            self.plain(w, insn)?;
+            if special.ends_block {
+                self.e.map(pc, Rollback::at(next));
+                self.exit_jmp(pc, next)?;
+            }
+            return Ok(special.ends_block);
+        }
+        let near64 = insn.op0_kind() == OpKind::NearBranch64;
+        match insn.flow_control() {
+            FlowControl::Next => {
+                self.plain(w, insn)?;
+                Ok(false)
+            }
+            FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => {
+                self.require(near64, pc)?;
+                self.e.map(pc, Rollback::at(pc));
+                self.exit_jmp(pc, insn.near_branch_target())?;
+                Ok(true)
+            }
+            FlowControl::ConditionalBranch => {
+                self.require(near64, pc)?;
+                self.conditional(w, insn)?;
+                Ok(true)
+            }
+            FlowControl::Call if insn.is_call_near() => {
+                self.require(near64, pc)?;
+                self.call_direct(insn)?;
+                Ok(true)
+            }
+            FlowControl::IndirectBranch if insn.is_jmp_near_indirect() => {
+                self.ibl(insn, IndirectKind::Jmp, 0)?;
+                Ok(true)
+            }
+            FlowControl::IndirectCall if insn.is_call_near_indirect() => {
+                self.call_indirect(insn)?;
+                Ok(true)
+            }
+            FlowControl::Return
+                if matches!(insn.code(), Code::Retnq | Code::Retnq_imm16)
+                    && self.cfg.policy == CallRetPolicy::Transparent =>
+            {
+                let pop = if insn.code() == Code::Retnq_imm16 { 8 + u32::from(insn.immediate16()) } else { 8 };
+                self.ibl(insn, IndirectKind::Ret, pop)?;
+                Ok(true)
+            }
+            FlowControl::XbeginXabortXend if matches!(insn.code(), Code::Xbegin_rel16 | Code::Xbegin_rel32) => {
+                Err(Error::Unsupported { pc, what: Unsupported::Xbegin })
+            }
+            _ => {
+                // Copied as is: Fast-policy `ret`, far transfers, other traps.
+                self.plain(w, insn)?;
+                if hooks::copied_transfers_control(insn) {
+                    self.e.map(pc, Rollback::at(next));
+                    self.exit_jmp(pc, next)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn require(&self, ok: bool, pc: u64) -> Result<(), Error> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Unsupported { pc, what: Unsupported::OperandSize })
+        }
+    }
+
+    /// A hooked instruction: an inline exit reporting the hook, guest state before it.
+    fn hook(&mut self, class: HookClass, pc: u64, next_pc: u64) -> Result<(), Error> {
+        let i = self.add_exit(ExitKind::Hook(HookSite { class, pc, next_pc }), pc, None);
+        let id = self.exit_id(i)?;
+        self.exit_frame(pc, RipSource::Guest(pc), id);
+        Ok(())
+    }
+
+    /// `lea rsp, [rsp - red_zone - 16]; mov qword [rsp], id; jmp dispatcher` with the
+    /// guest state `rip` throughout.
+    fn exit_frame(&mut self, insn_pc: u64, rip: RipSource, id: i32) {
+        let frame = self.rz() + 16;
+        self.e.map(insn_pc, rb([None; 3], 0, rip));
+        self.e.lea_rsp(-to_i32(frame));
+        self.e.map(insn_pc, rb([None; 3], frame, rip));
+        self.e.store_rsp_imm(0, id);
+        self.e.jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
+    }
+
+    /// Copies an instruction, fixing up a RIP-relative operand.
+    fn plain(&mut self, w: &Window, insn: &Instruction) -> Result<(), Error> {
+        let pc = insn.ip();
+        if !insn.is_ip_rel_memory_operand() {
+            let bytes = w.insn_bytes(insn);
+            if bytes.is_empty() {
+                return Err(Error::Encode { pc });
+            }
+            self.e.copy_insn(pc, bytes);
+            return Ok(());
+        }
+        if insn.memory_base() == Register::EIP {
+            return Err(Error::Unsupported { pc, what: Unsupported::EipRelative });
+        }
+        match self.encode(insn, pc) {
+            Ok(bytes) if bytes.len() == insn.len() => self.e.copy_insn(pc, &bytes),
+            Ok(bytes) => {
+                self.e.map(pc, Rollback::at(pc));
+                self.e.bytes(&bytes);
+            }
+            Err(_) => self.far_rip(insn)?,
+        }
+        Ok(())
+    }
+
+    /// A RIP-relative operand out of reach: address it through a scratch register.
+    ///
+    /// ```text
+    /// lea  rsp, [rsp - red_zone]
+    /// push S
+    /// mov  S, imm64            ; the operand's absolute address
+    /// insn with [S]
+    /// pop  S                   ; guest instruction complete from here
+    /// lea  rsp, [rsp + red_zone]
+    /// ```
+    fn far_rip(&mut self, insn: &Instruction) -> Result<(), Error> {
+        let pc = insn.ip();
+        let next = insn.next_ip();
+        let info = self.info.info(insn);
+        let mut used = [false; 16];
+        for r in info.used_registers() {
+            if let Some(g) = gpr_of(r.register().full_register()) {
+                if let Some(u) = used.get_mut(usize::from(g.num())) {
+                    *u = true;
+                }
+            }
+        }
+        if used.get(usize::from(Gpr::Rsp.num())).copied().unwrap_or(true) || insn.is_stack_instruction() {
+            return Err(Error::Unsupported { pc, what: Unsupported::FarRipRelativeWithRsp });
+        }
+        let scratch = Gpr::ALL
+            .iter()
+            .copied()
+            .find(|g| *g != Gpr::Rsp && !used.get(usize::from(g.num())).copied().unwrap_or(true))
+            .ok_or(Error::Encode { pc })?;
+        let mut rewritten = *insn;
+        rewritten.set_memory_base(reg_of(scratch));
+        rewritten.set_memory_index(Register::None);
+        rewritten.set_memory_displacement64(0);
+        rewritten.set_memory_displ_size(0);
+        let rz = self.rz();
+        let slot = [Some(Restore { reg: scratch, offset: 0 }), None, None];
+        self.e.map(pc, Rollback::at(pc));
+        self.e.lea_rsp(-to_i32(rz));
+        self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
+        self.e.push(scratch);
+        self.e.map(pc, rb(slot, rz + 8, RipSource::Guest(pc)));
+        self.e.mov_imm64(scratch, insn.ip_rel_memory_address());
+        let bytes = self.encode(&rewritten, pc)?;
+        self.e.bytes(&bytes);
+        self.e.map(pc, rb(slot, rz + 8, RipSource::Guest(next)));
+        self.e.pop(scratch);
+        self.e.map(pc, rb([None; 3], rz, RipSource::Guest(next)));
+        self.e.lea_rsp(to_i32(rz));
+        Ok(())
+    }
+
+    fn conditional(&mut self, w: &Window, insn: &Instruction) -> Result<(), Error> {
+        let pc = insn.ip();
+        let next = insn.next_ip();
+        let target = insn.near_branch_target();
+        if insn.is_jcc_short_or_near() {
+            let cc = (insn.condition_code() as u8).wrapping_sub(ConditionCode::o as u8);
+            if insn.condition_code() == ConditionCode::None {
+                return Err(Error::Encode { pc });
+            }
+            let i = self.add_exit(ExitKind::Direct { target }, pc, Some(self.off32().wrapping_add(2)));
+            self.e.map(pc, Rollback::at(pc));
+            self.e.jcc_label(cc, Label::Stub(i));
+        } else if insn.is_jcx_short() || insn.is_loop() || insn.is_loopcc() {
+            // rel8-only branches: `jrcxz T; jmp fall; T: jmp taken`.
+            let mut bytes = Vec::from(w.insn_bytes(insn));
+            match bytes.last_mut() {
+                Some(rel8) => *rel8 = 5,
+                None => return Err(Error::Encode { pc }),
+            }
+            self.e.map(pc, Rollback::at(pc));
+            self.e.bytes(&bytes);
+            self.e.map(pc, Rollback::at(next));
+            self.exit_jmp(pc, next)?;
+            self.e.map(pc, Rollback::at(target));
+            return self.exit_jmp(pc, target);
+        } else {
+            return Err(Error::Encode { pc });
+        }
+        self.e.map(pc, Rollback::at(next));
+        self.exit_jmp(pc, next)
+    }
+
+    fn call_direct(&mut self, insn: &Instruction) -> Result<(), Error> {
+        let pc = insn.ip();
+        let next = insn.next_ip();
+        let target = insn.near_branch_target();
+        self.e.map(pc, Rollback::at(pc));
+        match self.cfg.policy {
+            CallRetPolicy::Transparent => {
+                // `push qword [rip + literal(next)]` then continue at the target.
+                let lit = self.e.literal(next);
+                self.e.push_literal(lit);
+                self.e.map(pc, Rollback::at(target));
+                self.exit_jmp(pc, target)
+            }
+            CallRetPolicy::Fast => {
+                let i = self.add_exit(ExitKind::Direct { target }, pc, Some(self.off32().wrapping_add(1)));
+                self.e.call_label(Label::Stub(i));
+                self.return_site(pc, next)
+            }
+        }
+    }
+
+    /// Fast policy: the code after a call into the cache continues at the guest return
+    /// address; this is the code-cache return address.
+    fn return_site(&mut self, pc: u64, next: u64) -> Result<(), Error> {
+        self.return_sites.push((self.off32(), next));
+        self.e.map(pc, Rollback::at(next));
+        self.exit_jmp(pc, next)
+    }
+
+    fn call_indirect(&mut self, insn: &Instruction) -> Result<(), Error> {
+        let pc = insn.ip();
+        let next = insn.next_ip();
+        match self.cfg.policy {
+            CallRetPolicy::Transparent => {
+                let lit = self.e.literal(next);
+                self.ibl_with(insn, IndirectKind::Call, 0, Some(lit))
+            }
+            CallRetPolicy::Fast => {
+                let lit = self.e.literal(0);
+                self.ibl_with(insn, IndirectKind::Call, 0, Some(lit))?;
+                let site = self.e.here();
+                if let Some(v) = self.e.literals.get_mut(lit) {
+                    *v = site;
+                }
+                self.return_site(pc, next)
+            }
+        }
+    }
+
+    fn ibl(&mut self, insn: &Instruction, kind: IndirectKind, pop: u32) -> Result<(), Error> {
+        self.ibl_with(insn, kind, pop, None)
+    }
+
+    /// The inline indirect-branch lookup. `pop` is what `ret` pops (8 + imm16); `ret_lit`
+    /// the literal holding the return address a `call` pushes.
+    ///
+    /// With `L` the spill distance, the spill area `S = old_rsp - L - 24` holds rdx, rcx, rax;
+    /// `post` is the guest rsp after the branch; `k = post - red_zone - 16 - S`:
+    /// ```text
+    /// lea  rsp, [rsp - L] ; push rax ; push rcx ; push rdx
+    /// mov  rax, <target>                 ; operand, rsp-relative ones adjusted by L + 24
+    /// (call) mov rcx, [rip + ret_lit] ; mov [rsp + L + 16], rcx   ; the pushed return address
+    /// probe (see Emitter::ibl_probe) ; jrcxz hit
+    /// miss: mov [rsp + k + 8], rax ; mov rdx, [rsp] ; mov rcx, [rsp + 8] ; mov rax, [rsp + 16]
+    ///       mov qword [rsp + k], exit_id ; lea rsp, [rsp + k] ; jmp dispatcher
+    /// hit:  mov rcx, [rdx + 8] ; mov rdx, [rsp] ; mov [rsp], rcx ; mov rcx, [rsp + 8]
+    ///       mov rax, [rsp + 16] ; ret k + red_zone + 8
+    /// ```
+    fn ibl_with(&mut self, insn: &Instruction, kind: IndirectKind, pop: u32, ret_lit: Option<usize>) -> Result<(), Error> {
+        let pc = insn.ip();
+        let rz = self.rz();
+        // L: old_rsp - rsp after the first lea; k as documented above.
+        let (l, k) = match kind {
+            IndirectKind::Jmp => (rz + 8, 16),
+            IndirectKind::Call => (rz + 16, 16),
+            IndirectKind::Ret => (rz, 8 + pop),
+        };
+        let hit_ret = u16::try_from(k + rz + 8).map_err(|_| Error::Unsupported { pc, what: Unsupported::RetImmediate })?;
+        let before = l + 24;
+        let after = k + rz + 16;
+        let i = self.add_exit(ExitKind::Indirect { insn_pc: pc, kind }, pc, None);
+        let id = self.exit_id(i)?;
+        let full = |adj| rb(SPILL, adj, RipSource::Guest(pc));
+
+        self.e.map(pc, Rollback::at(pc));
+        self.e.lea_rsp(-to_i32(l));
+        self.e.map(pc, rb([None; 3], l, RipSource::Guest(pc)));
+        self.e.push(Gpr::Rax);
+        self.e.map(pc, rb([Some(Restore { reg: Gpr::Rax, offset: 0 }), None, None], l + 8, RipSource::Guest(pc)));
+        self.e.push(Gpr::Rcx);
+        let two = [Some(Restore { reg: Gpr::Rax, offset: 8 }), Some(Restore { reg: Gpr::Rcx, offset: 0 }), None];
+        self.e.map(pc, rb(two, l + 16, RipSource::Guest(pc)));
+        self.e.push(Gpr::Rdx);
+        self.e.map(pc, full(before));
+        match kind {
+            IndirectKind::Ret => self.e.load_rsp(Gpr::Rax, to_i32(before)),
+            IndirectKind::Jmp | IndirectKind::Call => self.load_target(insn, to_i32(before))?,
+        }
+        if let Some(lit) = ret_lit {
+            self.e.load_rcx_literal(lit);
+            self.e.store_rsp(to_i32(l + 16), Gpr::Rcx);
+        }
+        let jrcxz = self.e.ibl_probe(self.layout.table, self.cfg.ibl == IblSize::Large);
+
+        // Miss: leave with the frame contract, state after the branch.
+        let k32 = to_i32(k);
+        self.e.store_rsp(k32 + 8, Gpr::Rax);
+        let target_slot = RipSource::Stack(k + 8);
+        self.e.map(pc, rb(SPILL, after, target_slot));
+        self.e.load_rsp(Gpr::Rdx, 0);
+        let rax_rcx = [Some(Restore { reg: Gpr::Rax, offset: 16 }), Some(Restore { reg: Gpr::Rcx, offset: 8 }), None];
+        self.e.map(pc, rb(rax_rcx, after, target_slot));
+        self.e.load_rsp(Gpr::Rcx, 8);
+        let rax_only = [Some(Restore { reg: Gpr::Rax, offset: 16 }), None, None];
+        self.e.map(pc, rb(rax_only, after, target_slot));
+        self.e.load_rsp(Gpr::Rax, 16);
+        self.e.map(pc, rb([None; 3], after, target_slot));
+        self.e.store_rsp_imm(k32, id);
+        self.e.lea_rsp(k32);
+        self.e.map(pc, rb([None; 3], rz + 16, RipSource::Stack(8)));
+        self.e.jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
+
+        // Hit: restore and `ret imm16` into the fragment, state before the branch.
+        self.e.patch_rel8(jrcxz).ok_or(Error::Encode { pc })?;
+        self.e.map(pc, full(before));
+        self.e.load_entry_target();
+        self.e.load_rsp(Gpr::Rdx, 0);
+        self.e.map(pc, rb(rax_rcx, before, RipSource::Guest(pc)));
+        self.e.store_rsp(0, Gpr::Rcx);
+        self.e.load_rsp(Gpr::Rcx, 8);
+        self.e.map(pc, rb(rax_only, before, RipSource::Guest(pc)));
+        self.e.load_rsp(Gpr::Rax, 16);
+        self.e.map(pc, rb([None; 3], before, RipSource::Guest(pc)));
+        self.e.ret_imm(hit_ret);
+        Ok(())
+    }
+
+    /// `rax = ` the target operand of `jmp`/`call r/m64`; `adj` = bytes pushed since the
+    /// guest instruction started.
+    fn load_target(&mut self, insn: &Instruction, adj: i32) -> Result<(), Error> {
+        let pc = insn.ip();
+        let size_err = Error::Unsupported { pc, what: Unsupported::OperandSize };
+        match insn.op0_kind() {
+            OpKind::Register => {
+                let reg = gpr_of(insn.op0_register()).ok_or(size_err)?;
+                if reg == Gpr::Rsp {
+                    self.e.lea_reg_rsp(Gpr::Rax, adj);
+                } else {
+                    self.e.mov_reg(Gpr::Rax, reg);
+                }
+                Ok(())
+            }
+            OpKind::Memory if matches!(insn.code(), Code::Jmp_rm64 | Code::Call_rm64) => {
+                let seg = insn.segment_prefix();
+                let base = insn.memory_base();
+                if insn.is_ip_rel_memory_operand() {
+                    if base == Register::EIP {
+                        return Err(Error::Unsupported { pc, what: Unsupported::EipRelative });
+                    }
+                    let abs = insn.ip_rel_memory_address();
+                    let near = MemoryOperand::new(Register::RIP, Register::None, 1, abs as i64, 8, false, seg);
+                    let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, near).map_err(|_| size_err)?;
+                    if let Ok(bytes) = self.encode(&load, pc) {
+                        self.e.bytes(&bytes);
+                        return Ok(());
+                    }
+                    self.e.mov_imm64(Gpr::Rax, abs);
+                    let far = MemoryOperand::new(Register::RAX, Register::None, 1, 0, 0, false, seg);
+                    let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, far).map_err(|_| size_err)?;
+                    let bytes = self.encode(&load, pc)?;
+                    self.e.bytes(&bytes);
+                    return Ok(());
+                }
+                let index = insn.memory_index();
+                let ok64 = |r: Register| r == Register::None || r.is_gpr64();
+                if !ok64(base) || !ok64(index) {
+                    return Err(size_err);
+                }
+                let mut disp = insn.memory_displacement64() as i64;
+                if base == Register::RSP {
+                    disp = disp.wrapping_add(i64::from(adj));
+                }
+                let mem = MemoryOperand::new(base, index, insn.memory_index_scale(), disp, 1, false, seg);
+                let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, mem).map_err(|_| size_err)?;
+                let bytes = self.encode(&load, pc)?;
+                self.e.bytes(&bytes);
+                Ok(())
+            }
+            _ => Err(size_err),
+        }
+    }
+
+    /// Emits the exit stubs and literals and resolves every label.
+    fn finish(mut self, guest_len: u64, guest_insns: u32) -> Result<Built, Error> {
+        let mut stub_offsets = Vec::with_capacity(self.exits.len());
+        for i in 0..self.exits.len() {
+            let Some(exit) = self.exits.get(i).copied() else { break };
+            match exit.kind {
+                ExitKind::Direct { target } => {
+                    let off = self.e.off();
+                    let id = self.exit_id(i)?;
+                    self.exit_frame(exit.insn_pc, RipSource::Guest(target), id);
+                    if let Some(x) = self.exits.get_mut(i) {
+                        x.stub = u32::try_from(off).ok();
+                    }
+                    stub_offsets.push(off);
+                }
+                ExitKind::Indirect { .. } | ExitKind::Hook(_) => stub_offsets.push(usize::MAX),
+            }
+        }
+        let code_end = self.off32();
+        while self.e.off() % 8 != 0 {
+            self.e.bytes(&[0xcc]);
+        }
+        let literal_base = self.e.off();
+        self.e.resolve(&stub_offsets, literal_base).ok_or(Error::Encode { pc: self.layout.base })?;
+        let mut bytes = core::mem::take(&mut self.e.code);
+        for lit in &self.e.literals {
+            bytes.extend_from_slice(&lit.to_le_bytes());
+        }
+        Ok(Built {
+            bytes,
+            code_end,
+            entries: core::mem::take(&mut self.e.entries),
+            exits: self.exits,
+            return_sites: self.return_sites,
+            guest_len,
+            guest_insns,
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! The user-space run loop: executes guest functions under translation, with the
+//! dispatcher the engine's exit stubs enter.
+
+use std::cell::Cell;
+use std::ptr;
+
+use kdbt_engine::{
+    CallRetPolicy, CodeCache, Config, Error, ExitReason, Frame, Gpr, HookClass, HookSite, IblSize, PcMapping,
+};
+
+use crate::exec::ExecMemory;
+use crate::memory::ProcessMemory;
+use crate::signals::{self, SignalState, Trace, Trap};
+use crate::trampoline::{
+    kdbt_host_dispatch_entry, kdbt_host_enter, kdbt_host_leave, kdbt_host_return, DispatchFrame, EnterCtx,
+    RED_ZONE,
+};
+
+/// Where the code-cache arena is mapped relative to the guest code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever mmap puts it.
+    Anywhere,
+    /// Within ±1 GiB of this address (RIP-relative operands are re-encoded).
+    Near(u64),
+    /// More than 4 GiB from this address (RIP-relative operands go through a scratch
+    /// register).
+    Far(u64),
+}
+
+/// Runtime options.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub policy: CallRetPolicy,
+    pub hooks: HookClass,
+    pub arena_len: usize,
+    pub placement: Placement,
+    pub ibl: IblSize,
+    /// Bytes of the guest stack.
+    pub stack_len: usize,
+}
+
+impl Options {
+    /// Defaults: 8 MiB arena anywhere, large lookup table, no hooks, 1 MiB stack.
+    pub fn new(policy: CallRetPolicy) -> Self {
+        Options {
+            policy,
+            hooks: HookClass::empty(),
+            arena_len: 8 << 20,
+            placement: Placement::Anywhere,
+            ibl: IblSize::Large,
+            stack_len: 1 << 20,
+        }
+    }
+}
+
+/// What a hook handler wants after a hooked instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Continue at this guest PC (register changes made to the frame are kept, except
+    /// `rsp`).
+    Resume(u64),
+    /// End the run with [`RunError::HookStop`].
+    Stop,
+}
+
+/// A hook handler: (class, guest PC, next guest PC, guest state before the instruction).
+pub type HookFn = Box<dyn FnMut(HookClass, u64, u64, &mut Frame) -> HookAction>;
+
+/// Why a run did not return normally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// The engine failed (e.g. a fragment larger than the cache, an unknown exit).
+    Engine(Error),
+    /// Control reached guest code that cannot be translated; `state` is the guest state
+    /// before it (`rip` = the untranslatable PC).
+    Untranslatable { state: Frame, error: Error },
+    /// A signal interrupted guest code.
+    Signal(Trap),
+    /// A hook handler stopped the run; `state` is before the hooked instruction.
+    HookStop { state: Frame },
+}
+
+thread_local! {
+    static CURRENT: Cell<*mut Runtime> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// A code cache plus a guest stack, running guest functions in this thread.
+pub struct Runtime {
+    cache: CodeCache<ExecMemory>,
+    stack: ExecMemory,
+    mem: ProcessMemory,
+    hook: Option<HookFn>,
+    pending: Option<RunError>,
+    signals: Box<SignalState>,
+}
+
+impl Runtime {
+    /// A runtime with a fresh cache mapped according to `opts`.
+    pub fn new(opts: Options) -> Result<Self, RunError> {
+        let io = |_| RunError::Engine(Error::ArenaSize { len: opts.arena_len });
+        let arena = match opts.placement {
+            Placement::Anywhere => ExecMemory::new(opts.arena_len),
+            Placement::Near(a) => ExecMemory::near(opts.arena_len, a),
+            Placement::Far(a) => ExecMemory::far(opts.arena_len, a),
+        }
+        .map_err(io)?;
+        let stack = ExecMemory::new(opts.stack_len).map_err(io)?;
+        let base = arena.base();
+        let cfg = Config {
+            policy: opts.policy,
+            red_zone: RED_ZONE,
+            dispatcher: kdbt_host_dispatch_entry as *const () as u64,
+            hooks: opts.hooks,
+            ibl: opts.ibl,
+        };
+        let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
+        signals::install();
+        Ok(Runtime {
+            cache,
+            stack,
+            mem: ProcessMemory,
+            hook: None,
+            pending: None,
+            signals: Box::new(SignalState { ctx: ptr::null_mut(), trap: None, trace: None }),
+        })
+    }
+
+    /// The code cache.
+    pub fn cache(&self) -> &CodeCache<ExecMemory> {
+        &self.cache
+    }
+
+    /// The code cache, mutably (flush, invalidate, ...).
+    pub fn cache_mut(&mut self) -> &mut CodeCache<ExecMemory> {
+        &mut self.cache
+    }
+
+    /// Sets the handler for hooked instructions (without one, a hook stops the run).
+    pub fn set_hook(&mut self, hook: HookFn) {
+        self.hook = Some(hook);
+    }
+
+    /// Starts single-step tracing for the following runs (TF set at entry).
+    pub fn set_trace(&mut self, trace: Option<Trace>) {
+        self.signals.trace = trace;
+    }
+
+    /// Takes the trace recorded so far.
+    pub fn take_trace(&mut self) -> Option<Trace> {
+        self.signals.trace.take()
+    }
+
+    /// Top of the guest stack (16-byte aligned); the guest function starts with
+    /// `rsp = stack_top() - 24`.
+    pub fn stack_top(&self) -> u64 {
+        (self.stack.base() + self.stack.len() as u64) & !15
+    }
+
+    /// Runs the function at guest address `entry` under translation with up to six
+    /// integer arguments; returns its `rax`.
+    pub fn run(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
+        let pc = match self.cache.entry(entry, &self.mem) {
+            Err(Error::CacheFull { .. }) => {
+                self.cache.flush();
+                self.cache.entry(entry, &self.mem)
+            }
+            r => r,
+        }
+        .map_err(|error| RunError::Untranslatable { state: Frame { rip: entry, ..Frame::default() }, error })?;
+        self.enter(pc, args)
+    }
+
+    /// Runs the function at `entry` natively, on the same guest stack and with the same
+    /// initial registers as [`Self::run`] (for comparisons).
+    pub fn run_native(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
+        self.enter(entry, args)
+    }
+
+    fn enter(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
+        let mut ctx = EnterCtx { stack_top: self.stack_top(), entry, rflags: 0x202, ..EnterCtx::default() };
+        if self.signals.trace.is_some() {
+            ctx.rflags |= 0x100;
+        }
+        for (slot, a) in ctx.args.iter_mut().zip(args) {
+            *slot = *a;
+        }
+        self.pending = None;
+        self.signals.trap = None;
+        self.signals.ctx = &mut ctx;
+        let state: *mut SignalState = &mut *self.signals;
+        let me: *mut Runtime = self;
+        let prev = CURRENT.with(|c| c.replace(me));
+        let guard = signals::activate(state);
+        // SAFETY: `ctx` lives across the call; the trampoline only returns through
+        // `kdbt_host_leave`, which restores the callee-saved registers and stack it saved.
+        // Guest code runs on `self.stack`, which outlives the call. While it runs, `self` is
+        // only reached through `CURRENT` (dispatcher) and `state` (signal handler).
+        let rax = unsafe { kdbt_host_enter(&mut ctx) };
+        drop(guard);
+        CURRENT.with(|c| c.set(prev));
+        self.signals.ctx = ptr::null_mut();
+        if let Some(trap) = self.signals.trap.take() {
+            return Err(RunError::Signal(trap));
+        }
+        match self.pending.take() {
+            Some(e) => Err(e),
+            None => Ok(rax),
+        }
+    }
+
+    /// The precise guest state for an interrupted frame inside translated code: the PC
+    /// map's answer for `frame.rip` and the frame with its rollback applied.
+    pub fn guest_state(&self, frame: &Frame) -> Option<(PcMapping, Frame)> {
+        let mapping = self.cache.pc_map(frame.rip)?;
+        let mut state = *frame;
+        mapping.rollback.apply(&mut state, |a| self.mem.read_u64(a)).ok()?;
+        Some((mapping, state))
+    }
+
+    fn abort(&mut self, frame: &mut DispatchFrame, err: RunError) -> u64 {
+        self.pending = Some(err);
+        frame.rdi = self.signals.ctx as u64;
+        kdbt_host_leave as *const () as u64
+    }
+
+    fn dispatch(&mut self, frame: &mut DispatchFrame) -> u64 {
+        let guest_rsp = (frame as *const DispatchFrame as u64) + 16 * 8 + 16 + u64::from(RED_ZONE);
+        let reason = match self.cache.exit_reason(frame.exit_id, frame.aux) {
+            Ok(r) => r,
+            Err(e) => return self.abort(frame, RunError::Engine(e)),
+        };
+        let target = match reason {
+            ExitReason::IndirectMiss { target, .. } if target == kdbt_host_return as *const () as u64 => return target,
+            ExitReason::Hook(HookSite { class, pc, next_pc }) => {
+                let mut state = guest_frame(frame, guest_rsp, pc);
+                let action = match self.hook.as_mut() {
+                    Some(h) => h(class, pc, next_pc, &mut state),
+                    None => HookAction::Stop,
+                };
+                match action {
+                    HookAction::Resume(to) => {
+                        state.set(Gpr::Rsp, guest_rsp);
+                        set_guest_frame(frame, &state);
+                        to
+                    }
+                    HookAction::Stop => return self.abort(frame, RunError::HookStop { state }),
+                }
+            }
+            ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => target,
+        };
+        let mut flushed = false;
+        loop {
+            let resolved = match reason {
+                ExitReason::Hook(_) => self.cache.entry(target, &self.mem).map(Some),
+                _ => self.cache.resolve(&reason, &self.mem),
+            };
+            match resolved {
+                Ok(Some(pc)) => return pc,
+                Ok(None) => return self.abort(frame, RunError::Engine(Error::NotLinkable)),
+                // Transparent stacks hold no cache addresses, so a flush mid-run is safe.
+                Err(Error::CacheFull { .. })
+                    if !flushed && self.cache.config().policy == CallRetPolicy::Transparent =>
+                {
+                    self.cache.flush();
+                    flushed = true;
+                }
+                Err(error) => {
+                    let state = guest_frame(frame, guest_rsp, target);
+                    return self.abort(frame, RunError::Untranslatable { state, error });
+                }
+            }
+        }
+    }
+}
+
+fn guest_frame(d: &DispatchFrame, rsp: u64, rip: u64) -> Frame {
+    let gpr = [
+        d.rax, d.rcx, d.rdx, d.rbx, rsp, d.rbp, d.rsi, d.rdi, d.r8, d.r9, d.r10, d.r11, d.r12, d.r13, d.r14, d.r15,
+    ];
+    Frame { gpr, rip, rflags: d.rflags }
+}
+
+fn set_guest_frame(d: &mut DispatchFrame, f: &Frame) {
+    let [rax, rcx, rdx, rbx, _, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15] = f.gpr;
+    (d.rax, d.rcx, d.rdx, d.rbx, d.rbp, d.rsi, d.rdi) = (rax, rcx, rdx, rbx, rbp, rsi, rdi);
+    (d.r8, d.r9, d.r10, d.r11, d.r12, d.r13, d.r14, d.r15) = (r8, r9, r10, r11, r12, r13, r14, r15);
+    d.rflags = f.rflags;
+}
+
+/// Called by `kdbt_host_dispatch_entry` with the saved guest frame; returns the address
+/// to resume at.
+pub(crate) extern "C" fn kdbt_host_dispatch(frame: *mut DispatchFrame) -> u64 {
+    let rt = CURRENT.with(|c| c.get());
+    if rt.is_null() || frame.is_null() {
+        std::process::abort();
+    }
+    // SAFETY: `rt` is the Runtime whose `enter` is on this thread's stack (set in `enter`,
+    // not otherwise used while guest code runs); `frame` points to the trampoline's saved
+    // registers on the guest stack, exclusively ours until we return.
+    let (rt, frame) = unsafe { (&mut *rt, &mut *frame) };
+    rt.dispatch(frame)
+}
