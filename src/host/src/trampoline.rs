@@ -10,8 +10,10 @@
 //!   from `kdbt_host_enter` with the guest's `rax`.
 //! - `kdbt_host_dispatch_entry`: the engine's dispatcher entry (frame contract in
 //!   `docs/engine.md`, red zone 128). Saves the guest GPRs and flags as a
-//!   [`DispatchFrame`], calls `kdbt_host_dispatch` with TF and DF clear, and resumes at the
-//!   returned address with `ret 136`, which restores `rip` and the guest `rsp` at once.
+//!   [`DispatchFrame`] and the extended state (`xsave`, since the dispatcher is Rust code
+//!   calling libc), calls `kdbt_host_dispatch` with TF and DF clear, restores, and resumes
+//!   at the returned address with `ret 136`, which restores `rip` and the guest `rsp` at
+//!   once.
 
 use core::arch::global_asm;
 
@@ -146,12 +148,26 @@ global_asm!(
     "pushfq",
     "and qword ptr [rsp], -0x501",
     "popfq",
-    "mov rdi, rsp",
     "mov rbx, rsp",
-    "and rsp, -16",
+    // The dispatcher is Rust calling libc: save the guest's x87/SSE/AVX/AVX-512 state.
+    "sub rsp, 4096",
+    "and rsp, -64",
+    "xor eax, eax",
+    "mov ecx, 8",
+    "2:",
+    "mov [rsp + rcx * 8 + 504], rax",
+    "loop 2b",
+    // x87, SSE, AVX, MPX, AVX-512, PKRU: at most 2696 bytes (not AMX tiles, 8 KiB).
+    "mov eax, 0x2ff",
+    "xor edx, edx",
+    "xsave [rsp]",
+    "mov rdi, rbx",
     "call {dispatch}",
+    "mov [rbx + 128], rax",
+    "mov eax, 0x2ff",
+    "xor edx, edx",
+    "xrstor [rsp]",
     "mov rsp, rbx",
-    "mov [rsp + 128], rax",
     "pop r15",
     "pop r14",
     "pop r13",
