@@ -131,6 +131,11 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         &self.stats
     }
 
+    /// Bytes of the arena.
+    pub fn arena_len(&self) -> usize {
+        self.arena_len
+    }
+
     /// Bytes of the code area in use.
     pub fn used(&self) -> u32 {
         self.cursor - self.code_start

@@ -131,6 +131,12 @@ impl Runtime {
         &self.cache
     }
 
+    /// Runtime addresses of the whole arena (dispatcher slot, table, fragments).
+    pub fn arena_range(&self) -> std::ops::Range<u64> {
+        let base = self.cache.exec_base();
+        base..base + self.cache.arena_len() as u64
+    }
+
     /// The code cache, mutably (flush, invalidate, ...).
     pub fn cache_mut(&mut self) -> &mut CodeCache<ExecMemory> {
         &mut self.cache
@@ -152,9 +158,10 @@ impl Runtime {
     }
 
     /// Top of the guest stack (16-byte aligned); the guest function starts with
-    /// `rsp = stack_top() - 24`.
+    /// `rsp = stack_top() - 24`. A page of headroom stays above it (single-step traces
+    /// save the words above `rsp`).
     pub fn stack_top(&self) -> u64 {
-        (self.stack.base() + self.stack.len() as u64) & !15
+        (self.stack.base() + self.stack.len() as u64 - 4096) & !15
     }
 
     /// Runs the function at guest address `entry` under translation with up to six
@@ -185,6 +192,7 @@ impl Runtime {
         for (slot, a) in ctx.args.iter_mut().zip(args) {
             *slot = *a;
         }
+        signals::ensure_altstack();
         self.pending = None;
         self.signals.trap = None;
         self.signals.ctx = &mut ctx;
@@ -211,10 +219,17 @@ impl Runtime {
 
     /// The precise guest state for an interrupted frame inside translated code: the PC
     /// map's answer for `frame.rip` and the frame with its rollback applied.
+    /// Stack slots are read from live memory.
     pub fn guest_state(&self, frame: &Frame) -> Option<(PcMapping, Frame)> {
+        self.guest_state_with(frame, |a| self.mem.read_u64(a))
+    }
+
+    /// [`Self::guest_state`] reading stack slots through `read_stack` (e.g.
+    /// [`crate::Step::read_stack`] for a recorded trap).
+    pub fn guest_state_with<F: FnMut(u64) -> Option<u64>>(&self, frame: &Frame, read_stack: F) -> Option<(PcMapping, Frame)> {
         let mapping = self.cache.pc_map(frame.rip)?;
         let mut state = *frame;
-        mapping.rollback.apply(&mut state, |a| self.mem.read_u64(a)).ok()?;
+        mapping.rollback.apply(&mut state, read_stack).ok()?;
         Some((mapping, state))
     }
 

@@ -21,6 +21,28 @@ pub struct Trap {
     pub fault_addr: u64,
 }
 
+/// Words of stack saved with each single-step trap (enough for every rollback offset).
+pub const STACK_WORDS: usize = 32;
+
+/// One single-step trap: the interrupted frame and the stack above its `rsp` at that
+/// moment (rollbacks read the stack as it was, not as it is after the run).
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub frame: Frame,
+    pub stack: [u64; STACK_WORDS],
+}
+
+impl Step {
+    /// The saved 8-byte stack slot at `addr`, if it was saved.
+    pub fn read_stack(&self, addr: u64) -> Option<u64> {
+        let off = addr.checked_sub(self.frame.get(Gpr::Rsp))?;
+        if off % 8 != 0 {
+            return None;
+        }
+        self.stack.get(usize::try_from(off / 8).ok()?).copied()
+    }
+}
+
 /// Single-step recording: with TF set, every trap whose `rip` is in `include` and not in
 /// `exclude` is recorded, up to the capacity given at creation.
 #[derive(Debug)]
@@ -29,8 +51,8 @@ pub struct Trace {
     pub include: Range<u64>,
     /// Addresses not to record (e.g. the trampolines).
     pub exclude: Range<u64>,
-    /// Recorded interrupted frames, in order.
-    pub frames: Vec<Frame>,
+    /// Recorded traps, in order.
+    pub frames: Vec<Step>,
     /// Set when a trap was dropped for lack of capacity.
     pub overflow: bool,
 }
@@ -73,6 +95,33 @@ pub(crate) fn install() {
             }
         }
     });
+}
+
+/// Gives the current thread an alternate signal stack if it has none, so faults with a
+/// broken guest `rsp` can still be handled. The stack is leaked with the thread.
+pub(crate) fn ensure_altstack() {
+    thread_local! {
+        static DONE: Cell<bool> = const { Cell::new(false) };
+    }
+    if DONE.with(|d| d.replace(true)) {
+        return;
+    }
+    const SIZE: usize = 1 << 16;
+    // SAFETY: querying the current alternate stack, then installing a fresh anonymous
+    // mapping that is never unmapped (the kernel may use it until the thread exits).
+    unsafe {
+        let mut old: libc::stack_t = std::mem::zeroed();
+        if libc::sigaltstack(ptr::null(), &mut old) == 0 && old.ss_flags & libc::SS_DISABLE == 0 {
+            return;
+        }
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let p = libc::mmap(ptr::null_mut(), SIZE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        if p == libc::MAP_FAILED {
+            return;
+        }
+        let st = libc::stack_t { ss_sp: p, ss_flags: 0, ss_size: SIZE };
+        libc::sigaltstack(&st, ptr::null_mut());
+    }
 }
 
 /// Makes `state` the current thread's signal state until the returned guard drops.
@@ -135,7 +184,15 @@ extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
         if let Some(t) = st.trace.as_mut() {
             if t.include.contains(&frame.rip) && !t.exclude.contains(&frame.rip) {
                 if t.frames.len() < t.frames.capacity() {
-                    t.frames.push(frame);
+                    let mut stack = [0u64; STACK_WORDS];
+                    let rsp = frame.get(Gpr::Rsp) as *const u64;
+                    for (i, w) in stack.iter_mut().enumerate() {
+                        // SAFETY: single-stepped guest code runs on the runtime's guest
+                        // stack, which has at least STACK_WORDS words of headroom above
+                        // any rsp the guest function can have.
+                        *w = unsafe { ptr::read_volatile(rsp.wrapping_add(i)) };
+                    }
+                    t.frames.push(Step { frame, stack });
                 } else {
                     t.overflow = true;
                 }

@@ -1,0 +1,369 @@
+//! Precise guest state: faults and traps raised inside translated multi-instruction
+//! sequences are mapped by the PC map and rollback to exactly the state of the same fault
+//! raised natively (both captured from the signal's ucontext), and single-stepping through
+//! translated code only ever shows (after rollback) states the native run also shows.
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::ptr;
+
+use kdbt_engine::{CallRetPolicy, Frame, Gpr, HookClass, RipSource};
+use kdbt_host::{
+    kdbt_host_trampolines_end, kdbt_host_trampolines_start, HookAction, Options, Placement, RunError, Runtime, Trace,
+};
+
+/// CF PF AF ZF SF OF DF: the flags guest code can observe.
+const FLAGS: u64 = 0xcd5;
+
+/// Hand-assembled guest code on an executable page followed by an inaccessible page.
+struct GuestCode {
+    base: *mut u8,
+}
+
+const PAGE: usize = 4096;
+
+impl GuestCode {
+    fn new(code: &[u8]) -> Self {
+        assert!(code.len() <= PAGE);
+        // SAFETY: a fresh anonymous 2-page mapping; the code is copied into the first page
+        // and the second is made inaccessible.
+        unsafe {
+            let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+            let p = libc::mmap(ptr::null_mut(), 2 * PAGE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            assert_ne!(p, libc::MAP_FAILED);
+            let base = p.cast::<u8>();
+            ptr::copy_nonoverlapping(code.as_ptr(), base, code.len());
+            assert_eq!(libc::mprotect(base.add(PAGE).cast(), PAGE, libc::PROT_NONE), 0);
+            GuestCode { base }
+        }
+    }
+
+    fn addr(&self) -> u64 {
+        self.base as u64
+    }
+
+    fn guard(&self) -> u64 {
+        self.addr() + PAGE as u64
+    }
+}
+
+impl Drop for GuestCode {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `new`.
+        unsafe {
+            libc::munmap(self.base.cast(), 2 * PAGE);
+        }
+    }
+}
+
+/// Gives every register a distinctive value and sets CF, so a wrong restore shows.
+fn prologue() -> Vec<u8> {
+    let mut c = Vec::new();
+    for (prefix, modrm, value) in [
+        (0x48u8, 0xc3u8, 0x0111_1111u32),
+        (0x48, 0xc5, 0x0222_2222),
+        (0x49, 0xc2, 0x0333_3333),
+        (0x49, 0xc3, 0x0444_4444),
+        (0x49, 0xc4, 0x0555_5555),
+        (0x49, 0xc5, 0x0666_6666),
+        (0x49, 0xc6, 0x0777_7777),
+        (0x49, 0xc7, 0x0888_8888),
+    ] {
+        c.extend([prefix, 0xc7, modrm]);
+        c.extend(value.to_le_bytes());
+    }
+    c.push(0xf9); // stc
+    c
+}
+
+const ARGS: [u64; 6] = [0x10, 0xa1a1, 0xb2b2, 0xc3c3, 0xd4d4, 0xe5e5];
+
+fn runtime(policy: CallRetPolicy, placement: Placement) -> Runtime {
+    let mut opts = Options::new(policy);
+    opts.placement = placement;
+    Runtime::new(opts).expect("runtime")
+}
+
+fn native_trap(rt: &mut Runtime, entry: u64, args: &[u64]) -> Frame {
+    match rt.run_native(entry, args) {
+        Err(RunError::Signal(t)) => t.frame,
+        other => panic!("native run did not fault: {other:?}"),
+    }
+}
+
+fn assert_same_state(native: &Frame, guest: &Frame, what: &str) {
+    for g in Gpr::ALL {
+        assert_eq!(guest.get(g), native.get(g), "{what}: {g:?} (native {native:x?}, rolled back {guest:x?})");
+    }
+    assert_eq!(guest.rip, native.rip, "{what}: rip");
+    assert_eq!(guest.rflags & FLAGS, native.rflags & FLAGS, "{what}: flags");
+}
+
+/// Runs `code` natively and translated (both policies, given placement); the translated
+/// fault must be inside the cache, and roll back to the native fault's state.
+/// Returns how many translated faults needed a non-trivial rollback.
+fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) -> Placement) -> usize {
+    let guest = GuestCode::new(code);
+    let mut nontrivial = 0;
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let mut rt = runtime(policy, placement(guest.addr()));
+        let native = native_trap(&mut rt, guest.addr(), args);
+        let trap = match rt.run(guest.addr(), args) {
+            Err(RunError::Signal(t)) => t,
+            other => panic!("translated run did not fault: {other:?}"),
+        };
+        assert_eq!(trap.signo, signo);
+        assert!(rt.cache().contains(trap.frame.rip), "fault outside the cache: {:#x}", trap.frame.rip);
+        let (mapping, state) = rt.guest_state(&trap.frame).expect("fault address maps back");
+        let rb = mapping.rollback;
+        if rb.restore.iter().any(Option::is_some) || rb.rsp_adjust != 0 {
+            nontrivial += 1;
+        }
+        assert_same_state(&native, &state, &format!("{policy:?}"));
+    }
+    nontrivial
+}
+
+#[test]
+fn segv_in_indirect_call_through_bad_memory_rolls_back_to_the_call() {
+    let mut c = prologue();
+    c.extend([0x48, 0x89, 0xf8]); // mov rax, rdi
+    c.extend([0xff, 0x50, 0x08]); // call [rax + 8]
+    c.push(0xc3);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+}
+
+#[test]
+fn segv_in_indirect_jmp_through_bad_memory_rolls_back_to_the_jmp() {
+    let mut c = prologue();
+    c.extend([0xff, 0x27]); // jmp [rdi]
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+}
+
+#[test]
+fn segv_in_rsp_relative_indirect_call_uses_the_guest_rsp() {
+    // The operand is rsp-relative: the lookup must address it relative to the guest rsp,
+    // not to its own spill area, and fault exactly where the native call faults.
+    let mut c = prologue();
+    c.extend([0x48, 0x89, 0xfc]); // mov rsp, rdi  (rsp = 0x10)
+    c.extend([0xff, 0x54, 0x24, 0x08]); // call [rsp + 8]
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+}
+
+#[test]
+fn segv_in_ret_lookup_with_bad_stack_rolls_back_to_the_ret() {
+    let mut c = prologue();
+    c.extend([0x48, 0xc7, 0xc4, 0x00, 0x10, 0x00, 0x00]); // mov rsp, 0x1000
+    c.push(0xc3); // ret
+    // Transparent: the lookup's first spill faults; Fast: `ret` itself is copied.
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 1);
+}
+
+#[test]
+fn segv_in_far_rip_relative_load_restores_the_scratch_register() {
+    // The guard page is out of reach of the cache: the load goes through a scratch
+    // register spilled on the stack, and faults with it spilled.
+    for (opcode, name) in [([0x48u8, 0x8b, 0x05], "mov rax, [rip+x]"), ([0x48, 0x01, 0x0d], "add [rip+x], rcx")] {
+        let mut c = prologue();
+        let end = c.len() + 7;
+        c.extend(opcode);
+        c.extend((PAGE as i64 - end as i64).to_le_bytes()[..4].iter());
+        c.push(0xc3);
+        assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |a| Placement::Far(a)), 2, "{name}");
+    }
+}
+
+#[test]
+fn near_rip_relative_fault_needs_no_rollback() {
+    let mut c = prologue();
+    let end = c.len() + 7;
+    c.extend([0x48, 0x8b, 0x05]);
+    c.extend((PAGE as i64 - end as i64).to_le_bytes()[..4].iter());
+    c.push(0xc3);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 0);
+}
+
+#[test]
+fn sigtrap_from_copied_int3_maps_to_the_next_instruction() {
+    let mut c = prologue();
+    c.push(0xcc); // int3
+    c.push(0xc3);
+    check_fault(&c, &ARGS, libc::SIGTRAP, Placement::Near);
+}
+
+#[test]
+fn untranslatable_call_target_reports_the_native_fault_state() {
+    let mut c = prologue();
+    c.extend([0x48, 0x89, 0xf8]); // mov rax, rdi
+    c.extend([0xff, 0xd0]); // call rax   (rax = 0x10)
+    c.push(0xc3);
+    let guest = GuestCode::new(&c);
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let mut rt = runtime(policy, Placement::Near(guest.addr()));
+        let native = native_trap(&mut rt, guest.addr(), &ARGS);
+        match rt.run(guest.addr(), &ARGS) {
+            Err(RunError::Untranslatable { state, error }) => {
+                assert_eq!(error, kdbt_engine::Error::GuestMemory { pc: 0x10 });
+                assert_same_state(&native, &state, &format!("{policy:?}"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let _ = guest.guard();
+}
+
+#[test]
+fn hooked_int3_reports_pc_and_resumes_with_edited_registers() {
+    // mov eax, 1; int3; add eax, 2; ret
+    let c = [0xb8, 1, 0, 0, 0, 0xcc, 0x83, 0xc0, 0x02, 0xc3];
+    let guest = GuestCode::new(&c);
+    let at = guest.addr();
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let mut opts = Options::new(policy);
+        opts.hooks = HookClass::INT3 | HookClass::SYSCALL;
+        let mut rt = Runtime::new(opts).expect("runtime");
+        rt.set_hook(Box::new(move |class, pc, next, state| {
+            assert_eq!((class, pc, next), (HookClass::INT3, at + 5, at + 6));
+            assert_eq!(state.get(Gpr::Rax), 1);
+            state.set(Gpr::Rax, 40);
+            HookAction::Resume(next)
+        }));
+        assert_eq!(rt.run(at, &[]).expect("run"), 42);
+    }
+}
+
+#[test]
+fn hooked_syscall_is_emulated_and_not_executed() {
+    // mov eax, 39 (getpid); syscall; ret
+    let c = [0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc3];
+    let guest = GuestCode::new(&c);
+    let at = guest.addr();
+    let mut opts = Options::new(CallRetPolicy::Transparent);
+    opts.hooks = HookClass::SYSCALL;
+    let mut rt = Runtime::new(opts).expect("runtime");
+    rt.set_hook(Box::new(move |class, pc, next, state| {
+        assert_eq!((class, pc, next), (HookClass::SYSCALL, at + 5, at + 7));
+        state.set(Gpr::Rax, 4242);
+        HookAction::Resume(next)
+    }));
+    assert_eq!(rt.run(at, &[]).expect("run"), 4242);
+    // Not hooked: the real syscall runs.
+    let mut plain = Runtime::new(Options::new(CallRetPolicy::Transparent)).expect("runtime");
+    assert_eq!(plain.run(at, &[]).expect("run"), std::process::id() as u64);
+}
+
+#[test]
+fn hook_without_handler_stops_the_run_before_the_instruction() {
+    let c = [0xb8, 7, 0, 0, 0, 0xcc, 0xc3];
+    let guest = GuestCode::new(&c);
+    let mut opts = Options::new(CallRetPolicy::Fast);
+    opts.hooks = HookClass::INT3;
+    let mut rt = Runtime::new(opts).expect("runtime");
+    match rt.run(guest.addr(), &[]) {
+        Err(RunError::HookStop { state }) => {
+            assert_eq!(state.rip, guest.addr() + 5);
+            assert_eq!(state.get(Gpr::Rax), 7);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// Single-stepping: pure guest functions (no syscalls), traced natively and translated.
+
+#[inline(never)]
+extern "C" fn step_fib(n: u64, _: u64) -> u64 {
+    if n < 2 {
+        n
+    } else {
+        step_fib(n - 1, 0) + step_fib(n - 2, 0)
+    }
+}
+
+#[inline(never)]
+extern "C" fn step_a(x: u64) -> u64 {
+    x.wrapping_mul(5) ^ 3
+}
+#[inline(never)]
+extern "C" fn step_b(x: u64) -> u64 {
+    x.rotate_left(9).wrapping_add(1)
+}
+static STEP_OPS: [extern "C" fn(u64) -> u64; 2] = [step_a, step_b];
+
+#[inline(never)]
+extern "C" fn step_mix(n: u64, seed: u64) -> u64 {
+    let mut v = seed;
+    for i in 0..n {
+        v = match black_box(v ^ i) % 6 {
+            0 => STEP_OPS[0](v),
+            1 => STEP_OPS[1](v),
+            2 => v.wrapping_add(step_fib(3, 0)),
+            3 => v ^ 0x77,
+            4 => v.wrapping_mul(9),
+            _ => (black_box(STEP_OPS)[(v & 1) as usize])(v),
+        };
+    }
+    v
+}
+
+type Key = (u64, [u64; 16], u64);
+
+fn key(f: &Frame) -> Key {
+    (f.rip, f.gpr, f.rflags & FLAGS)
+}
+
+fn trampolines() -> std::ops::Range<u64> {
+    kdbt_host_trampolines_start as *const () as u64..kdbt_host_trampolines_end as *const () as u64
+}
+
+#[test]
+fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
+    let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] = [(step_fib, 7, 0), (step_mix, 40, 5)];
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        for far in [false, true] {
+            let mut stack_rollbacks = 0;
+            let mut spill_rollbacks = 0;
+            let mut steps = 0;
+            for (f, a, b) in cases {
+                let entry = f as *const () as u64;
+                let placement = if far { Placement::Far(entry) } else { Placement::Near(entry) };
+                let mut rt = runtime(policy, placement);
+                rt.set_trace(Some(Trace::new(0..u64::MAX, trampolines(), 1 << 18)));
+                let native = rt.run_native(entry, &[a, b]).expect("native");
+                let trace = rt.take_trace().expect("trace");
+                assert!(!trace.overflow);
+                let states: HashSet<Key> = trace.frames.iter().map(|s| key(&s.frame)).collect();
+                assert!(states.len() > 50);
+
+                let arena = rt.arena_range();
+                for run in 0..2 {
+                    rt.set_trace(Some(Trace::new(arena.clone(), 0..0, 1 << 18)));
+                    assert_eq!(rt.run(entry, &[a, b]).expect("translated"), native);
+                    let trace = rt.take_trace().expect("trace");
+                    assert!(!trace.overflow);
+                    assert!(trace.frames.len() > 50, "run {run}: {} steps", trace.frames.len());
+                    for step in &trace.frames {
+                        let frame = &step.frame;
+                        let (mapping, state) =
+                            rt.guest_state_with(frame, |a| step.read_stack(a)).expect("every stepped address maps back");
+                        // The final return into the host trampoline is not traced natively.
+                        let into_host = trampolines().contains(&state.rip);
+                        assert!(
+                            into_host || states.contains(&key(&state)),
+                            "{policy:?} far={far} run {run}: cache {:#x} -> {mapping:x?} gives {state:x?}, never seen natively",
+                            frame.rip
+                        );
+                        if matches!(mapping.rollback.rip, RipSource::Stack(_)) {
+                            stack_rollbacks += 1;
+                        }
+                        if mapping.rollback.restore.iter().any(Option::is_some) {
+                            spill_rollbacks += 1;
+                        }
+                        steps += 1;
+                    }
+                }
+            }
+            // The traced runs went through lookup sequences (spills) and their miss paths.
+            assert!(spill_rollbacks > 0 && stack_rollbacks > 0, "{policy:?} far={far}: {steps} steps");
+        }
+    }
+}
