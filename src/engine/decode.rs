@@ -53,8 +53,26 @@ impl Window {
         let insn = decoder.decode();
         match decoder.last_error() {
             DecoderError::None => Ok(insn),
-            DecoderError::NoMoreBytes => Err(Error::GuestMemory { pc: ip }),
+            DecoderError::NoMoreBytes => Err(Self::truncated(data, ip)),
             _ => Err(Error::Undecodable { pc: ip }),
+        }
+    }
+
+    /// The error for bytes that end before an instruction does: `Undecodable` if no
+    /// continuation could make them valid (checked by padding them to the maximum
+    /// instruction length with zeros, which iced rejects only for invalid prefixes and
+    /// opcodes), else `GuestMemory` (the rest is unreadable).
+    fn truncated(data: &[u8], ip: u64) -> Error {
+        let mut padded = [0u8; 15];
+        let n = data.len().min(15);
+        if let (Some(dst), Some(src)) = (padded.get_mut(..n), data.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        let mut decoder = Decoder::with_ip(64, &padded, ip, DecoderOptions::NONE);
+        let _ = decoder.decode();
+        match decoder.last_error() {
+            DecoderError::InvalidInstruction => Error::Undecodable { pc: ip },
+            _ => Error::GuestMemory { pc: ip },
         }
     }
 }
