@@ -6,11 +6,15 @@ mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use kdbt_engine::CallRetPolicy;
 use user::check::{compare, Mode};
+use user::translated::Transitions;
 use user::workload;
 
+const DEFAULT_MODE: Mode = Mode::Translated(CallRetPolicy::Transparent, Transitions::Linked);
+
 fn usage() -> ExitCode {
-    eprintln!("usage: kdbt-user check [--loader] [--dir DIR]\n       kdbt-user run [--loader] -- PROGRAM [ARGS...]");
+    eprintln!("usage: kdbt-user check [--loader|--fast|--counted] [--dir DIR]\n       kdbt-user run [--loader|--fast|--counted] -- PROGRAM [ARGS...]");
     ExitCode::from(2)
 }
 
@@ -24,6 +28,8 @@ fn main() -> ExitCode {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--loader" => mode = Some(Mode::Loader),
+            "--fast" => mode = Some(Mode::Translated(CallRetPolicy::Fast, Transitions::Linked)),
+            "--counted" => mode = Some(Mode::Translated(CallRetPolicy::Transparent, Transitions::Counted)),
             "--" => program = it.by_ref().map(|a| a.as_bytes().to_vec()).collect(),
             "--dir" => match it.next() {
                 Some(d) => dir = PathBuf::from(d),
@@ -33,8 +39,8 @@ fn main() -> ExitCode {
         }
     }
     match cmd.as_str() {
-        "check" => check(mode.unwrap_or(Mode::Loader), &dir),
-        "run" if !program.is_empty() => run(mode.unwrap_or(Mode::Loader), &program),
+        "check" => check(mode.unwrap_or(DEFAULT_MODE), &dir),
+        "run" if !program.is_empty() => run(mode.unwrap_or(DEFAULT_MODE), &program),
         _ => usage(),
     }
 }
@@ -82,7 +88,12 @@ fn run(mode: Mode, argv: &[Vec<u8>]) -> ExitCode {
         .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
         .collect();
     match user::check::run_here(mode, argv, &env) {
-        Ok(status) => ExitCode::from(status as u8),
+        Ok((status, report)) => {
+            if let Some(r) = report {
+                eprintln!("kdbt-user: {r:?}");
+            }
+            ExitCode::from(status as u8)
+        }
         Err(e) => {
             eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
             ExitCode::from(120)

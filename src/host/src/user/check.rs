@@ -3,9 +3,11 @@
 
 use super::child::{run_in_child, ChildRun, Ended};
 use super::guest::Guest;
+use super::translated::{self, Report, Transitions};
 use super::workload::{self, Applet};
 use std::fs::File;
-use std::io;
+use kdbt_engine::CallRetPolicy;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 pub enum Mode {
     /// Our loader, then a plain jump to the entry point: validates the loader alone.
     Loader,
+    /// Under translation with this call/ret policy and kind of block transitions.
+    Translated(CallRetPolicy, Transitions),
 }
 
 /// The result of one applet: both outputs' fate and timings.
@@ -28,6 +32,8 @@ pub struct Comparison {
     pub identical: bool,
     pub native_wall: Duration,
     pub guest_wall: Duration,
+    /// What the translated run reported (`None` for [`Mode::Loader`]).
+    pub report: Option<Report>,
 }
 
 fn stdin_null() -> io::Result<File> {
@@ -59,22 +65,34 @@ pub fn run_native(argv: &[Vec<u8>], out: &Path) -> io::Result<(Ended, Duration)>
 }
 
 /// Loads `argv[0]` with `argv` and `env` into this process and runs it in `mode` until
-/// it exits; returns its exit status. The process is the guest's from then on.
-pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<i32> {
+/// it exits; returns its exit status and, under translation, the run's report. The
+/// process is the guest's from then on: call only in a process the guest may end.
+pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<(i32, Option<Report>)> {
     let guest = Guest::load(&String::from_utf8_lossy(&argv[0]), argv, env)?;
     match mode {
         // SAFETY: callers run this in a process the guest may end (see above).
         Mode::Loader => unsafe { guest.enter_natively() },
+        Mode::Translated(policy, transitions) => translated::run(&guest, policy, transitions)
+            .map(|(status, report)| (status, Some(report)))
+            .map_err(|e| io::Error::other(e.to_string())),
     }
 }
 
-/// Runs `argv` as a guest in a forked child in `mode`, stdout into `out`.
+/// Runs `argv` as a guest in a forked child in `mode`, stdout into `out`; the child's
+/// report comes back in [`ChildRun::report`].
 pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRun> {
-    run_in_child(&stdin_null()?, &File::create(out)?, |_report| {
-        run_here(mode, argv, &workload::env()).unwrap_or_else(|e| {
+    run_in_child(&stdin_null()?, &File::create(out)?, |report_pipe| match run_here(mode, argv, &workload::env()) {
+        Ok((status, report)) => {
+            if let Some(r) = report {
+                // A lost report shows as a missing count in the parent; the status stands.
+                let _ = report_pipe.write_all(&r.to_bytes());
+            }
+            status
+        }
+        Err(e) => {
             eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
             120
-        })
+        }
     })
 }
 
@@ -96,5 +114,6 @@ pub fn compare(mode: Mode, applet: &Applet, input: &Path, outdir: &Path) -> io::
         guest_ended: guest.ended,
         native_wall,
         guest_wall: guest.wall,
+        report: Report::from_bytes(&guest.report),
     })
 }

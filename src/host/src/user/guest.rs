@@ -3,8 +3,10 @@
 use super::{elf, image, stack};
 use std::io;
 
-/// Bytes reserved for the guest's program break (address space only: MAP_NORESERVE).
-const BRK_RESERVE: u64 = 1 << 30;
+/// Bytes reserved for the guest's program break (address space only: MAP_NORESERVE). It
+/// ends below the code cache, which goes within 256 MiB of the image so that the guest's
+/// RIP-relative operands stay in reach; glibc's malloc falls back to mmap past it.
+const BRK_RESERVE: u64 = 128 << 20;
 const STACK_SIZE: u64 = 8 << 20;
 
 /// A guest whose first instruction can run: its image is mapped, and `rsp` points at

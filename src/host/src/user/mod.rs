@@ -8,5 +8,7 @@ pub mod fsbase;
 pub mod guest;
 pub mod image;
 pub mod stack;
+pub mod switch;
 pub mod syscall;
+pub mod translated;
 pub mod workload;

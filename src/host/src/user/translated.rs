@@ -1,0 +1,197 @@
+//! Runs a loaded guest process under translation: the dispatcher loop around
+//! [`GuestContext::resume`], with the guest's system calls carried out by [`GuestOs`].
+
+use super::fsbase::FsSwitch;
+use super::guest::Guest;
+use super::switch::{self, GuestContext, RED_ZONE};
+use super::syscall::{GuestOs, Outcome};
+use kdbt_engine::{CallRetPolicy, CodeCache, Config, Error, ExitReason, FragmentId, HookClass, IblSize, Stats, TABLE_OFFSET};
+use kdbt_host::{ExecMemory, ProcessMemory};
+use std::fmt;
+
+/// Code-cache arena: busybox's applets touch well under a megabyte of guest code, so a
+/// run never fills it (under Fast a flush mid-run would leave cache return addresses
+/// dangling on the guest stack, so a full cache is an error there).
+const ARENA: usize = 64 << 20;
+/// IF set, as Linux starts a process (bit 1 is always one).
+const INITIAL_RFLAGS: u64 = 0x202;
+
+/// How block transitions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transitions {
+    /// Exits are linked and the inline lookup table is used: the normal, timed mode.
+    Linked,
+    /// Nothing is linked and the lookup table is kept empty, so every fragment is entered
+    /// from the dispatcher, which adds up the guest instructions it runs: exact counts.
+    Counted,
+}
+
+/// What one translated run did. `from_cache` is exact only for [`Transitions::Counted`];
+/// `emulated` counts the guest instructions the dispatcher carried out instead (hooks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub from_cache: u64,
+    pub emulated: u64,
+    pub dispatches: u64,
+    pub engine: Stats,
+}
+
+impl Report {
+    /// Fixed-size encoding, to bring a report back from the child process.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let s = &self.engine;
+        [self.from_cache, self.emulated, self.dispatches, s.blocks, s.guest_insns, s.guest_bytes, s.cache_bytes,
+         s.links, s.unlinks, s.lookups, s.hits, s.misses, s.flushes]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Report> {
+        let w: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let &[from_cache, emulated, dispatches, blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes] =
+            &w[..]
+        else {
+            return None;
+        };
+        let engine = Stats { blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes };
+        Some(Report { from_cache, emulated, dispatches, engine })
+    }
+}
+
+/// Why a translated run stopped before the guest exited.
+#[derive(Debug)]
+pub enum RunError {
+    /// Another guest context is live in this process, or the CPU lacks xsave.
+    NoContext,
+    Arena(std::io::Error),
+    Engine(Error),
+    /// A hook class other than `syscall` reached the dispatcher.
+    UnexpectedHook { class: HookClass, pc: u64 },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::NoContext => write!(f, "no guest context (already in use, or no xsave)"),
+            RunError::Arena(e) => write!(f, "mapping the code cache: {e}"),
+            RunError::Engine(e) => write!(f, "engine: {e}"),
+            RunError::UnexpectedHook { class, pc } => write!(f, "unexpected hook {class:?} at {pc:#x}"),
+        }
+    }
+}
+
+/// The code cache plus what the counted mode knows about each fragment.
+struct Translator {
+    cache: CodeCache<ExecMemory>,
+    mem: ProcessMemory,
+    transitions: Transitions,
+    /// Guest instructions of each fragment, by `FragmentId` (until a flush).
+    insns: Vec<u64>,
+}
+
+impl Translator {
+    /// The fragment for guest `pc`, translated if needed. A full cache is flushed once
+    /// under Transparent (its stacks hold only guest addresses).
+    fn fragment(&mut self, pc: u64) -> Result<FragmentId, Error> {
+        let before = self.cache.stats().guest_insns;
+        let id = match self.cache.translate(pc, &self.mem) {
+            Err(Error::CacheFull { .. }) if self.cache.config().policy == CallRetPolicy::Transparent => {
+                self.cache.flush();
+                self.insns.clear();
+                self.cache.translate(pc, &self.mem)?
+            }
+            other => other?,
+        };
+        if id.0 as usize == self.insns.len() {
+            self.insns.push(self.cache.stats().guest_insns - before);
+            if self.transitions == Transitions::Counted {
+                self.empty_table_slot(pc);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Keeps indirect branches to `pc` missing in the inline lookup, using the table layout
+    /// of docs/engine.md (entry `i` at `TABLE_OFFSET + 16 i`, empty when it holds `!i`).
+    fn empty_table_slot(&mut self, pc: u64) {
+        let idx = pc & u64::from(IblSize::Large.entries() - 1);
+        let slot = self.cache.exec_base() + TABLE_OFFSET as u64 + idx * 16;
+        // SAFETY: the slot lies in the arena's table, which this thread alone uses, and no
+        // reference into the arena is live between engine calls.
+        unsafe { (slot as *mut u64).write_volatile(!idx) };
+    }
+
+    /// Where to resume after `reason`, and the fragment entered.
+    fn resolve(&mut self, reason: &ExitReason) -> Result<(u64, FragmentId), Error> {
+        let (target, link) = match *reason {
+            ExitReason::DirectMiss { exit, target } => (target, Some(exit)),
+            ExitReason::IndirectMiss { target, .. } => (target, None),
+            ExitReason::Hook(site) => (site.next_pc, None),
+        };
+        let id = self.fragment(target)?;
+        if let (Some(exit), Transitions::Linked) = (link, self.transitions) {
+            // A flush since the exit was taken makes its id stale: then it stays unlinked.
+            if exit.generation == self.cache.generation() {
+                self.cache.link(exit, id)?;
+            }
+        }
+        Ok((self.cache.fragment_entry(id)?, id))
+    }
+}
+
+/// Runs `guest` under translation with `policy` until it exits; returns its exit status
+/// and what the run did. Call in a disposable child: guest system calls act on this process.
+pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Result<(i32, Report), RunError> {
+    let mut ctx = GuestContext::claim(FsSwitch::detect()).ok_or(RunError::NoContext)?;
+    let arena = ExecMemory::near(ARENA, guest.image.entry).map_err(RunError::Arena)?;
+    let base = arena.base();
+    let cfg = Config { policy, red_zone: RED_ZONE, dispatcher: switch::dispatcher(), hooks: HookClass::SYSCALL, ibl: IblSize::Large };
+    let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
+    let mut t = Translator { cache, mem: ProcessMemory, transitions, insns: Vec::new() };
+    let mut os = GuestOs::new(&guest.image);
+    let mut report = Report::default();
+
+    let first = t.fragment(guest.image.entry).map_err(RunError::Engine)?;
+    *ctx.frame() = switch::GuestFrame {
+        rsp: guest.rsp,
+        rflags: INITIAL_RFLAGS,
+        pc: t.cache.fragment_entry(first).map_err(RunError::Engine)?,
+        ..Default::default()
+    };
+    let mut entered = first;
+    loop {
+        report.from_cache += t.insns[entered.0 as usize];
+        ctx.set_guest_fs_base(os.fs_base);
+        // SAFETY: the frame holds the guest's state and pc a fragment entry of `t.cache`,
+        // whose exits go to switch::dispatcher(); the guest stack is the loader's.
+        unsafe { ctx.resume() };
+        report.dispatches += 1;
+        let f = ctx.frame();
+        let reason = t.cache.exit_reason(f.exit_id, f.aux).map_err(RunError::Engine)?;
+        if let ExitReason::Hook(site) = reason {
+            if site.class != HookClass::SYSCALL {
+                return Err(RunError::UnexpectedHook { class: site.class, pc: site.pc });
+            }
+            // The hooked instruction was counted with its fragment but ran here.
+            report.from_cache -= 1;
+            report.emulated += 1;
+            // SAFETY: this is the disposable child the guest owns (see above).
+            match unsafe { os.syscall(f.rax, [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9]) } {
+                Outcome::Exit(status) => {
+                    report.engine = *t.cache.stats();
+                    return Ok((status, report));
+                }
+                Outcome::Resume(ret) => {
+                    // As the CPU's syscall/sysret leave them: rcx = next rip, r11 = rflags.
+                    f.rax = ret;
+                    f.rcx = site.next_pc;
+                    f.r11 = f.rflags;
+                }
+            }
+        }
+        let (pc, id) = t.resolve(&reason).map_err(RunError::Engine)?;
+        ctx.frame().pc = pc;
+        entered = id;
+    }
+}
