@@ -78,9 +78,14 @@ fn prologue() -> Vec<u8> {
 
 const ARGS: [u64; 6] = [0x10, 0xa1a1, 0xb2b2, 0xc3c3, 0xd4d4, 0xe5e5];
 
-fn runtime(policy: CallRetPolicy, placement: Placement) -> Runtime {
+/// Red zones tested: the user-space one and the kernel's (0). The guest code here never
+/// uses a red zone, so both must behave identically.
+const RED_ZONES: [u32; 2] = [128, 0];
+
+fn runtime(policy: CallRetPolicy, placement: Placement, red_zone: u32) -> Runtime {
     let mut opts = Options::new(policy);
     opts.placement = placement;
+    opts.red_zone = red_zone;
     Runtime::new(opts).expect("runtime")
 }
 
@@ -99,14 +104,14 @@ fn assert_same_state(native: &Frame, guest: &Frame, what: &str) {
     assert_eq!(guest.rflags & FLAGS, native.rflags & FLAGS, "{what}: flags");
 }
 
-/// Runs `code` natively and translated (both policies, given placement); the translated
-/// fault must be inside the cache, and roll back to the native fault's state.
-/// Returns how many translated faults needed a non-trivial rollback.
+/// Runs `code` natively and translated (both policies, both red zones, given placement);
+/// the translated fault must be inside the cache, and roll back to the native fault's
+/// state. Returns how many translated faults needed a non-trivial rollback.
 fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) -> Placement) -> usize {
     let guest = GuestCode::new(code);
     let mut nontrivial = 0;
-    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
-        let mut rt = runtime(policy, placement(guest.addr()));
+    for (policy, red_zone) in policies_and_red_zones() {
+        let mut rt = runtime(policy, placement(guest.addr()), red_zone);
         let native = native_trap(&mut rt, guest.addr(), args);
         let trap = match rt.run(guest.addr(), args) {
             Err(RunError::Signal(t)) => t,
@@ -119,9 +124,13 @@ fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) ->
         if rb.restore.iter().any(Option::is_some) || rb.rsp_adjust != 0 {
             nontrivial += 1;
         }
-        assert_same_state(&native, &state, &format!("{policy:?}"));
+        assert_same_state(&native, &state, &format!("{policy:?} red zone {red_zone}"));
     }
     nontrivial
+}
+
+fn policies_and_red_zones() -> impl Iterator<Item = (CallRetPolicy, u32)> {
+    [CallRetPolicy::Transparent, CallRetPolicy::Fast].into_iter().flat_map(|p| RED_ZONES.map(|rz| (p, rz)))
 }
 
 #[test]
@@ -130,14 +139,14 @@ fn segv_in_indirect_call_through_bad_memory_rolls_back_to_the_call() {
     c.extend([0x48, 0x89, 0xf8]); // mov rax, rdi
     c.extend([0xff, 0x50, 0x08]); // call [rax + 8]
     c.push(0xc3);
-    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
 }
 
 #[test]
 fn segv_in_indirect_jmp_through_bad_memory_rolls_back_to_the_jmp() {
     let mut c = prologue();
     c.extend([0xff, 0x27]); // jmp [rdi]
-    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
 }
 
 #[test]
@@ -147,7 +156,7 @@ fn segv_in_rsp_relative_indirect_call_uses_the_guest_rsp() {
     let mut c = prologue();
     c.extend([0x48, 0x89, 0xfc]); // mov rsp, rdi  (rsp = 0x10)
     c.extend([0xff, 0x54, 0x24, 0x08]); // call [rsp + 8]
-    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
 }
 
 #[test]
@@ -155,7 +164,8 @@ fn segv_in_ret_lookup_with_bad_stack_rolls_back_to_the_ret() {
     let mut c = prologue();
     c.extend([0x48, 0xc7, 0xc4, 0x00, 0x10, 0x00, 0x00]); // mov rsp, 0x1000
     c.push(0xc3); // ret
-    // Transparent: the lookup's first spill faults; Fast: `ret` itself is copied.
+    // Transparent: the lookup's first spill faults (after skipping a red zone of 128, which
+    // the rollback undoes; with red zone 0 nothing is undone); Fast: `ret` is copied.
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 1);
 }
 
@@ -169,7 +179,7 @@ fn segv_in_far_rip_relative_load_restores_the_scratch_register() {
         c.extend(opcode);
         c.extend((PAGE as i64 - end as i64).to_le_bytes()[..4].iter());
         c.push(0xc3);
-        assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |a| Placement::Far(a)), 2, "{name}");
+        assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Far), 4, "{name}");
     }
 }
 
@@ -198,8 +208,8 @@ fn untranslatable_call_target_reports_the_native_fault_state() {
     c.extend([0xff, 0xd0]); // call rax   (rax = 0x10)
     c.push(0xc3);
     let guest = GuestCode::new(&c);
-    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
-        let mut rt = runtime(policy, Placement::Near(guest.addr()));
+    for (policy, red_zone) in policies_and_red_zones() {
+        let mut rt = runtime(policy, Placement::Near(guest.addr()), red_zone);
         let native = native_trap(&mut rt, guest.addr(), &ARGS);
         match rt.run(guest.addr(), &ARGS) {
             Err(RunError::Untranslatable { state, error }) => {
@@ -318,7 +328,7 @@ fn trampolines() -> std::ops::Range<u64> {
 #[test]
 fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
     let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] = [(step_fib, 7, 0), (step_mix, 40, 5)];
-    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+    for (policy, red_zone) in policies_and_red_zones() {
         for far in [false, true] {
             let mut stack_rollbacks = 0;
             let mut spill_rollbacks = 0;
@@ -326,7 +336,7 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
             for (f, a, b) in cases {
                 let entry = f as *const () as u64;
                 let placement = if far { Placement::Far(entry) } else { Placement::Near(entry) };
-                let mut rt = runtime(policy, placement);
+                let mut rt = runtime(policy, placement, red_zone);
                 rt.set_trace(Some(Trace::new(0..u64::MAX, trampolines(), 1 << 18)));
                 let native = rt.run_native(entry, &[a, b]).expect("native");
                 let trace = rt.take_trace().expect("trace");
@@ -349,7 +359,7 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
                         let into_host = trampolines().contains(&state.rip);
                         assert!(
                             into_host || states.contains(&key(&state)),
-                            "{policy:?} far={far} run {run}: cache {:#x} -> {mapping:x?} gives {state:x?}, never seen natively",
+                            "{policy:?} red zone {red_zone} far={far} run {run}: cache {:#x} -> {mapping:x?} gives {state:x?}, never seen natively",
                             frame.rip
                         );
                         if matches!(mapping.rollback.rip, RipSource::Stack(_)) {
@@ -363,7 +373,7 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
                 }
             }
             // The traced runs went through lookup sequences (spills) and their miss paths.
-            assert!(spill_rollbacks > 0 && stack_rollbacks > 0, "{policy:?} far={far}: {steps} steps");
+            assert!(spill_rollbacks > 0 && stack_rollbacks > 0, "{policy:?} {red_zone} far={far}: {steps} steps");
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::exec::ExecMemory;
 use crate::memory::ProcessMemory;
 use crate::signals::{self, SignalState, Trace, Trap};
 use crate::trampoline::{
-    kdbt_host_dispatch_entry, kdbt_host_enter, kdbt_host_leave, kdbt_host_return, DispatchFrame, EnterCtx,
+    kdbt_host_dispatch_entry, kdbt_host_dispatch_entry_rz0, kdbt_host_enter, kdbt_host_leave, kdbt_host_return, DispatchFrame, EnterCtx,
     RED_ZONE,
 };
 
@@ -38,6 +38,9 @@ pub struct Options {
     pub ibl: IblSize,
     /// Bytes of the guest stack.
     pub stack_len: usize,
+    /// Red zone: 128 (System V user code) or 0 (the kernel's setting; only for guest code
+    /// that does not use a red zone, e.g. hand-written code).
+    pub red_zone: u32,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             placement: Placement::Anywhere,
             ibl: IblSize::Large,
             stack_len: 1 << 20,
+            red_zone: RED_ZONE,
         }
     }
 }
@@ -98,6 +102,11 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime with a fresh cache mapped according to `opts`.
     pub fn new(opts: Options) -> Result<Self, RunError> {
+        let dispatcher = match opts.red_zone {
+            RED_ZONE => kdbt_host_dispatch_entry as *const () as u64,
+            0 => kdbt_host_dispatch_entry_rz0 as *const () as u64,
+            _ => return Err(RunError::Engine(Error::Config)),
+        };
         let io = |_| RunError::Engine(Error::ArenaSize { len: opts.arena_len });
         let arena = match opts.placement {
             Placement::Anywhere => ExecMemory::new(opts.arena_len),
@@ -109,8 +118,8 @@ impl Runtime {
         let base = arena.base();
         let cfg = Config {
             policy: opts.policy,
-            red_zone: RED_ZONE,
-            dispatcher: kdbt_host_dispatch_entry as *const () as u64,
+            red_zone: opts.red_zone,
+            dispatcher,
             hooks: opts.hooks,
             ibl: opts.ibl,
         };
@@ -240,7 +249,8 @@ impl Runtime {
     }
 
     fn dispatch(&mut self, frame: &mut DispatchFrame) -> u64 {
-        let guest_rsp = (frame as *const DispatchFrame as u64) + 16 * 8 + 16 + u64::from(RED_ZONE);
+        let red_zone = u64::from(self.cache.config().red_zone);
+        let guest_rsp = (frame as *const DispatchFrame as u64) + 16 * 8 + 16 + red_zone;
         let reason = match self.cache.exit_reason(frame.exit_id, frame.aux) {
             Ok(r) => r,
             Err(e) => return self.abort(frame, RunError::Engine(e)),

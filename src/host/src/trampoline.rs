@@ -13,12 +13,13 @@
 //!   [`DispatchFrame`] and the extended state (`xsave`, since the dispatcher is Rust code
 //!   calling libc), calls `kdbt_host_dispatch` with TF and DF clear, restores, and resumes
 //!   at the returned address with `ret 136`, which restores `rip` and the guest `rsp` at
-//!   once.
+//!   once. `kdbt_host_dispatch_entry_rz0` does the same for red zone 0 (`ret 8`).
 
 use core::arch::global_asm;
 
-/// Red zone of x86-64 System V user code; the dispatcher trampoline's `ret 136` is
-/// `8 + RED_ZONE`.
+/// Red zone of x86-64 System V user code; `kdbt_host_dispatch_entry` resumes with
+/// `ret 136` (8 + 128). `kdbt_host_dispatch_entry_rz0` is the same for red zone 0 (the
+/// kernel's), resuming with `ret 8`.
 pub const RED_ZONE: u32 = 128;
 
 /// Arguments of `kdbt_host_enter`.
@@ -68,6 +69,7 @@ extern "C" {
     pub fn kdbt_host_return();
     pub fn kdbt_host_leave();
     pub fn kdbt_host_dispatch_entry();
+    pub fn kdbt_host_dispatch_entry_rz0();
     pub fn kdbt_host_trampolines_start();
     pub fn kdbt_host_trampolines_end();
 }
@@ -126,66 +128,78 @@ global_asm!(
     "pop rbp",
     "pop rbx",
     "ret",
-    ".p2align 4",
-    ".globl kdbt_host_dispatch_entry",
-    "kdbt_host_dispatch_entry:",
-    "pushfq",
-    "push rax",
-    "push rcx",
-    "push rdx",
-    "push rbx",
-    "push rbp",
-    "push rsi",
-    "push rdi",
-    "push r8",
-    "push r9",
-    "push r10",
-    "push r11",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
-    "pushfq",
-    "and qword ptr [rsp], -0x501",
-    "popfq",
-    "mov rbx, rsp",
-    // The dispatcher is Rust calling libc: save the guest's x87/SSE/AVX/AVX-512 state.
-    "sub rsp, 4096",
-    "and rsp, -64",
-    "xor eax, eax",
-    "mov ecx, 8",
-    "2:",
-    "mov [rsp + rcx * 8 + 504], rax",
-    "loop 2b",
-    // x87, SSE, AVX, MPX, AVX-512, PKRU: at most 2696 bytes (not AMX tiles, 8 KiB).
-    "mov eax, 0x2ff",
-    "xor edx, edx",
-    "xsave [rsp]",
-    "mov rdi, rbx",
-    "call {dispatch}",
-    "mov [rbx + 128], rax",
-    "mov eax, 0x2ff",
-    "xor edx, edx",
-    "xrstor [rsp]",
-    "mov rsp, rbx",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
-    "pop r11",
-    "pop r10",
-    "pop r9",
-    "pop r8",
-    "pop rdi",
-    "pop rsi",
-    "pop rbp",
-    "pop rbx",
-    "pop rdx",
-    "pop rcx",
-    "pop rax",
-    "popfq",
-    "ret 136",
-    ".globl kdbt_host_trampolines_end",
-    "kdbt_host_trampolines_end:",
-    dispatch = sym crate::runtime::kdbt_host_dispatch,
 );
+
+/// The dispatcher entry for red zone `$rz`: `$ret` = 8 + `$rz`.
+macro_rules! dispatch_entry {
+    ($name:literal, $ret:literal) => {
+        global_asm!(
+            ".text",
+            ".p2align 4",
+            concat!(".globl ", $name),
+            concat!($name, ":"),
+            "pushfq",
+            "push rax",
+            "push rcx",
+            "push rdx",
+            "push rbx",
+            "push rbp",
+            "push rsi",
+            "push rdi",
+            "push r8",
+            "push r9",
+            "push r10",
+            "push r11",
+            "push r12",
+            "push r13",
+            "push r14",
+            "push r15",
+            "pushfq",
+            "and qword ptr [rsp], -0x501",
+            "popfq",
+            "mov rbx, rsp",
+            // The dispatcher is Rust calling libc: save the guest's x87/SSE/AVX/AVX-512 state.
+            "sub rsp, 4096",
+            "and rsp, -64",
+            "xor eax, eax",
+            "mov ecx, 8",
+            "2:",
+            "mov [rsp + rcx * 8 + 504], rax",
+            "loop 2b",
+            // x87, SSE, AVX, MPX, AVX-512, PKRU: at most 2696 bytes (not AMX tiles, 8 KiB).
+            "mov eax, 0x2ff",
+            "xor edx, edx",
+            "xsave [rsp]",
+            "mov rdi, rbx",
+            "call {dispatch}",
+            "mov [rbx + 128], rax",
+            "mov eax, 0x2ff",
+            "xor edx, edx",
+            "xrstor [rsp]",
+            "mov rsp, rbx",
+            "pop r15",
+            "pop r14",
+            "pop r13",
+            "pop r12",
+            "pop r11",
+            "pop r10",
+            "pop r9",
+            "pop r8",
+            "pop rdi",
+            "pop rsi",
+            "pop rbp",
+            "pop rbx",
+            "pop rdx",
+            "pop rcx",
+            "pop rax",
+            "popfq",
+            concat!("ret ", $ret),
+            dispatch = sym crate::runtime::kdbt_host_dispatch,
+        );
+    };
+}
+
+dispatch_entry!("kdbt_host_dispatch_entry", 136);
+dispatch_entry!("kdbt_host_dispatch_entry_rz0", 8);
+
+global_asm!(".text", ".globl kdbt_host_trampolines_end", "kdbt_host_trampolines_end:");
