@@ -36,8 +36,7 @@ pub enum Error {
     /// The arena cannot hold the dispatcher slot, the lookup table and any code, or is
     /// larger than 1 GiB (code must reach the table RIP-relative).
     ArenaSize { len: usize },
-    /// The configuration is invalid (red zone not a multiple of 8 or larger than 4096,
-    /// lookup table size not 8 or 16 bits, zero instructions per block).
+    /// The configuration is invalid (red zone not a multiple of 8 or larger than 4096).
     Config,
     /// iced-x86 could not re-encode the instruction at `pc`.
     Encode { pc: u64 },

@@ -52,7 +52,9 @@ fn sweep(policy: CallRetPolicy, addr: u64, text: &[u8]) -> Result<Sweep, Error> 
         hooks: HookClass::empty(),
         ibl: IblSize::Large,
     };
-    let mut cache = CodeCache::new(vec![0u8; 64 << 20], exec_base, cfg)?;
+    // Touch every page first: page faults are not translation work.
+    let arena: Vec<u8> = (0..64usize << 20).map(|i| i as u8).collect();
+    let mut cache = CodeCache::new(arena, exec_base, cfg)?;
     let mem = SliceMemory::new(addr, text);
     let end = addr + text.len() as u64;
     let mut pc = addr;
