@@ -121,6 +121,11 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         &self.cfg
     }
 
+    /// The arena (to inspect emitted code; writes go through the cache's methods only).
+    pub fn arena(&self) -> &A {
+        &self.arena
+    }
+
     /// Runtime address of the arena's first byte.
     pub fn exec_base(&self) -> u64 {
         self.exec_base

@@ -46,7 +46,7 @@ pub enum IndirectKind {
 
 /// What an exit does, as recorded when its fragment was built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitKind {
+pub(crate) enum ExitKind {
     /// A direct `jmp`/`jcc`/`call` target or a fall-through; linkable.
     Direct {
         /// Guest target.

@@ -34,7 +34,7 @@ mod translate;
 pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
 pub use config::{CallRetPolicy, Config, IblSize};
 pub use error::{Error, Unsupported};
-pub use exit::{ExitId, ExitKind, ExitReason, HookSite, IndirectKind, AUX_OFFSET, EXIT_ID_OFFSET, FRAME_SIZE};
+pub use exit::{ExitId, ExitReason, HookSite, IndirectKind, AUX_OFFSET, EXIT_ID_OFFSET, FRAME_SIZE};
 pub use hooks::HookClass;
 pub use memory::{GuestMemory, MemoryFault, SliceMemory};
 pub use pcmap::{Frame, Gpr, PcMapping, Restore, RipSource, Rollback, StackReadFault};

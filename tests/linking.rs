@@ -1,0 +1,109 @@
+//! Linking at the engine level: a direct exit is patched to jump straight to its target
+//! fragment, recorded on the target's incoming list, and unlinking restores the jump to the
+//! exit stub; stale exit ids (from before a flush) are never linked.
+
+use kdbt_engine::{CallRetPolicy, CodeCache, Config, ExitReason, HookClass, IblSize, RipSource, SliceMemory};
+
+const BASE: u64 = 0x40_0000;
+const EXEC: u64 = 0x1_0000_0000;
+
+fn cache() -> CodeCache<Vec<u8>> {
+    let cfg = Config {
+        policy: CallRetPolicy::Transparent,
+        red_zone: 128,
+        dispatcher: EXEC - 0x1000,
+        hooks: HookClass::empty(),
+        ibl: IblSize::Small,
+    };
+    CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache")
+}
+
+/// Where the `jmp rel32` at runtime address `at` goes.
+fn jmp_target(cache: &CodeCache<Vec<u8>>, at: u64) -> u64 {
+    let off = (at - EXEC) as usize;
+    let code = &cache.arena()[off..off + 5];
+    assert_eq!(code[0], 0xe9, "a jmp rel32");
+    let rel = i32::from_le_bytes(code[1..5].try_into().expect("4 bytes"));
+    (at + 5).wrapping_add(rel as i64 as u64)
+}
+
+#[test]
+fn link_patches_the_branch_to_the_target_and_unlink_restores_the_stub() {
+    // A: jmp B (2 bytes later)   B: nop; ret
+    let code = [0xeb, 0x00, 0x90, 0xc3];
+    let mem = SliceMemory::new(BASE, &code);
+    let mut cache = cache();
+    let a = cache.translate(BASE, &mem).expect("A");
+    let a_entry = cache.fragment_entry(a).expect("entry");
+    let stub = jmp_target(&cache, a_entry);
+    let at_stub = cache.pc_map(stub).expect("the stub maps back");
+    assert_eq!(at_stub.insn_pc, BASE);
+    assert_eq!(at_stub.rollback.rip, RipSource::Guest(BASE + 2), "at the stub the jmp is complete");
+
+    // A's only exit has id 0: what the stub would put in the dispatcher frame.
+    let reason = cache.exit_reason(0, 0).expect("exit 0");
+    let ExitReason::DirectMiss { exit, target } = reason else { panic!("{reason:?}") };
+    assert_eq!(target, BASE + 2);
+    let resume = cache.resolve(&reason, &mem).expect("resolve").expect("an address");
+    let b = cache.lookup(BASE + 2).expect("B translated");
+    assert_eq!(resume, cache.fragment_entry(b).expect("entry"));
+    assert_eq!(jmp_target(&cache, a_entry), resume, "linked straight to B");
+    assert_eq!(cache.linked_to(exit), Some(b));
+    assert_eq!(cache.incoming(b), vec![exit]);
+    assert_eq!(cache.stats().links, 1);
+
+    cache.unlink(exit).expect("unlink");
+    assert_eq!(jmp_target(&cache, a_entry), stub, "back to the stub");
+    assert_eq!(cache.linked_to(exit), None);
+    assert!(cache.incoming(b).is_empty());
+    assert_eq!(cache.stats().unlinks, 1);
+
+    // A decoded exit from before a flush is not linked into the new generation.
+    let stale = cache.exit_reason(0, 0).expect("exit 0");
+    cache.flush();
+    assert!(cache.exit_reason(0, 0).is_err(), "no exits after a flush");
+    let pc = cache.resolve(&stale, &mem).expect("resolve").expect("an address");
+    let b2 = cache.lookup(BASE + 2).expect("B again");
+    assert_eq!(pc, cache.fragment_entry(b2).expect("entry"));
+    assert_eq!(cache.stats().links, 1, "stale exit not linked");
+}
+
+#[test]
+fn indirect_exit_reports_the_aux_target_and_hooks_report_their_site() {
+    // jmp rax ; int3
+    let code = [0xff, 0xe0, 0xcc];
+    let mem = SliceMemory::new(BASE, &code);
+    let mut cache = cache();
+    cache.translate(BASE, &mem).expect("jmp rax");
+    match cache.exit_reason(0, 0x1234).expect("exit 0") {
+        ExitReason::IndirectMiss { target, insn_pc, .. } => assert_eq!((target, insn_pc), (0x1234, BASE)),
+        other => panic!("{other:?}"),
+    }
+    let cfg = Config { hooks: HookClass::INT3, ..*cache.config() };
+    let mut hooked = CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache");
+    hooked.translate(BASE + 2, &mem).expect("int3");
+    match hooked.exit_reason(0, 0).expect("exit 0") {
+        ExitReason::Hook(site) => {
+            assert_eq!((site.class, site.pc, site.next_pc), (HookClass::INT3, BASE + 2, BASE + 3));
+            assert_eq!(hooked.resolve(&ExitReason::Hook(site), &mem), Ok(None));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stats_accumulate_sums_every_counter() {
+    let mut cache = cache();
+    let code = [0x90, 0xc3];
+    cache.translate(BASE, &SliceMemory::new(BASE, &code)).expect("translate");
+    let one = *cache.stats();
+    let mut sum = one;
+    sum.accumulate(&one);
+    assert_eq!(sum.blocks, 2 * one.blocks);
+    assert_eq!(sum.guest_insns, 2 * one.guest_insns);
+    assert_eq!(sum.guest_bytes, 2 * one.guest_bytes);
+    assert_eq!(sum.cache_bytes, 2 * one.cache_bytes);
+    assert_eq!(sum.lookups, 2 * one.lookups);
+    assert_eq!(sum.misses, 2 * one.misses);
+    assert!(one.blocks == 1 && one.guest_insns == 2 && one.cache_bytes > 0);
+}
