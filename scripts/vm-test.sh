@@ -7,6 +7,7 @@ set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 log="$KDBT_BUILD/vm/test-console.log"
+rm -f "$log"
 KDBT_QUIET=1 "$here/vm.sh" test "$log" "${KDBT_VM_TIMEOUT:-900}"
 rc=$?
 python3 "$here/judge-vm.py" "$log" "$("$here/kernel.sh")/vmlinux" "$rc"

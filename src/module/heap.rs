@@ -32,6 +32,7 @@ struct Arena {
     size: usize,
     next: usize,
     free: [*mut u8; CLASSES],
+    in_use: usize,
 }
 
 // SAFETY: the arena's raw pointers refer to memory owned by the heap, and all
@@ -43,6 +44,7 @@ static HEAP: spin::Mutex<Arena> = spin::Mutex::new(Arena {
     size: 0,
     next: 0,
     free: [ptr::null_mut(); CLASSES],
+    in_use: 0,
 });
 
 fn class_of(size: usize, align: usize) -> Option<usize> {
@@ -54,20 +56,22 @@ fn class_of(size: usize, align: usize) -> Option<usize> {
 impl Arena {
     fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
         let Some(class) = class_of(size, align) else { return ptr::null_mut() };
+        let block = 1usize << (class + MIN_CLASS);
         let head = self.free[class];
         if !head.is_null() {
             // SAFETY: free-list nodes are blocks of this arena that hold the
             // next pointer in their first word (see `dealloc`).
             self.free[class] = unsafe { head.cast::<*mut u8>().read() };
+            self.in_use += block;
             return head;
         }
-        let block = 1usize << (class + MIN_CLASS);
         // Blocks are aligned to their size up to a page, which covers `align`.
         let start = match self.next.checked_next_multiple_of(block.min(PAGE)) {
             Some(s) if s.checked_add(block).is_some_and(|end| end <= self.size) => s,
             _ => return ptr::null_mut(),
         };
         self.next = start + block;
+        self.in_use += block;
         // SAFETY: `start + block <= size`, so the block lies inside the arena.
         unsafe { self.base.add(start) }
     }
@@ -80,6 +84,7 @@ impl Arena {
         // caller gives it back, so it may hold the free-list link.
         unsafe { p.cast::<*mut u8>().write(self.free[class]) };
         self.free[class] = p;
+        self.in_use -= 1 << (class + MIN_CLASS);
     }
 }
 
@@ -94,8 +99,18 @@ pub(crate) fn init(size: usize) -> Result {
         size,
         next: 0,
         free: [ptr::null_mut(); CLASSES],
-        };
+        in_use: 0,
+    };
     Ok(())
+}
+
+/// Whether more than three quarters of the heap are handed out: the
+/// dispatcher then flushes its cache, which frees the blocks' metadata, long
+/// before an allocation could fail.
+pub(crate) fn under_pressure() -> bool {
+    let _irq = IrqGuard::new();
+    let heap = HEAP.lock();
+    heap.in_use > heap.size / 4 * 3
 }
 
 /// Frees the arena. Called from module exit, after every `alloc` user is gone.

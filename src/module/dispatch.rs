@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The dispatcher: runs on every kernel entry (shadow IDT) and every exit from
+//! the code cache, with interrupts off, on this CPU's dispatcher stack.
+//!
+//! On an IDT entry it turns a code-cache PC in the hardware frame into the
+//! native guest PC, applying the engine's rollback so the handler sees the
+//! precise state before the interrupted guest instruction, then runs the
+//! handler's translation. On a cache exit it translates and links the next
+//! block, or emulates a hooked `iretq`. Nothing here sleeps or calls into the
+//! kernel's allocators (see `heap`).
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use kdbt_engine::{Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryFault, RipSource};
+use kernel::prelude::*;
+
+use crate::cpu::{self, CpuState};
+use crate::entry::{thunks, Regs, EXIT_FRAME_WORD, EXIT_RFLAGS_WORD, IDT_VECTOR_WORD};
+use crate::ffi;
+use crate::idt::has_error_code;
+use crate::stats::{bump, STATS};
+
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_NT: u64 = 1 << 14;
+const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// Kernel text and module text, read without faulting.
+struct KernelText;
+
+impl GuestMemory for KernelText {
+    fn read(&self, pc: u64, buf: &mut [u8]) -> Result<usize, MemoryFault> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let addr = pc.wrapping_add(done as u64);
+            let in_page = (4096 - (addr & 4095)) as usize;
+            let n = in_page.min(buf.len() - done);
+            // SAFETY: `copy_from_kernel_nofault` checks the source and never
+            // faults; the destination is `n` bytes of `buf`.
+            let r = unsafe {
+                ffi::copy_from_kernel_nofault(buf[done..].as_mut_ptr().cast(), addr as *const _, n)
+            };
+            if r != 0 {
+                break;
+            }
+            done += n;
+        }
+        if done == 0 {
+            return Err(MemoryFault { addr: pc });
+        }
+        Ok(done)
+    }
+}
+
+static NATIVE_WARNINGS: AtomicU32 = AtomicU32::new(0);
+
+/// Whether kdbt runs guest `pc` natively: its own text, so that it never
+/// translates the code that manages the caches.
+fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
+    pc >= cpu.native.start && pc < cpu.native.end
+}
+
+/// Flushes this CPU's cache when it is full and re-translates the syscall
+/// entry, which its `syscall` stub must always reach.
+fn flush_if_full<T>(cpu: &mut CpuState, r: &Result<T, Error>) -> bool {
+    if !matches!(r, Err(Error::CacheFull { .. })) && !crate::heap::under_pressure() {
+        return false;
+    }
+    cpu.cache.flush();
+    bump(&STATS[cpu.slot].flushes);
+    cpu.retarget_syscall();
+    true
+}
+
+fn publish_stats(cpu: &CpuState) {
+    let s = cpu.cache.stats();
+    let c = &STATS[cpu.slot];
+    c.blocks_translated.store(s.blocks, Relaxed);
+    c.cache_bytes_used.store(u64::from(cpu.cache.used()), Relaxed);
+    c.lookup_hits.store(s.hits, Relaxed);
+    c.lookup_misses.store(s.misses, Relaxed);
+}
+
+/// The code-cache PC to run guest `pc` at on this CPU, translating it if
+/// needed; `pc` itself (run natively) for kdbt's own text and for code the
+/// engine cannot translate.
+pub(crate) fn target_for(cpu: &mut CpuState, pc: u64) -> u64 {
+    if runs_natively(cpu, pc) {
+        return pc;
+    }
+    let mut r = cpu.cache.entry(pc, &KernelText);
+    if flush_if_full(cpu, &r) {
+        r = cpu.cache.entry(pc, &KernelText);
+    }
+    publish_stats(cpu);
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            // Bounded: a stream of these would flood the log from the dispatcher.
+            if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
+                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.slot, pc, e);
+            }
+            pc
+        }
+    }
+}
+
+fn current_segments() -> (u64, u64) {
+    let (cs, ss): (u64, u64);
+    // SAFETY: reading segment selectors has no side effects.
+    unsafe { asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss, options(nomem, nostack, preserves_flags)) };
+    (cs & 0xffff, ss & 0xffff)
+}
+
+/// Makes the entry asm resume at `rip` with `rsp` and `rflags` (kernel mode),
+/// through this CPU's iret frame and resume thunk.
+fn resume(cpu: &mut CpuState, regs: &mut Regs, frame: [u64; 5]) {
+    let at = thunks::IRET_FRAME;
+    if let Some(slot) = cpu.thunks.get_mut(at..at + 40) {
+        for (i, word) in frame.iter().enumerate() {
+            slot[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    regs.slot = cpu.exec + thunks::RESUME as u64;
+}
+
+fn engine_frame(regs: &Regs, rip: u64, rsp: u64, rflags: u64) -> Frame {
+    let mut gpr = [0u64; 16];
+    gpr[Gpr::Rax as usize] = regs.rax;
+    gpr[Gpr::Rcx as usize] = regs.rcx;
+    gpr[Gpr::Rdx as usize] = regs.rdx;
+    gpr[Gpr::Rbx as usize] = regs.rbx;
+    gpr[Gpr::Rsp as usize] = rsp;
+    gpr[Gpr::Rbp as usize] = regs.rbp;
+    gpr[Gpr::Rsi as usize] = regs.rsi;
+    gpr[Gpr::Rdi as usize] = regs.rdi;
+    gpr[Gpr::R8 as usize] = regs.r8;
+    gpr[Gpr::R9 as usize] = regs.r9;
+    gpr[Gpr::R10 as usize] = regs.r10;
+    gpr[Gpr::R11 as usize] = regs.r11;
+    gpr[Gpr::R12 as usize] = regs.r12;
+    gpr[Gpr::R13 as usize] = regs.r13;
+    gpr[Gpr::R14 as usize] = regs.r14;
+    gpr[Gpr::R15 as usize] = regs.r15;
+    Frame { gpr, rip, rflags }
+}
+
+fn store_frame(regs: &mut Regs, f: &Frame) {
+    regs.rax = f.get(Gpr::Rax);
+    regs.rcx = f.get(Gpr::Rcx);
+    regs.rdx = f.get(Gpr::Rdx);
+    regs.rbx = f.get(Gpr::Rbx);
+    regs.rbp = f.get(Gpr::Rbp);
+    regs.rsi = f.get(Gpr::Rsi);
+    regs.rdi = f.get(Gpr::Rdi);
+    regs.r8 = f.get(Gpr::R8);
+    regs.r9 = f.get(Gpr::R9);
+    regs.r10 = f.get(Gpr::R10);
+    regs.r11 = f.get(Gpr::R11);
+    regs.r12 = f.get(Gpr::R12);
+    regs.r13 = f.get(Gpr::R13);
+    regs.r14 = f.get(Gpr::R14);
+    regs.r15 = f.get(Gpr::R15);
+}
+
+fn read_stack(addr: u64) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: `copy_from_kernel_nofault` checks the source; `v` is 8 bytes.
+    let r = unsafe { ffi::copy_from_kernel_nofault((&mut v as *mut u64).cast(), addr as *const _, 8) };
+    (r == 0).then_some(v)
+}
+
+/// The guest PC where an exit reported by `exit_id`/`aux` leaves the guest.
+fn exit_guest_pc(cpu: &CpuState, exit_id: u64, aux: u64) -> Option<u64> {
+    Some(match cpu.cache.exit_reason(exit_id, aux).ok()? {
+        ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => target,
+        ExitReason::Hook(site) => site.pc,
+    })
+}
+
+/// Turns an interrupted code-cache state in `regs` + hardware frame `hw` into
+/// the precise guest state. Returns whether anything was rewritten.
+fn rewrite_interrupted(cpu: &CpuState, regs: &mut Regs, hw: &mut [u64; 5]) -> bool {
+    let rip = hw[0];
+    let exec = cpu.exec;
+    if rip < exec || (rip >= exec + thunks::SIZE as u64 && !cpu.cache.contains(rip)) {
+        return false;
+    }
+    let stats = &STATS[cpu.slot];
+    let off = rip - exec;
+    let (pc, rsp_adjust) = if off >= thunks::SIZE as u64 {
+        let Some(m) = cpu.cache.pc_map(rip) else { return false };
+        let mut f = engine_frame(regs, rip, hw[3], hw[2]);
+        if m.rollback.apply(&mut f, read_stack).is_err() {
+            return false;
+        }
+        let trivial = m.rollback.restore.iter().all(Option::is_none)
+            && m.rollback.rsp_adjust == 0
+            && matches!(m.rollback.rip, RipSource::Guest(_));
+        if !trivial {
+            bump(&stats.rollbacks);
+        }
+        store_frame(regs, &f);
+        (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw[3]))
+    } else if off == thunks::EXIT as u64 || off == thunks::EXIT as u64 + 1 {
+        // Interrupted before the exit thunk's `cli`: the exit frame (and, past
+        // the `pushfq`, the flags) is on the stack.
+        let pushed = off - thunks::EXIT as u64;
+        let base = hw[3] + pushed * 8;
+        let (Some(id), Some(aux)) = (read_stack(base), read_stack(base + 8)) else { return false };
+        let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
+        bump(&stats.rollbacks);
+        (pc, pushed * 8 + kdbt_engine::FRAME_SIZE)
+    } else {
+        return false;
+    };
+    hw[0] = pc;
+    hw[3] = hw[3].wrapping_add(rsp_adjust);
+    bump(&stats.pc_rewrites);
+    true
+}
+
+/// Handles an entry through the shadow IDT.
+pub(crate) fn on_idt_entry(regs: &mut Regs) {
+    let slot = regs.slot as usize;
+    // SAFETY: this CPU owns `slot` (its IDT's stubs push it), interrupts are off.
+    let Some(cpu) = (unsafe { cpu::get(slot) }) else { return };
+    let above = (regs as *mut Regs).wrapping_add(1).cast::<u64>();
+    // SAFETY: the vector stub pushed the vector right above `Regs`.
+    let vector = unsafe { above.add(IDT_VECTOR_WORD).read() } as usize & 0xff;
+    let hw_at = above.wrapping_add(1 + usize::from(has_error_code(vector)));
+    // SAFETY: the CPU pushed its 5-word frame there.
+    let hw = unsafe { &mut *hw_at.cast::<[u64; 5]>() };
+    let stats = &STATS[slot];
+    bump(&stats.dispatcher_entries);
+    bump(&stats.entries_by_vector[vector]);
+    if hw[1] & 3 == 0 {
+        rewrite_interrupted(cpu, regs, hw);
+    }
+    let handler = cpu.handlers[vector];
+    let target = target_for(cpu, handler);
+    let (cs, ss) = current_segments();
+    let rflags = hw[2] & !(RFLAGS_TF | RFLAGS_IF | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC) | 2;
+    resume(cpu, regs, [target, cs, rflags, above.wrapping_add(1) as u64, ss]);
+}
+
+/// Handles an exit from this CPU's code cache.
+pub(crate) fn on_cache_exit(regs: &mut Regs) {
+    let slot = regs.slot as usize;
+    // SAFETY: this CPU owns `slot` (its exit thunk pushes it), interrupts are off.
+    let Some(cpu) = (unsafe { cpu::get(slot) }) else { return };
+    let above = (regs as *mut Regs).wrapping_add(1).cast::<u64>();
+    // SAFETY: the exit thunk pushed the guest flags and the engine's frame there.
+    let (rflags, id, aux) = unsafe {
+        (above.add(EXIT_RFLAGS_WORD).read(), above.add(EXIT_FRAME_WORD).read(), above.add(EXIT_FRAME_WORD + 1).read())
+    };
+    let guest_rsp = above.wrapping_add(EXIT_FRAME_WORD + 2) as u64;
+    bump(&STATS[slot].dispatcher_entries);
+    let (cs, ss) = current_segments();
+    match cpu.cache.exit_reason(id, aux) {
+        Ok(reason @ ExitReason::DirectMiss { target, .. }) if !runs_natively(cpu, target) => {
+            let mut r = cpu.cache.resolve(&reason, &KernelText);
+            if flush_if_full(cpu, &r) {
+                r = cpu.cache.entry(target, &KernelText).map(Some);
+            }
+            publish_stats(cpu);
+            let t = match r {
+                Ok(Some(c)) => c,
+                _ => target,
+            };
+            resume(cpu, regs, [t, cs, rflags, guest_rsp, ss]);
+        }
+        Ok(ExitReason::DirectMiss { target, .. }) => resume(cpu, regs, [target, cs, rflags, guest_rsp, ss]),
+        Ok(ExitReason::IndirectMiss { target, .. }) => {
+            let t = target_for(cpu, target);
+            resume(cpu, regs, [t, cs, rflags, guest_rsp, ss]);
+        }
+        Ok(ExitReason::Hook(site)) if site.class == HookClass::IRETQ => {
+            // SAFETY: `iretq` is about to pop its 5-word frame at the guest rsp.
+            let mut frame = unsafe { (guest_rsp as *const [u64; 5]).read() };
+            if frame[1] & 3 == 0 {
+                frame[0] = target_for(cpu, frame[0]);
+            }
+            resume(cpu, regs, frame);
+        }
+        Ok(ExitReason::Hook(site)) => {
+            // Only `iretq` is hooked; anything else runs natively from its PC.
+            resume(cpu, regs, [site.pc, cs, rflags, guest_rsp, ss]);
+        }
+        Err(e) => {
+            pr_crit!("cpu {}: bad exit {:#x}: {}\n", slot, id, e);
+            // No guest PC is known; resume at a `ud2` so the kernel oopses here.
+            resume(cpu, regs, [cpu.exec + thunks::UD2 as u64, cs, rflags, guest_rsp, ss]);
+        }
+    }
+}

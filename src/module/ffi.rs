@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Exported kernel functions that the 6.12 `bindings` crate does not declare.
+
+use kernel::bindings;
+
+extern "C" {
+    /// `void *vmap(struct page **pages, unsigned int count, unsigned long flags, pgprot_t prot)`
+    pub(crate) fn vmap(
+        pages: *mut *mut core::ffi::c_void,
+        count: u32,
+        flags: u64,
+        prot: u64,
+    ) -> *mut core::ffi::c_void;
+    /// `void vunmap(const void *addr)`
+    pub(crate) fn vunmap(addr: *const core::ffi::c_void);
+    /// `long copy_from_kernel_nofault(void *dst, const void *src, size_t size)`
+    pub(crate) fn copy_from_kernel_nofault(
+        dst: *mut core::ffi::c_void,
+        src: *const core::ffi::c_void,
+        size: usize,
+    ) -> isize;
+    /// `int stop_machine(cpu_stop_fn_t fn, void *data, const struct cpumask *cpus)`
+    pub(crate) fn stop_machine(
+        f: Option<unsafe extern "C" fn(*mut core::ffi::c_void) -> i32>,
+        data: *mut core::ffi::c_void,
+        cpus: *const bindings::cpumask,
+    ) -> i32;
+}
+
+/// `VM_MAP` from `<linux/vmalloc.h>`.
+pub(crate) const VM_MAP: u64 = 0x4;
+/// `PAGE_KERNEL` on x86-64: present, writable, accessed, dirty, global, NX.
+pub(crate) const PAGE_KERNEL: u64 = 0x8000_0000_0000_0163;
+/// `MSR_LSTAR`: the 64-bit `syscall` entry point.
+pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;

@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Per-CPU statistics, readable from sysfs on any CPU while the owning CPU
+//! updates them in its dispatcher. They live from module load to unload and
+//! accumulate across enable/disable cycles.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::entry::MAX_CPUS;
+use crate::idt::VECTORS;
+
+/// One CPU's counters.
+pub(crate) struct CpuStats {
+    pub(crate) blocks_translated: AtomicU64,
+    pub(crate) cache_bytes_used: AtomicU64,
+    pub(crate) dispatcher_entries: AtomicU64,
+    pub(crate) lookup_hits: AtomicU64,
+    pub(crate) lookup_misses: AtomicU64,
+    pub(crate) pc_rewrites: AtomicU64,
+    pub(crate) rollbacks: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) entries_by_vector: [AtomicU64; VECTORS],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const CPU_ZERO: CpuStats = CpuStats {
+    blocks_translated: ZERO,
+    cache_bytes_used: ZERO,
+    dispatcher_entries: ZERO,
+    lookup_hits: ZERO,
+    lookup_misses: ZERO,
+    pc_rewrites: ZERO,
+    rollbacks: ZERO,
+    flushes: ZERO,
+    entries_by_vector: [ZERO; VECTORS],
+};
+
+pub(crate) static STATS: [CpuStats; MAX_CPUS] = [CPU_ZERO; MAX_CPUS];
+
+/// The scalar statistics, by sysfs file name.
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 8] = [
+    ("blocks_translated", |s| &s.blocks_translated),
+    ("cache_bytes_used", |s| &s.cache_bytes_used),
+    ("dispatcher_entries", |s| &s.dispatcher_entries),
+    ("lookup_hits", |s| &s.lookup_hits),
+    ("lookup_misses", |s| &s.lookup_misses),
+    ("pc_rewrites", |s| &s.pc_rewrites),
+    ("rollbacks", |s| &s.rollbacks),
+    ("flushes", |s| &s.flushes),
+];
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// Sum of one counter over all CPUs.
+pub(crate) fn total(f: impl Fn(&CpuStats) -> &AtomicU64) -> u64 {
+    STATS.iter().map(|s| f(s).load(Relaxed)).sum()
+}
