@@ -18,5 +18,8 @@ cp "$ko" "$root/kdbt/kdbt.ko"
 cp "$KDBT_ROOT"/tests/vm/*.sh "$root/kdbt/tests/"
 [ -d "$KDBT_ROOT/tests/bench" ] && cp -r "$KDBT_ROOT"/tests/bench/. "$root/kdbt/bench/"
 cp "$KDBT_ROOT/tests/vm/init" "$root/init"
+progs="$("$here/guest-progs.sh")"
+mkdir -p "$root/kdbt/bin"
+cp -r "$progs/." "$root/kdbt/bin/"
 chmod +x "$root/init" "$root"/kdbt/tests/*.sh
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
