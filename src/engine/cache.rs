@@ -17,7 +17,8 @@ use crate::exit::{ExitId, ExitKind, ExitReason};
 use crate::memory::GuestMemory;
 use crate::pcmap::{self, EntryKind, PcEntry, PcMapping, RipSource};
 use crate::stats::Stats;
-use crate::translate::{self, Layout};
+use crate::emit::Scratch;
+use crate::translate::{self, Built, Layout};
 
 /// Offset of the dispatcher slot in the arena.
 pub const DISPATCHER_SLOT_OFFSET: usize = 0;
@@ -84,6 +85,7 @@ pub struct CodeCache<A> {
     by_guest: BTreeMap<u64, u32>,
     pub(crate) exits: Vec<LinkStub>,
     pub(crate) stats: Stats,
+    scratch: Scratch,
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -110,6 +112,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             by_guest: BTreeMap::new(),
             exits: Vec::new(),
             stats: Stats::default(),
+            scratch: Scratch::default(),
         };
         cache.write_u64(DISPATCHER_SLOT_OFFSET, cfg.dispatcher);
         cache.clear_table();
@@ -244,7 +247,17 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
         };
-        let built = translate::build(mem, pc, &self.cfg, layout)?;
+        let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
+        let result = self.place(pc, start, first_exit, layout.base, &built);
+        self.scratch.code = built.bytes;
+        self.scratch.entries = built.entries;
+        self.scratch.exits = built.exits;
+        self.scratch.return_sites = built.return_sites;
+        result
+    }
+
+    /// Copies a built fragment to arena offset `start` and records its metadata.
+    fn place(&mut self, pc: u64, start: u32, first_exit: u32, base: u64, built: &Built) -> Result<FragmentId, Error> {
         let size = u32::try_from(built.bytes.len()).unwrap_or(u32::MAX);
         let arena_len = u32::try_from(self.arena_len).unwrap_or(u32::MAX);
         if size > self.capacity() {
@@ -274,8 +287,8 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             guest_len: built.guest_len,
             start,
             code_end: built.code_end,
-            entries: built.entries,
-            return_sites: built.return_sites,
+            entries: built.entries.clone(),
+            return_sites: built.return_sites.clone(),
             first_exit,
             n_exits: u32::try_from(built.exits.len()).unwrap_or(0),
             incoming: Vec::new(),
@@ -283,7 +296,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         });
         self.by_guest.insert(pc, id);
         self.cursor = end;
-        self.table_insert(pc, layout.base);
+        self.table_insert(pc, base);
         self.stats.blocks += 1;
         self.stats.guest_insns += u64::from(built.guest_insns);
         self.stats.guest_bytes += built.guest_len;

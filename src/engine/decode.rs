@@ -1,6 +1,5 @@
 //! Fetching and decoding guest instructions.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 
@@ -25,15 +24,15 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Reads up to [`WINDOW`] bytes at `pc`.
-    pub fn fetch(mem: &dyn GuestMemory, pc: u64) -> Result<Window, Error> {
-        // On the heap: the kernel stack is small.
-        let mut w = Window { pc, bytes: vec![0; WINDOW], len: 0 };
-        w.len = mem.read(pc, &mut w.bytes).map_err(|_| Error::GuestMemory { pc })?.min(WINDOW);
-        if w.len == 0 {
+    /// Reads up to [`WINDOW`] bytes at `pc` into `buf` (reused; on the heap because the
+    /// kernel stack is small). On error the buffer is lost (the next fetch allocates anew).
+    pub fn fetch(mem: &dyn GuestMemory, pc: u64, mut buf: Vec<u8>) -> Result<Window, Error> {
+        buf.resize(WINDOW, 0);
+        let len = mem.read(pc, &mut buf).map_err(|_| Error::GuestMemory { pc })?.min(WINDOW);
+        if len == 0 {
             return Err(Error::GuestMemory { pc });
         }
-        Ok(w)
+        Ok(Window { pc, bytes: buf, len })
     }
 
     /// The guest bytes of `insn` (empty if outside the window).
@@ -45,24 +44,17 @@ impl Window {
             .unwrap_or(&[])
     }
 
-    /// Decodes the instruction at guest address `ip`.
-    pub fn decode(&self, ip: u64) -> Result<Instruction, Error> {
-        let start = ip.wrapping_sub(self.pc) as usize;
-        let data = self.bytes.get(..self.len).and_then(|b| b.get(start..)).unwrap_or(&[]);
-        let mut decoder = Decoder::with_ip(64, data, ip, DecoderOptions::NONE);
-        let insn = decoder.decode();
-        match decoder.last_error() {
-            DecoderError::None => Ok(insn),
-            DecoderError::NoMoreBytes => Err(Self::truncated(data, ip)),
-            _ => Err(Error::Undecodable { pc: ip }),
-        }
+    /// A decoder over the window, positioned at its start.
+    pub fn decoder(&self) -> BlockDecoder<'_> {
+        let data = self.bytes.get(..self.len).unwrap_or(&[]);
+        BlockDecoder { decoder: Decoder::with_ip(64, data, self.pc, DecoderOptions::NONE), data, pc: self.pc }
     }
 
     /// The error for bytes that end before an instruction does: `Undecodable` if no
     /// continuation could make them valid (checked by padding them to the maximum
     /// instruction length with zeros, which iced rejects only for invalid prefixes and
     /// opcodes), else `GuestMemory` (the rest is unreadable).
-    fn truncated(data: &[u8], ip: u64) -> Error {
+    pub(crate) fn truncated(data: &[u8], ip: u64) -> Error {
         let mut padded = [0u8; 15];
         let n = data.len().min(15);
         if let (Some(dst), Some(src)) = (padded.get_mut(..n), data.get(..n)) {
@@ -73,6 +65,30 @@ impl Window {
         match decoder.last_error() {
             DecoderError::InvalidInstruction => Error::Undecodable { pc: ip },
             _ => Error::GuestMemory { pc: ip },
+        }
+    }
+}
+
+/// Decodes a block's instructions one after the other (one iced decoder per block).
+pub(crate) struct BlockDecoder<'w> {
+    decoder: Decoder<'w>,
+    data: &'w [u8],
+    /// Guest address of `data[0]`.
+    pc: u64,
+}
+
+impl BlockDecoder<'_> {
+    /// Decodes the next instruction, which starts at guest address `ip`.
+    pub fn next(&mut self, ip: u64) -> Result<Instruction, Error> {
+        let mut insn = Instruction::default();
+        self.decoder.decode_out(&mut insn);
+        match self.decoder.last_error() {
+            DecoderError::None => Ok(insn),
+            DecoderError::NoMoreBytes => {
+                let start = usize::try_from(ip.wrapping_sub(self.pc)).unwrap_or(usize::MAX);
+                Err(Window::truncated(self.data.get(start..).unwrap_or(&[]), ip))
+            }
+            _ => Err(Error::Undecodable { pc: ip }),
         }
     }
 }

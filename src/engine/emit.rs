@@ -7,6 +7,20 @@
 use alloc::vec::Vec;
 
 use crate::pcmap::{EntryKind, Gpr, PcEntry, Rollback};
+use crate::translate::ExitSpec;
+
+/// Buffers reused from one translation to the next, so that translating allocates only
+/// what a fragment keeps (its PC map).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub window: Vec<u8>,
+    pub code: Vec<u8>,
+    pub entries: Vec<PcEntry>,
+    pub literals: Vec<u64>,
+    pub fixups: Vec<Fixup>,
+    pub exits: Vec<ExitSpec>,
+    pub return_sites: Vec<(u32, u64)>,
+}
 
 /// A position resolved once the fragment layout is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +33,7 @@ pub(crate) enum Label {
 
 /// A rel32 field (always the last 4 bytes of its instruction) to resolve against a label.
 #[derive(Clone, Copy, Debug)]
-struct Fixup {
+pub(crate) struct Fixup {
     field: usize,
     label: Label,
 }
@@ -55,8 +69,26 @@ fn rex_w(reg: u8, rm: u8) -> u8 {
 }
 
 impl Emitter {
-    pub fn new(base: u64) -> Self {
-        Emitter { code: Vec::new(), base, entries: Vec::new(), literals: Vec::new(), fixups: Vec::new() }
+    /// An empty emitter reusing `scratch`'s buffers.
+    pub fn new(base: u64, scratch: &mut Scratch) -> Self {
+        let mut e = Emitter {
+            code: core::mem::take(&mut scratch.code),
+            base,
+            entries: core::mem::take(&mut scratch.entries),
+            literals: core::mem::take(&mut scratch.literals),
+            fixups: core::mem::take(&mut scratch.fixups),
+        };
+        e.code.clear();
+        e.entries.clear();
+        e.literals.clear();
+        e.fixups.clear();
+        e
+    }
+
+    /// Gives the buffers not handed out in a result back to `scratch`.
+    pub fn recycle(self, scratch: &mut Scratch) {
+        scratch.literals = self.literals;
+        scratch.fixups = self.fixups;
     }
 
     /// Offset of the next byte.

@@ -12,7 +12,7 @@ use iced_x86::{
 
 use crate::config::{CallRetPolicy, Config, IblSize};
 use crate::decode::{Window, MAX_BLOCK_INSNS};
-use crate::emit::{Emitter, Label};
+use crate::emit::{Emitter, Label, Scratch};
 use crate::error::{Error, Unsupported};
 use crate::exit::{ExitKind, HookSite, IndirectKind};
 use crate::hooks::{self, HookClass};
@@ -109,19 +109,32 @@ struct Builder<'c> {
     e: Emitter,
     exits: Vec<ExitSpec>,
     return_sites: Vec<(u32, u64)>,
-    info: InstructionInfoFactory,
 }
 
 /// Translates the guest block at `pc`.
-pub(crate) fn build(mem: &dyn GuestMemory, pc: u64, cfg: &Config, layout: Layout) -> Result<Built, Error> {
-    let window = Window::fetch(mem, pc)?;
+pub(crate) fn build(
+    mem: &dyn GuestMemory,
+    pc: u64,
+    cfg: &Config,
+    layout: Layout,
+    scratch: &mut Scratch,
+) -> Result<Built, Error> {
+    let window = Window::fetch(mem, pc, core::mem::take(&mut scratch.window))?;
+    let result = build_from(&window, pc, cfg, layout, scratch);
+    scratch.window = window.bytes;
+    result
+}
+
+fn build_from(window: &Window, pc: u64, cfg: &Config, layout: Layout, scratch: &mut Scratch) -> Result<Built, Error> {
+    let mut decoder = window.decoder();
+    scratch.exits.clear();
+    scratch.return_sites.clear();
     let mut b = Builder {
         cfg,
         layout,
-        e: Emitter::new(layout.base),
-        exits: Vec::new(),
-        return_sites: Vec::new(),
-        info: InstructionInfoFactory::new(),
+        e: Emitter::new(layout.base, scratch),
+        exits: core::mem::take(&mut scratch.exits),
+        return_sites: core::mem::take(&mut scratch.return_sites),
     };
     let mut ip = pc;
     let mut count = 0u32;
@@ -131,7 +144,7 @@ pub(crate) fn build(mem: &dyn GuestMemory, pc: u64, cfg: &Config, layout: Layout
             b.exit_jmp(ip, ip)?;
             break;
         }
-        let insn = match window.decode(ip) {
+        let insn = match decoder.next(ip) {
             Ok(insn) => insn,
             // The first instruction's error is the fragment's; a later one ends the block
             // so the error is reported when (and if) execution gets there.
@@ -143,13 +156,19 @@ pub(crate) fn build(mem: &dyn GuestMemory, pc: u64, cfg: &Config, layout: Layout
             }
         };
         count += 1;
-        let ended = b.insn(&window, &insn)?;
+        let ended = match b.insn(window, &insn) {
+            Ok(ended) => ended,
+            Err(e) => {
+                b.recycle(scratch);
+                return Err(e);
+            }
+        };
         ip = insn.next_ip();
         if ended {
             break;
         }
     }
-    b.finish(ip.wrapping_sub(pc), count)
+    b.finish(ip.wrapping_sub(pc), count, scratch)
 }
 
 impl Builder<'_> {
@@ -322,7 +341,9 @@ impl Builder<'_> {
     fn far_rip(&mut self, insn: &Instruction) -> Result<(), Error> {
         let pc = insn.ip();
         let next = insn.next_ip();
-        let info = self.info.info(insn);
+        // Rare (RIP-relative operands out of reach): the info factory is built only here.
+        let mut factory = InstructionInfoFactory::new();
+        let info = factory.info(insn);
         let mut used = [false; 16];
         for r in info.used_registers() {
             if let Some(g) = gpr_of(r.register().full_register()) {
@@ -586,7 +607,16 @@ impl Builder<'_> {
     }
 
     /// Emits the exit stubs and literals and resolves every label.
-    fn finish(mut self, guest_len: u64, guest_insns: u32) -> Result<Built, Error> {
+    /// Gives every buffer back to `scratch` (after an error).
+    fn recycle(mut self, scratch: &mut Scratch) {
+        scratch.code = core::mem::take(&mut self.e.code);
+        scratch.entries = core::mem::take(&mut self.e.entries);
+        self.e.recycle(scratch);
+        scratch.exits = self.exits;
+        scratch.return_sites = self.return_sites;
+    }
+
+    fn finish(mut self, guest_len: u64, guest_insns: u32, scratch: &mut Scratch) -> Result<Built, Error> {
         let mut stub_offsets = Vec::with_capacity(self.exits.len());
         for i in 0..self.exits.len() {
             let Some(exit) = self.exits.get(i).copied() else { break };
@@ -608,19 +638,17 @@ impl Builder<'_> {
             self.e.bytes(&[0xcc]);
         }
         let literal_base = self.e.off();
-        self.e.resolve(&stub_offsets, literal_base).ok_or(Error::Encode { pc: self.layout.base })?;
+        if self.e.resolve(&stub_offsets, literal_base).is_none() {
+            let pc = self.layout.base;
+            self.recycle(scratch);
+            return Err(Error::Encode { pc });
+        }
         let mut bytes = core::mem::take(&mut self.e.code);
         for lit in &self.e.literals {
             bytes.extend_from_slice(&lit.to_le_bytes());
         }
-        Ok(Built {
-            bytes,
-            code_end,
-            entries: core::mem::take(&mut self.e.entries),
-            exits: self.exits,
-            return_sites: self.return_sites,
-            guest_len,
-            guest_insns,
-        })
+        let entries = core::mem::take(&mut self.e.entries);
+        self.e.recycle(scratch);
+        Ok(Built { bytes, code_end, entries, exits: self.exits, return_sites: self.return_sites, guest_len, guest_insns })
     }
 }
