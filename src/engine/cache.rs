@@ -5,7 +5,7 @@
 //! ```text
 //! 0                 8-byte dispatcher slot (absolute address, for `jmp [rip + slot]`)
 //! 64                lookup table: entries of (guest PC u64, cache PC u64)
-//! 64 + 16*entries   fragments, each 16-byte aligned: body, exit stubs, literals
+//! 64 + 16*entries   fragments, each 8-byte aligned: body, exit stubs, literals
 //! ```
 
 use alloc::collections::BTreeMap;
@@ -26,7 +26,8 @@ pub const DISPATCHER_SLOT_OFFSET: usize = 0;
 pub const TABLE_OFFSET: usize = 64;
 /// Largest arena: every fragment must reach the table and slot RIP-relative.
 pub const MAX_ARENA: usize = 1 << 30;
-const FRAGMENT_ALIGN: u32 = 16;
+/// Fragment alignment: keeps literals 8-byte aligned without wasting more.
+const FRAGMENT_ALIGN: u32 = 8;
 
 /// Identifies a fragment until the next flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -181,6 +181,12 @@ impl Emitter {
         self.code.push(0x58 | (r & 7));
     }
 
+    /// `push imm32` (sign-extended to 64 bits).
+    pub fn push_imm(&mut self, imm: i32) {
+        self.code.push(0x68);
+        self.code.extend_from_slice(&imm.to_le_bytes());
+    }
+
     /// `mov reg, imm64`.
     pub fn mov_imm64(&mut self, reg: Gpr, imm: u64) {
         let r = reg.num();

@@ -292,14 +292,15 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// `lea rsp, [rsp - red_zone - 16]; mov qword [rsp], id; jmp dispatcher` with the
-    /// guest state `rip` throughout.
+    /// `lea rsp, [rsp - red_zone - 8]; push id; jmp dispatcher` with the guest state `rip`
+    /// throughout (the aux slot is left as it was: only indirect exits define it).
     fn exit_frame(&mut self, insn_pc: u64, rip: RipSource, id: i32) {
-        let frame = self.rz() + 16;
+        let skip = self.rz() + 8;
         self.e.map(insn_pc, rb([None; 3], 0, rip));
-        self.e.lea_rsp(-to_i32(frame));
-        self.e.map(insn_pc, rb([None; 3], frame, rip));
-        self.e.store_rsp_imm(0, id);
+        self.e.lea_rsp(-to_i32(skip));
+        self.e.map(insn_pc, rb([None; 3], skip, rip));
+        self.e.push_imm(id);
+        self.e.map(insn_pc, rb([None; 3], skip + 8, rip));
         self.e.jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
     }
 
