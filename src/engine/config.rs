@@ -54,7 +54,7 @@ pub struct Config {
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        if self.red_zone % 8 != 0 || self.red_zone > 4096 {
+        if self.red_zone & 7 != 0 || self.red_zone > 4096 {
             return Err(Error::Config);
         }
         Ok(())

@@ -141,17 +141,20 @@ fn build_from(window: &Window, pc: u64, cfg: &Config, layout: Layout, scratch: &
     loop {
         if count as usize == MAX_BLOCK_INSNS {
             b.e.map(ip, Rollback::at(ip));
-            b.exit_jmp(ip, ip)?;
+            b.exit_jmp(ip, ip);
             break;
         }
         let insn = match decoder.next(ip) {
             Ok(insn) => insn,
             // The first instruction's error is the fragment's; a later one ends the block
             // so the error is reported when (and if) execution gets there.
-            Err(e) if count == 0 => return Err(e),
+            Err(e) if count == 0 => {
+                b.recycle(scratch);
+                return Err(e);
+            }
             Err(_) => {
                 b.e.map(ip, Rollback::at(ip));
-                b.exit_jmp(ip, ip)?;
+                b.exit_jmp(ip, ip);
                 break;
             }
         };
@@ -194,10 +197,9 @@ impl Builder<'_> {
     }
 
     /// `jmp rel32` to a direct exit towards `target`.
-    fn exit_jmp(&mut self, insn_pc: u64, target: u64) -> Result<(), Error> {
+    fn exit_jmp(&mut self, insn_pc: u64, target: u64) {
         let i = self.add_exit(ExitKind::Direct { target }, insn_pc, Some(self.off32().wrapping_add(1)));
         self.e.jmp_label(Label::Stub(i));
-        Ok(())
     }
 
     fn encode(&self, insn: &Instruction, pc: u64) -> Result<Vec<u8>, Error> {
@@ -218,7 +220,7 @@ impl Builder<'_> {
             self.plain(w, insn)?;
             if special.ends_block {
                 self.e.map(pc, Rollback::at(next));
-                self.exit_jmp(pc, next)?;
+                self.exit_jmp(pc, next);
             }
             return Ok(special.ends_block);
         }
@@ -231,7 +233,7 @@ impl Builder<'_> {
             FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => {
                 self.require(near64, pc)?;
                 self.e.map(pc, Rollback::at(pc));
-                self.exit_jmp(pc, insn.near_branch_target())?;
+                self.exit_jmp(pc, insn.near_branch_target());
                 Ok(true)
             }
             FlowControl::ConditionalBranch => {
@@ -241,7 +243,7 @@ impl Builder<'_> {
             }
             FlowControl::Call if insn.is_call_near() => {
                 self.require(near64, pc)?;
-                self.call_direct(insn)?;
+                self.call_direct(insn);
                 Ok(true)
             }
             FlowControl::IndirectBranch if insn.is_jmp_near_indirect() => {
@@ -268,7 +270,7 @@ impl Builder<'_> {
                 self.plain(w, insn)?;
                 if hooks::copied_transfers_control(insn) {
                     self.e.map(pc, Rollback::at(next));
-                    self.exit_jmp(pc, next)?;
+                    self.exit_jmp(pc, next);
                     return Ok(true);
                 }
                 Ok(false)
@@ -405,17 +407,19 @@ impl Builder<'_> {
             self.e.map(pc, Rollback::at(pc));
             self.e.bytes(&bytes);
             self.e.map(pc, Rollback::at(next));
-            self.exit_jmp(pc, next)?;
+            self.exit_jmp(pc, next);
             self.e.map(pc, Rollback::at(target));
-            return self.exit_jmp(pc, target);
+            self.exit_jmp(pc, target);
+            return Ok(());
         } else {
             return Err(Error::Encode { pc });
         }
         self.e.map(pc, Rollback::at(next));
-        self.exit_jmp(pc, next)
+        self.exit_jmp(pc, next);
+        Ok(())
     }
 
-    fn call_direct(&mut self, insn: &Instruction) -> Result<(), Error> {
+    fn call_direct(&mut self, insn: &Instruction) {
         let pc = insn.ip();
         let next = insn.next_ip();
         let target = insn.near_branch_target();
@@ -426,22 +430,22 @@ impl Builder<'_> {
                 let lit = self.e.literal(next);
                 self.e.push_literal(lit);
                 self.e.map(pc, Rollback::at(target));
-                self.exit_jmp(pc, target)
+                self.exit_jmp(pc, target);
             }
             CallRetPolicy::Fast => {
                 let i = self.add_exit(ExitKind::Direct { target }, pc, Some(self.off32().wrapping_add(1)));
                 self.e.call_label(Label::Stub(i));
-                self.return_site(pc, next)
+                self.return_site(pc, next);
             }
         }
     }
 
     /// Fast policy: the code after a call into the cache continues at the guest return
     /// address; this is the code-cache return address.
-    fn return_site(&mut self, pc: u64, next: u64) -> Result<(), Error> {
+    fn return_site(&mut self, pc: u64, next: u64) {
         self.return_sites.push((self.off32(), next));
         self.e.map(pc, Rollback::at(next));
-        self.exit_jmp(pc, next)
+        self.exit_jmp(pc, next);
     }
 
     fn call_indirect(&mut self, insn: &Instruction) -> Result<(), Error> {
@@ -459,7 +463,8 @@ impl Builder<'_> {
                 if let Some(v) = self.e.literals.get_mut(lit) {
                     *v = site;
                 }
-                self.return_site(pc, next)
+                self.return_site(pc, next);
+                Ok(())
             }
         }
     }
@@ -635,7 +640,7 @@ impl Builder<'_> {
             }
         }
         let code_end = self.off32();
-        while self.e.off() % 8 != 0 {
+        while self.e.off() & 7 != 0 {
             self.e.bytes(&[0xcc]);
         }
         let literal_base = self.e.off();
