@@ -3,35 +3,30 @@
 //! from; linking, unlinking and invalidation keep translated code correct.
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Error, Frame, FragmentId, GuestMemory, HookClass, IblSize, RipSource,
-    SliceMemory,
+    CallRetPolicy, CodeCache, Config, Error, FragmentId, Frame, GuestMemory, HookClass, IblSize, RipSource, SliceMemory,
 };
 use kdbt_host::{Options, RunError, Runtime};
 
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use common::Rng;
 
 const BASE: u64 = 0x40_0000;
 
 fn config(rng: &mut Rng) -> Config {
     Config {
-        policy: if rng.below(2) == 0 { CallRetPolicy::Transparent } else { CallRetPolicy::Fast },
+        policy: if rng.below(2) == 0 {
+            CallRetPolicy::Transparent
+        } else {
+            CallRetPolicy::Fast
+        },
         red_zone: if rng.below(2) == 0 { 0 } else { 128 },
         // Sometimes far from the arena (dispatcher through the slot), sometimes near.
-        dispatcher: if rng.below(2) == 0 { 0x7fff_0000_0000 } else { 0x1_0000_2000 },
+        dispatcher: if rng.below(2) == 0 {
+            0x7fff_0000_0000
+        } else {
+            0x1_0000_2000
+        },
         hooks: HookClass::from_bits_truncate(rng.next() as u32),
         ibl: IblSize::Small,
     }
@@ -59,7 +54,9 @@ fn translate_and_check(cache: &mut CodeCache<Vec<u8>>, mem: &dyn GuestMemory, pc
     let mut addr = entry;
     while let Some(m) = cache.pc_map(addr) {
         let mut frame = Frame::default();
-        m.rollback.apply(&mut frame, |a| Some(a ^ 0x5555)).expect("reader always answers");
+        m.rollback
+            .apply(&mut frame, |a| Some(a ^ 0x5555))
+            .expect("reader always answers");
         if let RipSource::Guest(g) = m.rollback.rip {
             assert_eq!(frame.rip, g);
         }
@@ -131,15 +128,21 @@ fn truncated_windows_of_a_real_executable_never_panic() {
 }
 
 fn cfg(policy: CallRetPolicy) -> Config {
-    Config { policy, red_zone: 128, dispatcher: 0x1_0000_2000, hooks: HookClass::empty(), ibl: IblSize::Small }
+    Config {
+        policy,
+        red_zone: 128,
+        dispatcher: 0x1_0000_2000,
+        hooks: HookClass::empty(),
+        ibl: IblSize::Small,
+    }
 }
 
 #[test]
 fn undecodable_or_unreadable_first_instruction_is_an_error() {
     let mut cache = small_cache(cfg(CallRetPolicy::Transparent), 4096);
     let cases: [(&[u8], Error); 4] = [
-        (&[0x06], Error::Undecodable { pc: BASE }),      // push es: invalid in 64-bit mode
-        (&[0x48], Error::GuestMemory { pc: BASE }),      // truncated: REX prefix only
+        (&[0x06], Error::Undecodable { pc: BASE }), // push es: invalid in 64-bit mode
+        (&[0x48], Error::GuestMemory { pc: BASE }), // truncated: REX prefix only
         (&[0x48, 0x8b], Error::GuestMemory { pc: BASE }), // truncated ModRM
         (&[], Error::GuestMemory { pc: BASE }),
     ];
@@ -160,7 +163,10 @@ fn undecodable_instruction_later_in_a_block_ends_the_block_before_it() {
     cache.translate(BASE, &mem).expect("first two instructions translate");
     assert_eq!(cache.stats().guest_insns, 2);
     assert_eq!(cache.stats().guest_bytes, 4);
-    assert_eq!(cache.translate(BASE + 4, &mem), Err(Error::Undecodable { pc: BASE + 4 }));
+    assert_eq!(
+        cache.translate(BASE + 4, &mem),
+        Err(Error::Undecodable { pc: BASE + 4 })
+    );
 }
 
 #[test]
@@ -171,7 +177,10 @@ fn block_larger_than_the_whole_cache_is_fragment_too_large_even_after_flush() {
     let e = cache.translate(BASE, &mem).expect_err("does not fit");
     assert!(matches!(e, Error::FragmentTooLarge { capacity: 64, .. }), "{e:?}");
     cache.flush();
-    assert!(matches!(cache.translate(BASE, &mem), Err(Error::FragmentTooLarge { .. })));
+    assert!(matches!(
+        cache.translate(BASE, &mem),
+        Err(Error::FragmentTooLarge { .. })
+    ));
     assert_eq!(cache.stats().blocks, 0);
 }
 
@@ -233,7 +242,10 @@ fn fast_run_in_a_tiny_cache_reports_cache_full_instead_of_flushing_live_return_a
     let mut rt = Runtime::new(opts).expect("runtime");
     let entry = fib as *const () as u64;
     match rt.run(entry, &[16, 0]) {
-        Err(RunError::Untranslatable { error: Error::CacheFull { .. }, .. }) => {}
+        Err(RunError::Untranslatable {
+            error: Error::CacheFull { .. },
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(rt.cache().stats().flushes, 0);
@@ -279,7 +291,9 @@ fn reverse_map_agrees_with_pc_map_inside_fragments() {
         mapped += 1;
         let rb = m.rollback;
         if rb.restore == [None; 3] && rb.rsp_adjust == 0 && rb.rip == RipSource::Guest(m.insn_pc) {
-            let back = cache.cache_pc_for(m.insn_pc).expect("a resumable address for a mapped guest PC");
+            let back = cache
+                .cache_pc_for(m.insn_pc)
+                .expect("a resumable address for a mapped guest PC");
             let again = cache.pc_map(back).expect("maps");
             assert_eq!(again.rollback.rip, RipSource::Guest(m.insn_pc));
             resumable += 1;
@@ -293,7 +307,9 @@ fn reverse_map_agrees_with_pc_map_inside_fragments() {
 #[test]
 fn fast_policy_return_sites_map_back_to_guest_return_addresses() {
     // f: mov eax, 5; ret     main: call f; add eax, 1; ret
-    let code = [0xb8, 5, 0, 0, 0, 0xc3, 0xe8, 0xf5, 0xff, 0xff, 0xff, 0x83, 0xc0, 0x01, 0xc3];
+    let code = [
+        0xb8, 5, 0, 0, 0, 0xc3, 0xe8, 0xf5, 0xff, 0xff, 0xff, 0x83, 0xc0, 0x01, 0xc3,
+    ];
     let mut cache = small_cache(cfg(CallRetPolicy::Fast), 4096);
     let mem = SliceMemory::new(BASE, &code);
     let main = cache.translate(BASE + 6, &mem).expect("main");
