@@ -10,7 +10,7 @@ use kdbt_host::{ExecMemory, Options, Placement, Runtime};
 
 mod common;
 
-use common::Rng;
+use common::{assert_stepped_states_are_native, Rng};
 
 trait Pick {
     fn upto(&mut self, n: usize) -> usize;
@@ -301,4 +301,44 @@ fn random_programs_give_native_results_under_every_configuration() {
     // The programs are really different, and their translations were linked.
     assert!(outcomes.len() > 100, "{} distinct outcomes", outcomes.len());
     assert!(links > 1000, "{links} links");
+}
+
+#[test]
+fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
+    let mut rng = Rng(0x5eed_0000_0000_0077);
+    let page = ExecMemory::new(1 << 16).expect("code page");
+    let mut total = common::Stepped::default();
+    for n in 0..12 {
+        let insns = program(&mut rng);
+        let block = InstructionBlock::new(&insns, page.base());
+        let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).expect("assemble").code_buffer;
+        let base = page.base() as *mut u8;
+        for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+            for (red_zone, far) in [(128, false), (0, true)] {
+                let mut opts = Options::new(policy);
+                opts.red_zone = red_zone;
+                opts.placement = if far { Placement::Far(page.base()) } else { Placement::Near(page.base()) };
+                let mut rt = Runtime::new(opts).expect("runtime");
+                let mut buf = vec![7u64; BUF];
+                let buf_ptr = buf.as_mut_ptr();
+                let reset = || {
+                    // SAFETY: `base` is the start of the code page (longer than `bytes`),
+                    // `buf_ptr` points to BUF qwords; neither is otherwise borrowed while
+                    // the closure runs (the runs happen between calls).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len());
+                        for i in 0..BUF {
+                            *buf_ptr.add(i) = i as u64;
+                        }
+                    }
+                };
+                let what = format!("program {n} {policy:?} red zone {red_zone} far {far}");
+                let (_, seen) = assert_stepped_states_are_native(&mut rt, page.base(), &[buf_ptr as u64], reset, &what);
+                total.steps += seen.steps;
+                total.spills += seen.spills;
+                total.from_stack += seen.from_stack;
+            }
+        }
+    }
+    assert!(total.steps > 1000 && total.spills > 0 && total.from_stack > 0, "{total:?}");
 }

@@ -3,17 +3,15 @@
 //! raised natively (both captured from the signal's ucontext), and single-stepping through
 //! translated code only ever shows (after rollback) states the native run also shows.
 
-use std::collections::HashSet;
+mod common;
+
 use std::hint::black_box;
 use std::ptr;
 
-use kdbt_engine::{CallRetPolicy, Frame, Gpr, HookClass, RipSource};
-use kdbt_host::{
-    kdbt_host_trampolines_end, kdbt_host_trampolines_start, HookAction, Options, Placement, RunError, Runtime, Trace,
-};
+use kdbt_engine::{CallRetPolicy, Frame, Gpr, HookClass};
+use kdbt_host::{HookAction, Options, Placement, RunError, Runtime};
 
-/// CF PF AF ZF SF OF DF: the flags guest code can observe.
-const FLAGS: u64 = 0xcd5;
+use common::FLAGS;
 
 /// Hand-assembled guest code on an executable page followed by an inaccessible page.
 struct GuestCode {
@@ -315,65 +313,25 @@ extern "C" fn step_mix(n: u64, seed: u64) -> u64 {
     v
 }
 
-type Key = (u64, [u64; 16], u64);
-
-fn key(f: &Frame) -> Key {
-    (f.rip, f.gpr, f.rflags & FLAGS)
-}
-
-fn trampolines() -> std::ops::Range<u64> {
-    kdbt_host_trampolines_start as *const () as u64..kdbt_host_trampolines_end as *const () as u64
-}
-
 #[test]
 fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
     let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] = [(step_fib, 7, 0), (step_mix, 40, 5)];
     for (policy, red_zone) in policies_and_red_zones() {
         for far in [false, true] {
-            let mut stack_rollbacks = 0;
-            let mut spill_rollbacks = 0;
-            let mut steps = 0;
+            let mut total = common::Stepped::default();
             for (f, a, b) in cases {
                 let entry = f as *const () as u64;
                 let placement = if far { Placement::Far(entry) } else { Placement::Near(entry) };
                 let mut rt = runtime(policy, placement, red_zone);
-                rt.set_trace(Some(Trace::new(0..u64::MAX, trampolines(), 1 << 18)));
-                let native = rt.run_native(entry, &[a, b]).expect("native");
-                let trace = rt.take_trace().expect("trace");
-                assert!(!trace.overflow);
-                let states: HashSet<Key> = trace.frames.iter().map(|s| key(&s.frame)).collect();
-                assert!(states.len() > 50);
-
-                let arena = rt.arena_range();
-                for run in 0..2 {
-                    rt.set_trace(Some(Trace::new(arena.clone(), 0..0, 1 << 18)));
-                    assert_eq!(rt.run(entry, &[a, b]).expect("translated"), native);
-                    let trace = rt.take_trace().expect("trace");
-                    assert!(!trace.overflow);
-                    assert!(trace.frames.len() > 50, "run {run}: {} steps", trace.frames.len());
-                    for step in &trace.frames {
-                        let frame = &step.frame;
-                        let (mapping, state) =
-                            rt.guest_state_with(frame, |a| step.read_stack(a)).expect("every stepped address maps back");
-                        // The final return into the host trampoline is not traced natively.
-                        let into_host = trampolines().contains(&state.rip);
-                        assert!(
-                            into_host || states.contains(&key(&state)),
-                            "{policy:?} red zone {red_zone} far={far} run {run}: cache {:#x} -> {mapping:x?} gives {state:x?}, never seen natively",
-                            frame.rip
-                        );
-                        if matches!(mapping.rollback.rip, RipSource::Stack(_)) {
-                            stack_rollbacks += 1;
-                        }
-                        if mapping.rollback.restore.iter().any(Option::is_some) {
-                            spill_rollbacks += 1;
-                        }
-                        steps += 1;
-                    }
-                }
+                let what = format!("{policy:?} red zone {red_zone} far={far}");
+                let (result, seen) = common::assert_stepped_states_are_native(&mut rt, entry, &[a, b], || {}, &what);
+                assert_eq!(result, f(a, b));
+                assert!(seen.steps > 100, "{what}: {seen:?}");
+                total.spills += seen.spills;
+                total.from_stack += seen.from_stack;
             }
             // The traced runs went through lookup sequences (spills) and their miss paths.
-            assert!(spill_rollbacks > 0 && stack_rollbacks > 0, "{policy:?} {red_zone} far={far}: {steps} steps");
+            assert!(total.spills > 0 && total.from_stack > 0, "{policy:?} {red_zone} far={far}: {total:?}");
         }
     }
 }
