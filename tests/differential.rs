@@ -1,6 +1,6 @@
 //! Differential fuzzing: random programs (ALU and flag-consuming instructions, memory
 //! through a pointer and RIP-relative, forward jcc/jmp, `loop`, `jrcxz`, direct calls,
-//! indirect calls and jumps through registers, push/pop) are assembled with iced, run
+//! indirect calls and jumps through registers and `[rsp]`, `ret imm16`, push/pop) are assembled with iced, run
 //! natively and translated under both call/ret policies, both red zones and a cache near
 //! and far from them, and must leave identical registers, flags and memory.
 
@@ -110,6 +110,9 @@ fn block_label(i: usize) -> u64 {
     0x1_0000 + i as u64 * 0x10
 }
 
+/// A function that returns with `ret 8`.
+const RET_IMM_FUNC: u64 = 0x3_0000;
+
 fn func_label(i: usize) -> u64 {
     0x2_0000 + i as u64 * 0x10
 }
@@ -162,7 +165,7 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
             alu(&mut p, rng, false);
         }
         let later = block_label(b + 1 + rng.upto(blocks - b));
-        match rng.upto(9) {
+        match rng.upto(11) {
             0 | 1 => p.push(Instruction::with_branch(rng.pick(&JCC), later)),
             2 => p.push(Instruction::with_branch(Code::Jmp_rel32_64, later)),
             3 => p.push(Instruction::with_branch(
@@ -208,6 +211,20 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
                 alu(&mut p, rng, false);
                 p.push(Instruction::with1(Code::Pop_r64, rng.pick(&regs())));
             }
+            8 => {
+                // An rsp-relative indirect call: lea r, [rip + f]; push r; call [rsp]; pop r2
+                let r = rng.pick(&regs());
+                let f = MemoryOperand::with_base_displ(Register::RIP, func_label(rng.upto(funcs)) as i64);
+                p.push(Instruction::with2(Code::Lea_r64_m, r, f));
+                p.push(Instruction::with1(Code::Push_r64, r));
+                p.push(Instruction::with1(Code::Call_rm64, MemoryOperand::with_base(Register::RSP)));
+                p.push(Instruction::with1(Code::Pop_r64, rng.pick(&regs())));
+            }
+            9 => {
+                // push an argument for a callee that pops it with `ret 8`.
+                p.push(Instruction::with1(Code::Push_r64, rng.pick(&regs())));
+                p.push(Instruction::with_branch(Code::Call_rel32_64, RET_IMM_FUNC));
+            }
             _ => {}
         }
     }
@@ -232,6 +249,9 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
         }
         p.push(Ok(Instruction::with(Code::Retnq)));
     }
+    p.labelled(RET_IMM_FUNC, Ok(Instruction::with(Code::Nopd)));
+    alu(&mut p, rng, false);
+    p.push(Instruction::with1(Code::Retnq_imm16, 8u32));
     for i in 0..4u64 {
         let mut q = Instruction::with_declare_qword_1(i.wrapping_mul(0x0123_4567_89ab_cdef));
         q.set_ip(DATA + 8 * i);
