@@ -335,3 +335,15 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
         }
     }
 }
+
+#[test]
+#[should_panic(expected = "hook handler panicked")]
+fn panic_in_a_hook_handler_propagates_out_of_the_run() {
+    let c = [0xcc, 0xc3];
+    let guest = GuestCode::new(&c);
+    let mut opts = Options::new(CallRetPolicy::Transparent);
+    opts.hooks = HookClass::INT3;
+    let mut rt = Runtime::new(opts).expect("runtime");
+    rt.set_hook(Box::new(|_, _, _, _| panic!("hook handler panicked")));
+    let _ = rt.run(guest.addr(), &[]);
+}

@@ -96,6 +96,8 @@ pub struct Runtime {
     mem: ProcessMemory,
     hook: Option<HookFn>,
     pending: Option<RunError>,
+    /// A panic raised by the hook handler, re-raised once the run has left guest code.
+    panic: Option<Box<dyn std::any::Any + Send>>,
     signals: Box<SignalState>,
 }
 
@@ -131,6 +133,7 @@ impl Runtime {
             mem: ProcessMemory,
             hook: None,
             pending: None,
+            panic: None,
             signals: Box::new(SignalState { ctx: ptr::null_mut(), trap: None, trace: None }),
         })
     }
@@ -217,6 +220,9 @@ impl Runtime {
         drop(guard);
         CURRENT.with(|c| c.set(prev));
         self.signals.ctx = ptr::null_mut();
+        if let Some(payload) = self.panic.take() {
+            std::panic::resume_unwind(payload);
+        }
         if let Some(trap) = self.signals.trap.take() {
             return Err(RunError::Signal(trap));
         }
@@ -324,5 +330,14 @@ pub(crate) extern "C" fn kdbt_host_dispatch(frame: *mut DispatchFrame) -> u64 {
     // not otherwise used while guest code runs); `frame` points to the trampoline's saved
     // registers on the guest stack, exclusively ours until we return.
     let (rt, frame) = unsafe { (&mut *rt, &mut *frame) };
-    rt.dispatch(frame)
+    // A panic must not unwind through the assembly trampoline: leave the guest and re-raise
+    // it from `enter`.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.dispatch(frame))) {
+        Ok(resume) => resume,
+        Err(payload) => {
+            rt.panic = Some(payload);
+            frame.rdi = rt.signals.ctx as u64;
+            kdbt_host_leave as *const () as u64
+        }
+    }
 }
