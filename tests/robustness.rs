@@ -321,3 +321,26 @@ fn fast_policy_return_sites_map_back_to_guest_return_addresses() {
     let start = transparent.fragment_entry(t).expect("entry");
     assert!((start..start + 64).all(|a| transparent.return_site(a).is_none()));
 }
+
+#[test]
+fn untranslatable_instructions_are_typed_unsupported_errors() {
+    use kdbt_engine::Unsupported;
+    let mut cache = small_cache(cfg(CallRetPolicy::Transparent), 4096);
+    let cases: [(&[u8], Unsupported); 4] = [
+        (&[0xc7, 0xf8, 0, 0, 0, 0], Unsupported::Xbegin),
+        (&[0x67, 0x8b, 0x05, 0, 0, 0, 0], Unsupported::EipRelative),
+        // push qword [rip + 0]: the cache (at 4 GiB) cannot reach BASE, and the
+        // instruction uses rsp, so no scratch register can be spilled for it.
+        (&[0xff, 0x35, 0, 0, 0, 0], Unsupported::FarRipRelativeWithRsp),
+        // ret 0xffff: more than the lookup's `ret imm16` can skip with a 128-byte red zone.
+        (&[0xc2, 0xff, 0xff], Unsupported::RetImmediate),
+    ];
+    for (bytes, what) in cases {
+        let mem = SliceMemory::new(BASE, bytes);
+        assert_eq!(cache.translate(BASE, &mem), Err(Error::Unsupported { pc: BASE, what }), "{bytes:x?}");
+    }
+    assert_eq!(cache.stats().blocks, 0);
+    // The same far operand without rsp goes through a scratch register.
+    let mov = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+    cache.translate(BASE, &SliceMemory::new(BASE, &mov)).expect("mov rax, [rip] translates");
+}
