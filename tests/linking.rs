@@ -107,3 +107,15 @@ fn stats_accumulate_sums_every_counter() {
     assert_eq!(sum.misses, 2 * one.misses);
     assert!(one.blocks == 1 && one.guest_insns == 2 && one.cache_bytes > 0);
 }
+
+#[test]
+fn lookups_are_hits_plus_misses_and_failed_translations_add_no_block() {
+    let mut cache = cache();
+    let code = [0x90, 0xc3, 0x06];
+    let mem = SliceMemory::new(BASE, &code);
+    cache.translate(BASE, &mem).expect("nop; ret");
+    cache.translate(BASE, &mem).expect("again: a hit");
+    assert!(cache.translate(BASE + 2, &mem).is_err(), "invalid opcode");
+    let s = cache.stats();
+    assert_eq!((s.lookups, s.hits, s.misses, s.blocks), (3, 1, 2, 1));
+}

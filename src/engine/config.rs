@@ -36,6 +36,10 @@ impl IblSize {
 }
 
 /// Configuration of one code cache.
+///
+/// # Invariants
+/// `red_zone` is a multiple of 8 and at most 4096: [`crate::CodeCache::new`] rejects any
+/// other value with [`Error::Config`], so every emitted displacement fits its field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// call/ret translation policy.

@@ -108,6 +108,11 @@ pub enum RipSource {
 /// `restore` register is loaded from its slot, then `rip` is set from `rip`, then
 /// `rsp += rsp_adjust`. Flags are never modified by translated code, so they are always the
 /// guest's.
+///
+/// # Invariants
+/// Every slot read (restores and [`RipSource::Stack`]) lies at or above the interrupted
+/// `rsp` and below the guest `rsp` it restores, i.e. in memory translated code wrote and
+/// nothing (an interrupt, a signal) can have clobbered; `restore` never names `rsp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rollback {
     /// Registers to reload from stack slots.

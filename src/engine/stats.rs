@@ -1,7 +1,11 @@
 //! Engine statistics: plain counters, so the kernel can keep one copy per CPU and sum them.
 
-/// Counters of one code cache. All fields only ever grow, except after
-/// [`Stats::default`]; a flush increments `flushes` and keeps the other counters.
+/// Counters of one code cache.
+///
+/// # Invariants
+/// Every field only grows; a flush increments `flushes` and keeps the other counters;
+/// `hits + misses == lookups`; `blocks <= misses` (a miss whose translation fails adds no
+/// block).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Fragments (translated basic blocks) built.
