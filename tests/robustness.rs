@@ -222,12 +222,21 @@ extern "C" fn fib(n: u64, _: u64) -> u64 {
     }
 }
 
+/// A runtime whose code area is 8 bytes short of what running `fib(16)` needs under
+/// `policy`: every fragment fits, all of them do not.
+fn tiny_runtime(policy: CallRetPolicy) -> Runtime {
+    let mut opts = Options::new(policy);
+    opts.ibl = IblSize::Small;
+    let mut roomy = Runtime::new(opts).expect("runtime");
+    roomy.run(fib as *const () as u64, &[16, 0]).expect("run");
+    assert!(roomy.cache().stats().blocks >= 3);
+    opts.arena_len = 64 + 256 * 16 + roomy.cache().used() as usize - 8;
+    Runtime::new(opts).expect("runtime")
+}
+
 #[test]
 fn transparent_run_in_a_tiny_cache_flushes_and_still_matches_native() {
-    let mut opts = Options::new(CallRetPolicy::Transparent);
-    opts.ibl = IblSize::Small;
-    opts.arena_len = 64 + 256 * 16 + 200;
-    let mut rt = Runtime::new(opts).expect("runtime");
+    let mut rt = tiny_runtime(CallRetPolicy::Transparent);
     let entry = fib as *const () as u64;
     let native = rt.run_native(entry, &[16, 0]).expect("native");
     assert_eq!(rt.run(entry, &[16, 0]).expect("translated"), native);
@@ -236,16 +245,9 @@ fn transparent_run_in_a_tiny_cache_flushes_and_still_matches_native() {
 
 #[test]
 fn fast_run_in_a_tiny_cache_reports_cache_full_instead_of_flushing_live_return_addresses() {
-    let mut opts = Options::new(CallRetPolicy::Fast);
-    opts.ibl = IblSize::Small;
-    opts.arena_len = 64 + 256 * 16 + 200;
-    let mut rt = Runtime::new(opts).expect("runtime");
-    let entry = fib as *const () as u64;
-    match rt.run(entry, &[16, 0]) {
-        Err(RunError::Untranslatable {
-            error: Error::CacheFull { .. },
-            ..
-        }) => {}
+    let mut rt = tiny_runtime(CallRetPolicy::Fast);
+    match rt.run(fib as *const () as u64, &[16, 0]) {
+        Err(RunError::Untranslatable { error: Error::CacheFull { .. }, .. }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(rt.cache().stats().flushes, 0);

@@ -43,50 +43,60 @@ bitflags! {
     }
 }
 
+/// Where execution goes after an instruction copied as is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    /// To the next instruction: the fragment goes on.
+    Next,
+    /// Possibly elsewhere, possibly back to the next instruction (traps, `syscall`, far
+    /// calls): the fragment ends with a fall-through exit.
+    MaybeNext,
+    /// Never to the next instruction (`iretq`, `sysretq`, returns and far jumps copied as
+    /// is): the fragment ends without an exit.
+    Elsewhere,
+}
+
 /// How the translator treats one special instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Special {
     /// The class the instruction belongs to.
     pub class: HookClass,
-    /// Whether, when copied as is, the instruction may transfer control (so the fragment
-    /// ends after it, continuing through a fall-through exit).
-    pub ends_block: bool,
+    /// Where execution goes when the instruction is copied as is.
+    pub after: After,
 }
 
 /// The special class of `insn`, if it has one.
 pub(crate) fn special(insn: &Instruction) -> Option<Special> {
-    let (class, ends_block) = match insn.code() {
-        Code::Iretq | Code::Iretd | Code::Iretw => (HookClass::IRETQ, true),
-        Code::Sysretq | Code::Sysretd => (HookClass::SYSRETQ, true),
-        Code::Swapgs => (HookClass::SWAPGS, false),
-        Code::Cli => (HookClass::CLI, false),
-        Code::Sti => (HookClass::STI, false),
-        Code::Popfq | Code::Popfw => (HookClass::POPF, false),
-        Code::Pushfq | Code::Pushfw => (HookClass::PUSHF, false),
-        Code::Lidt_m1664 => (HookClass::LIDT, false),
-        Code::Lgdt_m1664 => (HookClass::LGDT, false),
-        Code::Wrmsr => (HookClass::WRMSR, false),
-        Code::Hlt => (HookClass::HLT, false),
-        Code::Int3 => (HookClass::INT3, true),
-        Code::Int_imm8 => (HookClass::INT_N, true),
-        Code::Ud2 => (HookClass::UD2, true),
-        Code::Syscall => (HookClass::SYSCALL, true),
+    let (class, after) = match insn.code() {
+        Code::Iretq | Code::Iretd | Code::Iretw => (HookClass::IRETQ, After::Elsewhere),
+        Code::Sysretq | Code::Sysretd => (HookClass::SYSRETQ, After::Elsewhere),
+        Code::Swapgs => (HookClass::SWAPGS, After::Next),
+        Code::Cli => (HookClass::CLI, After::Next),
+        Code::Sti => (HookClass::STI, After::Next),
+        Code::Popfq | Code::Popfw => (HookClass::POPF, After::Next),
+        Code::Pushfq | Code::Pushfw => (HookClass::PUSHF, After::Next),
+        Code::Lidt_m1664 => (HookClass::LIDT, After::Next),
+        Code::Lgdt_m1664 => (HookClass::LGDT, After::Next),
+        Code::Wrmsr => (HookClass::WRMSR, After::Next),
+        Code::Hlt => (HookClass::HLT, After::Next),
+        Code::Int3 => (HookClass::INT3, After::MaybeNext),
+        Code::Int_imm8 => (HookClass::INT_N, After::MaybeNext),
+        Code::Ud2 => (HookClass::UD2, After::MaybeNext),
+        Code::Syscall => (HookClass::SYSCALL, After::MaybeNext),
         _ => return None,
     };
-    Some(Special { class, ends_block })
+    Some(Special { class, after })
 }
 
-/// Whether a non-special instruction that is copied as is may still transfer control
-/// (other traps such as `int1`/`ud0`, far transfers), so the fragment must end after it.
-pub(crate) fn copied_transfers_control(insn: &Instruction) -> bool {
-    matches!(
-        insn.flow_control(),
-        FlowControl::Interrupt
-            | FlowControl::Exception
-            | FlowControl::IndirectBranch
-            | FlowControl::IndirectCall
-            | FlowControl::Return
-            | FlowControl::UnconditionalBranch
-            | FlowControl::Call
-    )
+/// Where execution goes after a non-special instruction copied as is: other traps
+/// (`int1`, `ud0`/`ud1`) and far calls may come back to the next instruction; returns
+/// (the Fast policy's `ret`, far returns) and far jumps do not.
+pub(crate) fn copied_flow(insn: &Instruction) -> After {
+    match insn.flow_control() {
+        FlowControl::Interrupt | FlowControl::Exception | FlowControl::IndirectCall | FlowControl::Call => {
+            After::MaybeNext
+        }
+        FlowControl::IndirectBranch | FlowControl::Return | FlowControl::UnconditionalBranch => After::Elsewhere,
+        _ => After::Next,
+    }
 }

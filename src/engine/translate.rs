@@ -15,7 +15,7 @@ use crate::decode::{Window, MAX_BLOCK_INSNS};
 use crate::emit::{Emitter, Label, Scratch};
 use crate::error::{Error, Unsupported};
 use crate::exit::{ExitKind, HookSite, IndirectKind};
-use crate::hooks::{self, HookClass};
+use crate::hooks::{self, After, HookClass};
 use crate::memory::GuestMemory;
 use crate::pcmap::{Gpr, PcEntry, Restore, RipSource, Rollback};
 
@@ -218,11 +218,7 @@ impl Builder<'_> {
                 return Ok(true);
             }
             self.plain(w, insn)?;
-            if special.ends_block {
-                self.e.map(pc, Rollback::at(next));
-                self.exit_jmp(pc, next);
-            }
-            return Ok(special.ends_block);
+            return Ok(self.after_copy(insn, special.after));
         }
         let near64 = insn.op0_kind() == OpKind::NearBranch64;
         match insn.flow_control() {
@@ -268,13 +264,21 @@ impl Builder<'_> {
             _ => {
                 // Copied as is: Fast-policy `ret`, far transfers, other traps.
                 self.plain(w, insn)?;
-                if hooks::copied_transfers_control(insn) {
-                    self.e.map(pc, Rollback::at(next));
-                    self.exit_jmp(pc, next);
-                    return Ok(true);
-                }
-                Ok(false)
+                Ok(self.after_copy(insn, hooks::copied_flow(insn)))
             }
+        }
+    }
+
+    /// Ends the fragment as needed after an instruction copied as is; `true` if it ended.
+    fn after_copy(&mut self, insn: &Instruction, after: After) -> bool {
+        match after {
+            After::Next => false,
+            After::MaybeNext => {
+                self.e.map(insn.ip(), Rollback::at(insn.next_ip()));
+                self.exit_jmp(insn.ip(), insn.next_ip());
+                true
+            }
+            After::Elsewhere => true,
         }
     }
 
