@@ -4,17 +4,25 @@
 #[path = "../user/mod.rs"]
 mod user;
 
-use std::path::PathBuf;
-use std::process::ExitCode;
 use kdbt_engine::CallRetPolicy;
-use user::check::{compare, Mode};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use user::check::Mode;
 use user::translated::Transitions;
-use user::workload;
+use user::{bench, check, workload};
 
-const DEFAULT_MODE: Mode = Mode::Translated(CallRetPolicy::Transparent, Transitions::Linked);
+const TRANSPARENT: Mode = Mode::Translated(CallRetPolicy::Transparent, Transitions::Linked);
+const FAST: Mode = Mode::Translated(CallRetPolicy::Fast, Transitions::Linked);
+const COUNTED: Mode = Mode::Translated(CallRetPolicy::Transparent, Transitions::Counted);
 
 fn usage() -> ExitCode {
-    eprintln!("usage: kdbt-user check [--loader|--fast|--counted] [--dir DIR]\n       kdbt-user run [--loader|--fast|--counted] -- PROGRAM [ARGS...]");
+    eprintln!(
+        "usage: kdbt-user check [--loader | --quick] [--dir DIR]\n\
+         \x20      kdbt-user bench [--repeat N] [--dir DIR]\n\
+         \x20      kdbt-user run [--loader | --fast | --counted] -- PROGRAM [ARGS...]\n\
+         check runs every applet natively and as a guest (default: Transparent, Fast and a\n\
+         counted run; --quick skips the counted run, --loader runs the guest untranslated)."
+    );
     ExitCode::from(2)
 }
 
@@ -22,63 +30,100 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else { return usage() };
     let mut dir = PathBuf::from("build/user-check");
-    let mut mode = None;
+    let mut modes = vec![TRANSPARENT, FAST, COUNTED];
+    let mut repeat = 3;
     let mut program = Vec::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--loader" => mode = Some(Mode::Loader),
-            "--fast" => mode = Some(Mode::Translated(CallRetPolicy::Fast, Transitions::Linked)),
-            "--counted" => mode = Some(Mode::Translated(CallRetPolicy::Transparent, Transitions::Counted)),
+            "--loader" => modes = vec![Mode::Loader],
+            "--quick" => modes = vec![TRANSPARENT, FAST],
+            "--fast" => modes = vec![FAST],
+            "--counted" => modes = vec![COUNTED],
             "--" => program = it.by_ref().map(|a| a.as_bytes().to_vec()).collect(),
             "--dir" => match it.next() {
                 Some(d) => dir = PathBuf::from(d),
                 None => return usage(),
             },
+            "--repeat" => match it.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => repeat = n,
+                _ => return usage(),
+            },
             _ => return usage(),
         }
     }
     match cmd.as_str() {
-        "check" => check(mode.unwrap_or(DEFAULT_MODE), &dir),
-        "run" if !program.is_empty() => run(mode.unwrap_or(DEFAULT_MODE), &program),
+        "check" => with_input(&dir, |input| run_check(&modes, input, &dir)),
+        "bench" => with_input(&dir, |input| bench::run(repeat, input, &dir)),
+        "run" if !program.is_empty() && modes.len() == 1 => run(modes[0], &program),
+        "run" if !program.is_empty() => run(TRANSPARENT, &program),
         _ => usage(),
     }
 }
 
-fn check(mode: Mode, dir: &std::path::Path) -> ExitCode {
-    if !std::path::Path::new(workload::BUSYBOX).exists() {
+/// Checks for busybox and writes the input before `body` runs.
+fn with_input(dir: &Path, body: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
+    if !Path::new(workload::BUSYBOX).exists() {
         eprintln!("kdbt-user: {} is missing: install the Debian package busybox-static", workload::BUSYBOX);
         return ExitCode::from(2);
     }
-    let input = match workload::prepare_input(dir) {
-        Ok(p) => p,
+    match workload::prepare_input(dir) {
+        Ok(input) => body(&input),
         Err(e) => {
             eprintln!("kdbt-user: writing inputs under {}: {e}", dir.display());
-            return ExitCode::from(2);
-        }
-    };
-    let mut same = 0;
-    for applet in workload::APPLETS {
-        match compare(mode, applet, &input, dir) {
-            Ok(c) => {
-                if c.identical {
-                    same += 1;
-                }
-                println!(
-                    "{:<12} {:<9} out {:>8} B native / {:>8} B guest  native {:>7.3}s  guest {:>7.3}s{}",
-                    c.label,
-                    if c.identical { "identical" } else { "DIFFERENT" },
-                    c.native_bytes,
-                    c.guest_bytes,
-                    c.native_wall.as_secs_f64(),
-                    c.guest_wall.as_secs_f64(),
-                    if c.identical { String::new() } else { format!("  ({:?} vs {:?})", c.native_ended, c.guest_ended) }
-                );
-            }
-            Err(e) => println!("{:<12} ERROR {e}", applet.label),
+            ExitCode::from(2)
         }
     }
+}
+
+fn run_check(modes: &[Mode], input: &Path, dir: &Path) -> ExitCode {
+    let input_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    println!("input: {} ({input_len} bytes); guest modes: {}", input.display(),
+             modes.iter().map(|m| m.label()).collect::<Vec<_>>().join(", "));
+    let mut same = 0;
+    let (mut from_cache, mut emulated, mut counted_runs) = (0u64, 0u64, 0usize);
+    for applet in workload::APPLETS {
+        let c = match check::compare(modes, applet, input, dir) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("{:<12} ERROR {e}", applet.label);
+                continue;
+            }
+        };
+        let mut line = format!(
+            "{:<12} {:<9} out {:>8} B  native {:>7.3}s",
+            c.label,
+            if c.identical() { "identical" } else { "DIFFERENT" },
+            c.native_bytes,
+            c.native_wall.as_secs_f64()
+        );
+        for g in &c.guests {
+            line += &format!("  {} {:.3}s", g.mode.label(), g.wall.as_secs_f64());
+            if !g.identical {
+                line += &format!(" (differs: {:?})", g.ended);
+            }
+            if let (Some(r), Mode::Translated(_, Transitions::Counted)) = (g.report, g.mode) {
+                line += &format!("  guest insns {}", r.from_cache + r.emulated);
+                from_cache += r.from_cache;
+                emulated += r.emulated;
+                counted_runs += 1;
+            }
+        }
+        if c.identical() {
+            same += 1;
+        }
+        println!("{line}");
+    }
     println!("identical: {same}/{}", workload::APPLETS.len());
+    if counted_runs > 0 {
+        let total = from_cache + emulated;
+        println!(
+            "from code cache: {:.5}% of {total} guest instructions ({emulated} run by the dispatcher: \
+             the guest's syscall instructions; exact counts from the counted runs of {counted_runs} applets, \
+             in which every fragment is entered from the dispatcher)",
+            100.0 * from_cache as f64 / total.max(1) as f64
+        );
+    }
     if same == workload::APPLETS.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
@@ -87,7 +132,7 @@ fn run(mode: Mode, argv: &[Vec<u8>]) -> ExitCode {
     let env: Vec<Vec<u8>> = std::env::vars_os()
         .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
         .collect();
-    match user::check::run_here(mode, argv, &env) {
+    match check::run_here(mode, argv, &env) {
         Ok((status, report)) => {
             if let Some(r) = report {
                 eprintln!("kdbt-user: {r:?}");

@@ -5,10 +5,10 @@ use super::child::{run_in_child, ChildRun, Ended};
 use super::guest::Guest;
 use super::translated::{self, Report, Transitions};
 use super::workload::{self, Applet};
-use std::fs::File;
 use kdbt_engine::CallRetPolicy;
+use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,19 +21,46 @@ pub enum Mode {
     Translated(CallRetPolicy, Transitions),
 }
 
-/// The result of one applet: both outputs' fate and timings.
+impl Mode {
+    /// Short name for reports and output files.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Loader => "loader",
+            Mode::Translated(CallRetPolicy::Transparent, Transitions::Linked) => "transparent",
+            Mode::Translated(CallRetPolicy::Fast, Transitions::Linked) => "fast",
+            Mode::Translated(CallRetPolicy::Transparent, Transitions::Counted) => "counted",
+            Mode::Translated(CallRetPolicy::Fast, Transitions::Counted) => "fast-counted",
+        }
+    }
+}
+
+/// One guest run of an applet, judged against the native run.
+#[derive(Debug)]
+pub struct GuestResult {
+    pub mode: Mode,
+    pub ended: Ended,
+    /// Same stdout bytes and same exit status as the native run.
+    pub identical: bool,
+    pub wall: Duration,
+    /// What a translated run reported (`None` for [`Mode::Loader`] or a crashed child).
+    pub report: Option<Report>,
+}
+
+/// One applet: the native run and every guest run of it.
 #[derive(Debug)]
 pub struct Comparison {
     pub label: &'static str,
     pub native_bytes: usize,
-    pub guest_bytes: usize,
     pub native_ended: Ended,
-    pub guest_ended: Ended,
-    pub identical: bool,
     pub native_wall: Duration,
-    pub guest_wall: Duration,
-    /// What the translated run reported (`None` for [`Mode::Loader`]).
-    pub report: Option<Report>,
+    pub guests: Vec<GuestResult>,
+}
+
+impl Comparison {
+    /// The native run succeeded and every guest run matched it byte for byte.
+    pub fn identical(&self) -> bool {
+        self.native_ended == Ended::Exited(0) && self.guests.iter().all(|g| g.identical)
+    }
 }
 
 fn stdin_null() -> io::Result<File> {
@@ -96,24 +123,25 @@ pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRu
     })
 }
 
-/// Runs `applet` both ways over `input`, leaving the outputs in `outdir`.
-pub fn compare(mode: Mode, applet: &Applet, input: &Path, outdir: &Path) -> io::Result<Comparison> {
+/// Runs `applet` over `input` natively and then in each of `modes`, leaving the outputs
+/// in `outdir` as `APPLET.native` and `APPLET.MODE`.
+pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> io::Result<Comparison> {
     let argv = applet.argv(input);
     let stem = applet.label.replace(' ', "_");
-    let (native_out, guest_out): (PathBuf, PathBuf) =
-        (outdir.join(format!("{stem}.native")), outdir.join(format!("{stem}.guest")));
+    let native_out = outdir.join(format!("{stem}.native"));
     let (native_ended, native_wall) = run_native(&argv, &native_out)?;
-    let guest = run_guest(mode, &argv, &guest_out)?;
-    let (a, b) = (std::fs::read(&native_out)?, std::fs::read(&guest_out)?);
-    Ok(Comparison {
-        label: applet.label,
-        native_bytes: a.len(),
-        guest_bytes: b.len(),
-        identical: a == b && native_ended == guest.ended && native_ended == Ended::Exited(0),
-        native_ended,
-        guest_ended: guest.ended,
-        native_wall,
-        guest_wall: guest.wall,
-        report: Report::from_bytes(&guest.report),
-    })
+    let native = std::fs::read(&native_out)?;
+    let mut guests = Vec::new();
+    for &mode in modes {
+        let out = outdir.join(format!("{stem}.{}", mode.label()));
+        let run = run_guest(mode, &argv, &out)?;
+        guests.push(GuestResult {
+            mode,
+            ended: run.ended,
+            identical: run.ended == native_ended && std::fs::read(&out)? == native,
+            wall: run.wall,
+            report: Report::from_bytes(&run.report),
+        });
+    }
+    Ok(Comparison { label: applet.label, native_bytes: native.len(), native_ended, native_wall, guests })
 }

@@ -1,9 +1,9 @@
-//! Reading and writing this thread's FS base, the TLS pointer of whoever runs: the runner
-//! (its glibc and Rust thread-locals) or the guest. They must never share one.
+//! This thread's FS base, the TLS pointer of whoever runs: the runner (its glibc and Rust
+//! thread-locals) or the guest. They must never share one; `switch` swaps them in assembly
+//! with the method detected here.
 
 use std::arch::asm;
 
-const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
 const HWCAP2_FSGSBASE: u64 = 1 << 1;
 
@@ -42,23 +42,6 @@ impl FsSwitch {
         }
         base
     }
-
-    /// Makes `base` this thread's FS base.
-    ///
-    /// # Safety
-    /// Until the runner's own base is written back, nothing may touch thread-local storage:
-    /// no allocation, no `errno`, no panics. Callers switch only right around guest code.
-    pub unsafe fn write(self, base: u64) {
-        match self {
-            // SAFETY: enabled per `detect`; the caller upholds the TLS contract.
-            FsSwitch::Instructions => unsafe { asm!("wrfsbase {}", in(reg) base, options(nomem, nostack)) },
-            FsSwitch::ArchPrctl => {
-                // SAFETY: a raw syscall touches no TLS (no errno); caller upholds the rest.
-                let rc = unsafe { super::syscall::raw_syscall(libc::SYS_arch_prctl as u64, [ARCH_SET_FS, base, 0, 0, 0, 0]) };
-                debug_assert_eq!(rc, 0);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -72,20 +55,5 @@ mod tests {
         if FsSwitch::detect() == FsSwitch::Instructions {
             assert_eq!(FsSwitch::Instructions.read(), by_syscall);
         }
-    }
-
-    #[test]
-    fn a_written_base_reads_back_and_the_runner_base_is_restored() {
-        let sw = FsSwitch::detect();
-        let runner = sw.read();
-        // SAFETY: no TLS is touched between the two writes (only rdfsbase/raw syscalls).
-        let seen = unsafe {
-            sw.write(0x1234_5000);
-            let seen = sw.read();
-            sw.write(runner);
-            seen
-        };
-        assert_eq!(seen, 0x1234_5000);
-        assert_eq!(sw.read(), runner);
     }
 }

@@ -1,6 +1,7 @@
 //! Running unmodified static Linux programs in user space, natively through our own ELF
 //! loader or under translation, for `make user-check` and the busybox benchmark.
 
+pub mod bench;
 pub mod check;
 pub mod child;
 pub mod elf;
