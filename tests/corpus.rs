@@ -125,10 +125,18 @@ extern "C" fn libc_calls(n: u64, seed: u64) -> u64 {
         let copy = libc::malloc(n * 4) as *mut u32;
         libc::memcpy(copy.cast(), buf.cast(), n * 4);
         let mut text = [0u8; 64];
-        let len = libc::snprintf(text.as_mut_ptr().cast(), 64, c"%u-%u".as_ptr(), *copy, *copy.add(n - 1));
+        let len = libc::snprintf(
+            text.as_mut_ptr().cast(),
+            64,
+            c"%u-%u".as_ptr(),
+            *copy,
+            *copy.add(n - 1),
+        );
         let mut h = len as u64 ^ libc::strlen(text.as_ptr().cast()) as u64;
         for i in 0..n {
-            h = h.wrapping_mul(1_000_003).wrapping_add(u64::from(*copy.add(i)));
+            h = h
+                .wrapping_mul(1_000_003)
+                .wrapping_add(u64::from(*copy.add(i)));
         }
         libc::free(copy.cast());
         libc::free(buf.cast());
@@ -232,11 +240,21 @@ fn run_corpus(policy: CallRetPolicy, placement: Placement) -> Stats {
     for (name, f, a, b) in cases() {
         let entry = f as *const () as u64;
         let native = rt.run_native(entry, &[a, b]).expect("native run");
-        assert_eq!(native, f(a, b), "{name}: run_native differs from a direct call");
-        let translated = rt.run(entry, &[a, b]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(
+            native,
+            f(a, b),
+            "{name}: run_native differs from a direct call"
+        );
+        let translated = rt
+            .run(entry, &[a, b])
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(translated, native, "{name} under {policy:?} {placement:?}");
         // Second run: everything translated and linked already.
-        assert_eq!(rt.run(entry, &[a, b]).expect("rerun"), native, "{name} rerun");
+        assert_eq!(
+            rt.run(entry, &[a, b]).expect("rerun"),
+            native,
+            "{name} rerun"
+        );
     }
     *rt.cache().stats()
 }
@@ -256,22 +274,34 @@ fn assert_busy(s: &Stats) {
 
 #[test]
 fn corpus_matches_native_transparent_cache_near_guest() {
-    assert_busy(&run_corpus(CallRetPolicy::Transparent, Placement::Near(guest_addr())));
+    assert_busy(&run_corpus(
+        CallRetPolicy::Transparent,
+        Placement::Near(guest_addr()),
+    ));
 }
 
 #[test]
 fn corpus_matches_native_fast_cache_near_guest() {
-    assert_busy(&run_corpus(CallRetPolicy::Fast, Placement::Near(guest_addr())));
+    assert_busy(&run_corpus(
+        CallRetPolicy::Fast,
+        Placement::Near(guest_addr()),
+    ));
 }
 
 #[test]
 fn corpus_matches_native_transparent_cache_far_from_guest() {
-    assert_busy(&run_corpus(CallRetPolicy::Transparent, Placement::Far(guest_addr())));
+    assert_busy(&run_corpus(
+        CallRetPolicy::Transparent,
+        Placement::Far(guest_addr()),
+    ));
 }
 
 #[test]
 fn corpus_matches_native_fast_cache_far_from_guest() {
-    assert_busy(&run_corpus(CallRetPolicy::Fast, Placement::Far(guest_addr())));
+    assert_busy(&run_corpus(
+        CallRetPolicy::Fast,
+        Placement::Far(guest_addr()),
+    ));
 }
 
 #[test]
@@ -284,7 +314,11 @@ fn small_lookup_table_still_matches_native() {
         for (name, f, a, b) in cases() {
             let entry = f as *const () as u64;
             let native = rt.run_native(entry, &[a, b]).expect("native");
-            assert_eq!(rt.run(entry, &[a, b]).expect("translated"), native, "{name} {policy:?}");
+            assert_eq!(
+                rt.run(entry, &[a, b]).expect("translated"),
+                native,
+                "{name} {policy:?}"
+            );
         }
     }
 }

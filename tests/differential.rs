@@ -4,7 +4,9 @@
 //! natively and translated under both call/ret policies, both red zones and a cache near
 //! and far from them, and must leave identical registers, flags and memory.
 
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, Instruction, InstructionBlock, MemoryOperand, Register};
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, Instruction, InstructionBlock, MemoryOperand, Register,
+};
 use kdbt_engine::CallRetPolicy;
 use kdbt_host::{ExecMemory, Options, Placement, Runtime};
 
@@ -128,9 +130,17 @@ fn alu(p: &mut Program, rng: &mut Rng, avoid_rcx: bool) {
     let src = rng.pick(&all);
     match rng.upto(9) {
         0..=2 => p.push(Instruction::with2(rng.pick(&ALU_RR), dst, src)),
-        3 => p.push(Instruction::with2(Code::Add_rm64_imm32, dst, rng.next() as i32)),
+        3 => p.push(Instruction::with2(
+            Code::Add_rm64_imm32,
+            dst,
+            rng.next() as i32,
+        )),
         4 => p.push(Instruction::with2(Code::Imul_r64_rm64, dst, src)),
-        5 => p.push(Instruction::with2(rng.pick(&SHIFTS), dst, rng.upto(64) as u32)),
+        5 => p.push(Instruction::with2(
+            rng.pick(&SHIFTS),
+            dst,
+            rng.upto(64) as u32,
+        )),
         6 => p.push(Instruction::with2(rng.pick(&CMOV), dst, src)),
         7 => {
             let slot = MemoryOperand::with_base_displ(Register::RDI, 8 * rng.upto(BUF - 20) as i64);
@@ -142,7 +152,10 @@ fn alu(p: &mut Program, rng: &mut Rng, avoid_rcx: bool) {
         }
         _ => {
             // RIP-relative data: a load or a read-modify-write.
-            let slot = MemoryOperand::with_base_displ(Register::RIP, (DATA + 8 * rng.upto(4) as u64) as i64);
+            let slot = MemoryOperand::with_base_displ(
+                Register::RIP,
+                (DATA + 8 * rng.upto(4) as u64) as i64,
+            );
             if rng.upto(2) == 0 {
                 p.push(Instruction::with2(Code::Mov_r64_rm64, dst, slot));
             } else {
@@ -177,7 +190,10 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
                 p.push(Instruction::with2(
                     Code::Lea_r64_m,
                     r,
-                    MemoryOperand::with_base_displ(Register::RIP, func_label(rng.upto(funcs)) as i64),
+                    MemoryOperand::with_base_displ(
+                        Register::RIP,
+                        func_label(rng.upto(funcs)) as i64,
+                    ),
                 ));
                 p.push(Instruction::with1(Code::Call_rm64, r));
             }
@@ -214,10 +230,16 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
             8 => {
                 // An rsp-relative indirect call: lea r, [rip + f]; push r; call [rsp]; pop r2
                 let r = rng.pick(&regs());
-                let f = MemoryOperand::with_base_displ(Register::RIP, func_label(rng.upto(funcs)) as i64);
+                let f = MemoryOperand::with_base_displ(
+                    Register::RIP,
+                    func_label(rng.upto(funcs)) as i64,
+                );
                 p.push(Instruction::with2(Code::Lea_r64_m, r, f));
                 p.push(Instruction::with1(Code::Push_r64, r));
-                p.push(Instruction::with1(Code::Call_rm64, MemoryOperand::with_base(Register::RSP)));
+                p.push(Instruction::with1(
+                    Code::Call_rm64,
+                    MemoryOperand::with_base(Register::RSP),
+                ));
                 p.push(Instruction::with1(Code::Pop_r64, rng.pick(&regs())));
             }
             9 => {
@@ -262,9 +284,16 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
 
 /// Runs the program at `code` with a fresh copy of its bytes and buffer; returns the
 /// buffer and the program's bytes (its RIP-relative data) afterwards.
-fn execute(rt: &mut Runtime, page: &mut ExecMemory, bytes: &[u8], translated: bool) -> (Vec<u64>, Vec<u8>) {
+fn execute(
+    rt: &mut Runtime,
+    page: &mut ExecMemory,
+    bytes: &[u8],
+    translated: bool,
+) -> (Vec<u64>, Vec<u8>) {
     page.as_mut()[..bytes.len()].copy_from_slice(bytes);
-    let mut buf: Vec<u64> = (0..BUF as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+    let mut buf: Vec<u64> = (0..BUF as u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
     let args = [buf.as_mut_ptr() as u64];
     let entry = page.base();
     let rax = if translated {
@@ -308,7 +337,11 @@ fn random_programs_give_native_results_under_every_configuration() {
                         "program {n} {policy:?} red zone {red_zone} far {far}"
                     );
                     // Again, now linked.
-                    assert_eq!(execute(&mut rt, &mut page, &bytes, true), native, "program {n} rerun");
+                    assert_eq!(
+                        execute(&mut rt, &mut page, &bytes, true),
+                        native,
+                        "program {n} rerun"
+                    );
                     assert!(rt.cache().stats().blocks > 0);
                     links += rt.cache().stats().links;
                     outcomes.insert(native);
@@ -331,13 +364,19 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
     for n in 0..12 {
         let insns = program(&mut rng);
         let block = InstructionBlock::new(&insns, page.base());
-        let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).expect("assemble").code_buffer;
+        let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
+            .expect("assemble")
+            .code_buffer;
         let base = page.base() as *mut u8;
         for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
             for (red_zone, far) in [(128, false), (0, true)] {
                 let mut opts = Options::new(policy);
                 opts.red_zone = red_zone;
-                opts.placement = if far { Placement::Far(page.base()) } else { Placement::Near(page.base()) };
+                opts.placement = if far {
+                    Placement::Far(page.base())
+                } else {
+                    Placement::Near(page.base())
+                };
                 let mut rt = Runtime::new(opts).expect("runtime");
                 let mut buf = vec![7u64; BUF];
                 let buf_ptr = buf.as_mut_ptr();
@@ -353,12 +392,21 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
                     }
                 };
                 let what = format!("program {n} {policy:?} red zone {red_zone} far {far}");
-                let (_, seen) = assert_stepped_states_are_native(&mut rt, page.base(), &[buf_ptr as u64], reset, &what);
+                let (_, seen) = assert_stepped_states_are_native(
+                    &mut rt,
+                    page.base(),
+                    &[buf_ptr as u64],
+                    reset,
+                    &what,
+                );
                 total.steps += seen.steps;
                 total.spills += seen.spills;
                 total.from_stack += seen.from_stack;
             }
         }
     }
-    assert!(total.steps > 1000 && total.spills > 0 && total.from_stack > 0, "{total:?}");
+    assert!(
+        total.steps > 1000 && total.spills > 0 && total.from_stack > 0,
+        "{total:?}"
+    );
 }

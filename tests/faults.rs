@@ -27,11 +27,21 @@ impl GuestCode {
         // and the second is made inaccessible.
         unsafe {
             let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-            let p = libc::mmap(ptr::null_mut(), 2 * PAGE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            let p = libc::mmap(
+                ptr::null_mut(),
+                2 * PAGE,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             let base = p.cast::<u8>();
             ptr::copy_nonoverlapping(code.as_ptr(), base, code.len());
-            assert_eq!(libc::mprotect(base.add(PAGE).cast(), PAGE, libc::PROT_NONE), 0);
+            assert_eq!(
+                libc::mprotect(base.add(PAGE).cast(), PAGE, libc::PROT_NONE),
+                0
+            );
             GuestCode { base }
         }
     }
@@ -96,7 +106,11 @@ fn native_trap(rt: &mut Runtime, entry: u64, args: &[u64]) -> Frame {
 
 fn assert_same_state(native: &Frame, guest: &Frame, what: &str) {
     for g in Gpr::ALL {
-        assert_eq!(guest.get(g), native.get(g), "{what}: {g:?} (native {native:x?}, rolled back {guest:x?})");
+        assert_eq!(
+            guest.get(g),
+            native.get(g),
+            "{what}: {g:?} (native {native:x?}, rolled back {guest:x?})"
+        );
     }
     assert_eq!(guest.rip, native.rip, "{what}: rip");
     assert_eq!(guest.rflags & FLAGS, native.rflags & FLAGS, "{what}: flags");
@@ -105,7 +119,12 @@ fn assert_same_state(native: &Frame, guest: &Frame, what: &str) {
 /// Runs `code` natively and translated (both policies, both red zones, given placement);
 /// the translated fault must be inside the cache, and roll back to the native fault's
 /// state. Returns how many translated faults needed a non-trivial rollback.
-fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) -> Placement) -> usize {
+fn check_fault(
+    code: &[u8],
+    args: &[u64],
+    signo: i32,
+    placement: impl Fn(u64) -> Placement,
+) -> usize {
     let guest = GuestCode::new(code);
     let mut nontrivial = 0;
     for (policy, red_zone) in policies_and_red_zones() {
@@ -116,8 +135,14 @@ fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) ->
             other => panic!("translated run did not fault: {other:?}"),
         };
         assert_eq!(trap.signo, signo);
-        assert!(rt.cache().contains(trap.frame.rip), "fault outside the cache: {:#x}", trap.frame.rip);
-        let (mapping, state) = rt.guest_state(&trap.frame).expect("fault address maps back");
+        assert!(
+            rt.cache().contains(trap.frame.rip),
+            "fault outside the cache: {:#x}",
+            trap.frame.rip
+        );
+        let (mapping, state) = rt
+            .guest_state(&trap.frame)
+            .expect("fault address maps back");
         let rb = mapping.rollback;
         if rb.restore.iter().any(Option::is_some) || rb.rsp_adjust != 0 {
             nontrivial += 1;
@@ -128,7 +153,9 @@ fn check_fault(code: &[u8], args: &[u64], signo: i32, placement: impl Fn(u64) ->
 }
 
 fn policies_and_red_zones() -> impl Iterator<Item = (CallRetPolicy, u32)> {
-    [CallRetPolicy::Transparent, CallRetPolicy::Fast].into_iter().flat_map(|p| RED_ZONES.map(|rz| (p, rz)))
+    [CallRetPolicy::Transparent, CallRetPolicy::Fast]
+        .into_iter()
+        .flat_map(|p| RED_ZONES.map(|rz| (p, rz)))
 }
 
 #[test]
@@ -162,8 +189,8 @@ fn segv_in_ret_lookup_with_bad_stack_rolls_back_to_the_ret() {
     let mut c = prologue();
     c.extend([0x48, 0xc7, 0xc4, 0x00, 0x10, 0x00, 0x00]); // mov rsp, 0x1000
     c.push(0xc3); // ret
-    // Transparent: the lookup's first spill faults (after skipping a red zone of 128, which
-    // the rollback undoes; with red zone 0 nothing is undone); Fast: `ret` is copied.
+                  // Transparent: the lookup's first spill faults (after skipping a red zone of 128, which
+                  // the rollback undoes; with red zone 0 nothing is undone); Fast: `ret` is copied.
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 1);
 }
 
@@ -171,13 +198,20 @@ fn segv_in_ret_lookup_with_bad_stack_rolls_back_to_the_ret() {
 fn segv_in_far_rip_relative_load_restores_the_scratch_register() {
     // The guard page is out of reach of the cache: the load goes through a scratch
     // register spilled on the stack, and faults with it spilled.
-    for (opcode, name) in [([0x48u8, 0x8b, 0x05], "mov rax, [rip+x]"), ([0x48, 0x01, 0x0d], "add [rip+x], rcx")] {
+    for (opcode, name) in [
+        ([0x48u8, 0x8b, 0x05], "mov rax, [rip+x]"),
+        ([0x48, 0x01, 0x0d], "add [rip+x], rcx"),
+    ] {
         let mut c = prologue();
         let end = c.len() + 7;
         c.extend(opcode);
         c.extend((PAGE as i64 - end as i64).to_le_bytes()[..4].iter());
         c.push(0xc3);
-        assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Far), 4, "{name}");
+        assert_eq!(
+            check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Far),
+            4,
+            "{name}"
+        );
     }
 }
 
@@ -315,23 +349,32 @@ extern "C" fn step_mix(n: u64, seed: u64) -> u64 {
 
 #[test]
 fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
-    let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] = [(step_fib, 7, 0), (step_mix, 40, 5)];
+    let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] =
+        [(step_fib, 7, 0), (step_mix, 40, 5)];
     for (policy, red_zone) in policies_and_red_zones() {
         for far in [false, true] {
             let mut total = common::Stepped::default();
             for (f, a, b) in cases {
                 let entry = f as *const () as u64;
-                let placement = if far { Placement::Far(entry) } else { Placement::Near(entry) };
+                let placement = if far {
+                    Placement::Far(entry)
+                } else {
+                    Placement::Near(entry)
+                };
                 let mut rt = runtime(policy, placement, red_zone);
                 let what = format!("{policy:?} red zone {red_zone} far={far}");
-                let (result, seen) = common::assert_stepped_states_are_native(&mut rt, entry, &[a, b], || {}, &what);
+                let (result, seen) =
+                    common::assert_stepped_states_are_native(&mut rt, entry, &[a, b], || {}, &what);
                 assert_eq!(result, f(a, b));
                 assert!(seen.steps > 100, "{what}: {seen:?}");
                 total.spills += seen.spills;
                 total.from_stack += seen.from_stack;
             }
             // The traced runs went through lookup sequences (spills) and their miss paths.
-            assert!(total.spills > 0 && total.from_stack > 0, "{policy:?} {red_zone} far={far}: {total:?}");
+            assert!(
+                total.spills > 0 && total.from_stack > 0,
+                "{policy:?} {red_zone} far={far}: {total:?}"
+            );
         }
     }
 }

@@ -2,7 +2,9 @@
 //! fragment, recorded on the target's incoming list, and unlinking restores the jump to the
 //! exit stub; stale exit ids (from before a flush) are never linked.
 
-use kdbt_engine::{CallRetPolicy, CodeCache, Config, ExitReason, HookClass, IblSize, RipSource, SliceMemory};
+use kdbt_engine::{
+    CallRetPolicy, CodeCache, Config, ExitReason, HookClass, IblSize, RipSource, SliceMemory,
+};
 
 const BASE: u64 = 0x40_0000;
 const EXEC: u64 = 0x1_0000_0000;
@@ -38,13 +40,22 @@ fn link_patches_the_branch_to_the_target_and_unlink_restores_the_stub() {
     let stub = jmp_target(&cache, a_entry);
     let at_stub = cache.pc_map(stub).expect("the stub maps back");
     assert_eq!(at_stub.insn_pc, BASE);
-    assert_eq!(at_stub.rollback.rip, RipSource::Guest(BASE + 2), "at the stub the jmp is complete");
+    assert_eq!(
+        at_stub.rollback.rip,
+        RipSource::Guest(BASE + 2),
+        "at the stub the jmp is complete"
+    );
 
     // A's only exit has id 0: what the stub would put in the dispatcher frame.
     let reason = cache.exit_reason(0, 0).expect("exit 0");
-    let ExitReason::DirectMiss { exit, target } = reason else { panic!("{reason:?}") };
+    let ExitReason::DirectMiss { exit, target } = reason else {
+        panic!("{reason:?}")
+    };
     assert_eq!(target, BASE + 2);
-    let resume = cache.resolve(&reason, &mem).expect("resolve").expect("an address");
+    let resume = cache
+        .resolve(&reason, &mem)
+        .expect("resolve")
+        .expect("an address");
     let b = cache.lookup(BASE + 2).expect("B translated");
     assert_eq!(resume, cache.fragment_entry(b).expect("entry"));
     assert_eq!(jmp_target(&cache, a_entry), resume, "linked straight to B");
@@ -62,7 +73,10 @@ fn link_patches_the_branch_to_the_target_and_unlink_restores_the_stub() {
     let stale = cache.exit_reason(0, 0).expect("exit 0");
     cache.flush();
     assert!(cache.exit_reason(0, 0).is_err(), "no exits after a flush");
-    let pc = cache.resolve(&stale, &mem).expect("resolve").expect("an address");
+    let pc = cache
+        .resolve(&stale, &mem)
+        .expect("resolve")
+        .expect("an address");
     let b2 = cache.lookup(BASE + 2).expect("B again");
     assert_eq!(pc, cache.fragment_entry(b2).expect("entry"));
     assert_eq!(cache.stats().links, 1, "stale exit not linked");
@@ -76,15 +90,23 @@ fn indirect_exit_reports_the_aux_target_and_hooks_report_their_site() {
     let mut cache = cache();
     cache.translate(BASE, &mem).expect("jmp rax");
     match cache.exit_reason(0, 0x1234).expect("exit 0") {
-        ExitReason::IndirectMiss { target, insn_pc, .. } => assert_eq!((target, insn_pc), (0x1234, BASE)),
+        ExitReason::IndirectMiss {
+            target, insn_pc, ..
+        } => assert_eq!((target, insn_pc), (0x1234, BASE)),
         other => panic!("{other:?}"),
     }
-    let cfg = Config { hooks: HookClass::INT3, ..*cache.config() };
+    let cfg = Config {
+        hooks: HookClass::INT3,
+        ..*cache.config()
+    };
     let mut hooked = CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache");
     hooked.translate(BASE + 2, &mem).expect("int3");
     match hooked.exit_reason(0, 0).expect("exit 0") {
         ExitReason::Hook(site) => {
-            assert_eq!((site.class, site.pc, site.next_pc), (HookClass::INT3, BASE + 2, BASE + 3));
+            assert_eq!(
+                (site.class, site.pc, site.next_pc),
+                (HookClass::INT3, BASE + 2, BASE + 3)
+            );
             assert_eq!(hooked.resolve(&ExitReason::Hook(site), &mem), Ok(None));
         }
         other => panic!("{other:?}"),
@@ -95,7 +117,9 @@ fn indirect_exit_reports_the_aux_target_and_hooks_report_their_site() {
 fn stats_accumulate_sums_every_counter() {
     let mut cache = cache();
     let code = [0x90, 0xc3];
-    cache.translate(BASE, &SliceMemory::new(BASE, &code)).expect("translate");
+    cache
+        .translate(BASE, &SliceMemory::new(BASE, &code))
+        .expect("translate");
     let one = *cache.stats();
     let mut sum = one;
     sum.accumulate(&one);

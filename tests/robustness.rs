@@ -3,7 +3,8 @@
 //! from; linking, unlinking and invalidation keep translated code correct.
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Error, FragmentId, Frame, GuestMemory, HookClass, IblSize, RipSource, SliceMemory,
+    CallRetPolicy, CodeCache, Config, Error, FragmentId, Frame, GuestMemory, HookClass, IblSize,
+    RipSource, SliceMemory,
 };
 use kdbt_host::{Options, RunError, Runtime};
 
@@ -39,7 +40,11 @@ fn small_cache(cfg: Config, code_bytes: usize) -> CodeCache<Vec<u8>> {
 
 /// Translates at `pc`, flushing once on `CacheFull`; checks every code byte of a new
 /// fragment maps back and its rollback applies without panicking.
-fn translate_and_check(cache: &mut CodeCache<Vec<u8>>, mem: &dyn GuestMemory, pc: u64) -> Result<(), Error> {
+fn translate_and_check(
+    cache: &mut CodeCache<Vec<u8>>,
+    mem: &dyn GuestMemory,
+    pc: u64,
+) -> Result<(), Error> {
     let id = match cache.translate(pc, mem) {
         Err(Error::CacheFull { .. }) => {
             cache.flush();
@@ -151,7 +156,10 @@ fn undecodable_or_unreadable_first_instruction_is_an_error() {
         assert_eq!(cache.translate(BASE, &mem), Err(expected), "{bytes:x?}");
     }
     let mem = SliceMemory::new(BASE, &[0x90]);
-    assert_eq!(cache.translate(0x1000, &mem), Err(Error::GuestMemory { pc: 0x1000 }));
+    assert_eq!(
+        cache.translate(0x1000, &mem),
+        Err(Error::GuestMemory { pc: 0x1000 })
+    );
     assert_eq!(cache.stats().blocks, 0);
 }
 
@@ -160,7 +168,9 @@ fn undecodable_instruction_later_in_a_block_ends_the_block_before_it() {
     let mut cache = small_cache(cfg(CallRetPolicy::Transparent), 4096);
     let bytes = [0x90, 0x48, 0x01, 0xc8, 0x06];
     let mem = SliceMemory::new(BASE, &bytes);
-    cache.translate(BASE, &mem).expect("first two instructions translate");
+    cache
+        .translate(BASE, &mem)
+        .expect("first two instructions translate");
     assert_eq!(cache.stats().guest_insns, 2);
     assert_eq!(cache.stats().guest_bytes, 4);
     assert_eq!(
@@ -175,7 +185,10 @@ fn block_larger_than_the_whole_cache_is_fragment_too_large_even_after_flush() {
     let ret = [0xc3]; // a lookup sequence: far more than 64 bytes
     let mem = SliceMemory::new(BASE, &ret);
     let e = cache.translate(BASE, &mem).expect_err("does not fit");
-    assert!(matches!(e, Error::FragmentTooLarge { capacity: 64, .. }), "{e:?}");
+    assert!(
+        matches!(e, Error::FragmentTooLarge { capacity: 64, .. }),
+        "{e:?}"
+    );
     cache.flush();
     assert!(matches!(
         cache.translate(BASE, &mem),
@@ -207,7 +220,9 @@ fn full_cache_reports_cache_full_and_translates_after_a_flush() {
     cache.flush();
     assert!(cache.lookup(BASE).is_none(), "flush forgets every fragment");
     assert_eq!(cache.used(), 0);
-    let id = cache.translate(full_at, &mem).expect("fits after the flush");
+    let id = cache
+        .translate(full_at, &mem)
+        .expect("fits after the flush");
     assert_eq!(id, FragmentId(0));
     assert_eq!(cache.stats().flushes, before.flushes + 1);
     assert_eq!(cache.stats().blocks, before.blocks + 1);
@@ -247,7 +262,10 @@ fn transparent_run_in_a_tiny_cache_flushes_and_still_matches_native() {
 fn fast_run_in_a_tiny_cache_reports_cache_full_instead_of_flushing_live_return_addresses() {
     let mut rt = tiny_runtime(CallRetPolicy::Fast);
     match rt.run(fib as *const () as u64, &[16, 0]) {
-        Err(RunError::Untranslatable { error: Error::CacheFull { .. }, .. }) => {}
+        Err(RunError::Untranslatable {
+            error: Error::CacheFull { .. },
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(rt.cache().stats().flushes, 0);
@@ -267,15 +285,24 @@ fn invalidating_every_fragment_unlinks_and_reruns_give_the_same_result() {
         for i in 0..blocks as u32 {
             incoming += rt.cache().incoming(FragmentId(i)).len() as u64;
         }
-        assert_eq!(incoming, links, "every link is on its target's incoming list");
+        assert_eq!(
+            incoming, links,
+            "every link is on its target's incoming list"
+        );
         for i in 0..blocks as u32 {
-            rt.cache_mut().invalidate(FragmentId(i)).expect("invalidate");
+            rt.cache_mut()
+                .invalidate(FragmentId(i))
+                .expect("invalidate");
             assert!(rt.cache().incoming(FragmentId(i)).is_empty());
         }
         assert_eq!(rt.cache().stats().unlinks, links, "{policy:?}");
         assert!(rt.cache().lookup(entry).is_none());
         assert_eq!(rt.run(entry, &[15, 0]).expect("after invalidation"), native);
-        assert_eq!(rt.cache().stats().blocks, 2 * blocks, "everything translated again");
+        assert_eq!(
+            rt.cache().stats().blocks,
+            2 * blocks,
+            "everything translated again"
+        );
     }
 }
 
@@ -288,7 +315,9 @@ fn reverse_map_agrees_with_pc_map_inside_fragments() {
     let range = rt.arena_range();
     let (mut mapped, mut resumable) = (0, 0);
     for addr in range.clone() {
-        let Some(m) = cache.pc_map(addr) else { continue };
+        let Some(m) = cache.pc_map(addr) else {
+            continue;
+        };
         assert!(cache.contains(addr));
         mapped += 1;
         let rb = m.rollback;
@@ -302,8 +331,14 @@ fn reverse_map_agrees_with_pc_map_inside_fragments() {
         }
     }
     assert!(mapped > 100 && resumable > 10, "{mapped} {resumable}");
-    assert!(cache.pc_map(range.start).is_none(), "the dispatcher slot is not code");
-    assert!(cache.pc_map(range.start + 64).is_none(), "the lookup table is not code");
+    assert!(
+        cache.pc_map(range.start).is_none(),
+        "the dispatcher slot is not code"
+    );
+    assert!(
+        cache.pc_map(range.start + 64).is_none(),
+        "the lookup table is not code"
+    );
 }
 
 #[test]
@@ -316,7 +351,9 @@ fn fast_policy_return_sites_map_back_to_guest_return_addresses() {
     let mem = SliceMemory::new(BASE, &code);
     let main = cache.translate(BASE + 6, &mem).expect("main");
     let start = cache.fragment_entry(main).expect("entry");
-    let sites: Vec<u64> = (start..start + 64).filter_map(|a| cache.return_site(a)).collect();
+    let sites: Vec<u64> = (start..start + 64)
+        .filter_map(|a| cache.return_site(a))
+        .collect();
     assert_eq!(sites, vec![BASE + 11], "one return site: after the call");
     let mut transparent = small_cache(cfg(CallRetPolicy::Transparent), 4096);
     let t = transparent.translate(BASE + 6, &mem).expect("main");
@@ -333,16 +370,25 @@ fn untranslatable_instructions_are_typed_unsupported_errors() {
         (&[0x67, 0x8b, 0x05, 0, 0, 0, 0], Unsupported::EipRelative),
         // push qword [rip + 0]: the cache (at 4 GiB) cannot reach BASE, and the
         // instruction uses rsp, so no scratch register can be spilled for it.
-        (&[0xff, 0x35, 0, 0, 0, 0], Unsupported::FarRipRelativeWithRsp),
+        (
+            &[0xff, 0x35, 0, 0, 0, 0],
+            Unsupported::FarRipRelativeWithRsp,
+        ),
         // ret 0xffff: more than the lookup's `ret imm16` can skip with a 128-byte red zone.
         (&[0xc2, 0xff, 0xff], Unsupported::RetImmediate),
     ];
     for (bytes, what) in cases {
         let mem = SliceMemory::new(BASE, bytes);
-        assert_eq!(cache.translate(BASE, &mem), Err(Error::Unsupported { pc: BASE, what }), "{bytes:x?}");
+        assert_eq!(
+            cache.translate(BASE, &mem),
+            Err(Error::Unsupported { pc: BASE, what }),
+            "{bytes:x?}"
+        );
     }
     assert_eq!(cache.stats().blocks, 0);
     // The same far operand without rsp goes through a scratch register.
     let mov = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
-    cache.translate(BASE, &SliceMemory::new(BASE, &mov)).expect("mov rax, [rip] translates");
+    cache
+        .translate(BASE, &SliceMemory::new(BASE, &mov))
+        .expect("mov rax, [rip] translates");
 }

@@ -12,12 +12,12 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::config::Config;
+use crate::emit::Scratch;
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind, ExitReason};
 use crate::memory::GuestMemory;
 use crate::pcmap::{self, EntryKind, PcEntry, PcMapping, RipSource};
 use crate::stats::Stats;
-use crate::emit::Scratch;
 use crate::translate::{self, Built, Layout};
 
 /// Offset of the dispatcher slot in the arena.
@@ -100,7 +100,8 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         if arena_len > MAX_ARENA || arena_len < code_start + 64 {
             return Err(Error::ArenaSize { len: arena_len });
         }
-        let code_start = u32::try_from(code_start).map_err(|_| Error::ArenaSize { len: arena_len })?;
+        let code_start =
+            u32::try_from(code_start).map_err(|_| Error::ArenaSize { len: arena_len })?;
         let mut cache = CodeCache {
             arena,
             arena_len,
@@ -152,7 +153,9 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Bytes of the code area.
     pub fn capacity(&self) -> u32 {
-        u32::try_from(self.arena_len).unwrap_or(u32::MAX).saturating_sub(self.code_start)
+        u32::try_from(self.arena_len)
+            .unwrap_or(u32::MAX)
+            .saturating_sub(self.code_start)
     }
 
     /// Whether `cache_pc` is inside the code area (where fragments live).
@@ -163,13 +166,19 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     }
 
     pub(crate) fn write_u64(&mut self, off: usize, value: u64) {
-        if let Some(dst) = off.checked_add(8).and_then(|end| self.arena.as_mut().get_mut(off..end)) {
+        if let Some(dst) = off
+            .checked_add(8)
+            .and_then(|end| self.arena.as_mut().get_mut(off..end))
+        {
             dst.copy_from_slice(&value.to_le_bytes());
         }
     }
 
     pub(crate) fn write_u32(&mut self, off: usize, value: u32) {
-        if let Some(dst) = off.checked_add(4).and_then(|end| self.arena.as_mut().get_mut(off..end)) {
+        if let Some(dst) = off
+            .checked_add(4)
+            .and_then(|end| self.arena.as_mut().get_mut(off..end))
+        {
             dst.copy_from_slice(&value.to_le_bytes());
         }
     }
@@ -222,7 +231,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Runtime address of a fragment's first instruction.
     pub fn fragment_entry(&self, id: FragmentId) -> Result<u64, Error> {
-        let f = self.fragments.get(id.0 as usize).ok_or(Error::UnknownFragment)?;
+        let f = self
+            .fragments
+            .get(id.0 as usize)
+            .ok_or(Error::UnknownFragment)?;
         Ok(self.exec_base.wrapping_add(u64::from(f.start)))
     }
 
@@ -240,8 +252,15 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             return Ok(id);
         }
         self.stats.misses += 1;
-        let start = self.cursor.checked_add(FRAGMENT_ALIGN - 1).map(|c| c & !(FRAGMENT_ALIGN - 1)).unwrap_or(u32::MAX);
-        let first_exit = u32::try_from(self.exits.len()).map_err(|_| Error::CacheFull { needed: 0, available: 0 })?;
+        let start = self
+            .cursor
+            .checked_add(FRAGMENT_ALIGN - 1)
+            .map(|c| c & !(FRAGMENT_ALIGN - 1))
+            .unwrap_or(u32::MAX);
+        let first_exit = u32::try_from(self.exits.len()).map_err(|_| Error::CacheFull {
+            needed: 0,
+            available: 0,
+        })?;
         let layout = Layout {
             base: self.exec_base.wrapping_add(u64::from(start)),
             table: self.exec_base.wrapping_add(TABLE_OFFSET as u64),
@@ -258,23 +277,45 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     }
 
     /// Copies a built fragment to arena offset `start` and records its metadata.
-    fn place(&mut self, pc: u64, start: u32, first_exit: u32, base: u64, built: &Built) -> Result<FragmentId, Error> {
+    fn place(
+        &mut self,
+        pc: u64,
+        start: u32,
+        first_exit: u32,
+        base: u64,
+        built: &Built,
+    ) -> Result<FragmentId, Error> {
         let size = u32::try_from(built.bytes.len()).unwrap_or(u32::MAX);
         let arena_len = u32::try_from(self.arena_len).unwrap_or(u32::MAX);
         if size > self.capacity() {
-            return Err(Error::FragmentTooLarge { needed: size, capacity: self.capacity() });
+            return Err(Error::FragmentTooLarge {
+                needed: size,
+                capacity: self.capacity(),
+            });
         }
         let end = match start.checked_add(size) {
             Some(end) if end <= arena_len => end,
-            _ => return Err(Error::CacheFull { needed: size, available: arena_len.saturating_sub(self.cursor) }),
+            _ => {
+                return Err(Error::CacheFull {
+                    needed: size,
+                    available: arena_len.saturating_sub(self.cursor),
+                })
+            }
         };
-        let dst = self.arena.as_mut().get_mut(start as usize..end as usize).ok_or(Error::CacheFull {
-            needed: size,
-            available: arena_len.saturating_sub(self.cursor),
-        })?;
+        let dst = self
+            .arena
+            .as_mut()
+            .get_mut(start as usize..end as usize)
+            .ok_or(Error::CacheFull {
+                needed: size,
+                available: arena_len.saturating_sub(self.cursor),
+            })?;
         dst.copy_from_slice(&built.bytes);
 
-        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull { needed: size, available: 0 })?;
+        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull {
+            needed: size,
+            available: 0,
+        })?;
         for x in &built.exits {
             self.exits.push(LinkStub {
                 kind: x.kind,
@@ -314,12 +355,23 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Decodes the dispatcher frame's exit id and aux value.
     pub fn exit_reason(&self, exit_id: u64, aux: u64) -> Result<ExitReason, Error> {
         let index = u32::try_from(exit_id).map_err(|_| Error::UnknownExit { id: exit_id })?;
-        let x = self.exits.get(index as usize).ok_or(Error::UnknownExit { id: exit_id })?;
+        let x = self
+            .exits
+            .get(index as usize)
+            .ok_or(Error::UnknownExit { id: exit_id })?;
         Ok(match x.kind {
-            ExitKind::Direct { target } => {
-                ExitReason::DirectMiss { exit: ExitId { index, generation: self.generation }, target }
-            }
-            ExitKind::Indirect { insn_pc, kind } => ExitReason::IndirectMiss { target: aux, insn_pc, kind },
+            ExitKind::Direct { target } => ExitReason::DirectMiss {
+                exit: ExitId {
+                    index,
+                    generation: self.generation,
+                },
+                target,
+            },
+            ExitKind::Indirect { insn_pc, kind } => ExitReason::IndirectMiss {
+                target: aux,
+                insn_pc,
+                kind,
+            },
             ExitKind::Hook(site) => ExitReason::Hook(site),
         })
     }
@@ -328,7 +380,11 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// current generation, i.e. no flush happened since [`Self::exit_reason`]) and returns
     /// the runtime address to resume at. `Ok(None)` for a hook, which the caller emulates
     /// before resuming with [`Self::entry`].
-    pub fn resolve(&mut self, reason: &ExitReason, mem: &dyn GuestMemory) -> Result<Option<u64>, Error> {
+    pub fn resolve(
+        &mut self,
+        reason: &ExitReason,
+        mem: &dyn GuestMemory,
+    ) -> Result<Option<u64>, Error> {
         match *reason {
             ExitReason::DirectMiss { exit, target } => {
                 let id = self.translate(target, mem)?;
@@ -357,7 +413,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     fn fragment_at(&self, cache_pc: u64) -> Option<(&Fragment, u32)> {
         let off = u32::try_from(cache_pc.checked_sub(self.exec_base)?).ok()?;
-        let idx = self.fragments.partition_point(|f| f.start <= off).checked_sub(1)?;
+        let idx = self
+            .fragments
+            .partition_point(|f| f.start <= off)
+            .checked_sub(1)?;
         let f = self.fragments.get(idx)?;
         let rel = off.saturating_sub(f.start);
         (rel < f.code_end).then_some((f, rel))
@@ -375,7 +434,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// translated `call`.
     pub fn return_site(&self, cache_pc: u64) -> Option<u64> {
         let (f, rel) = self.fragment_at(cache_pc)?;
-        f.return_sites.iter().find(|(off, _)| *off == rel).map(|&(_, guest)| guest)
+        f.return_sites
+            .iter()
+            .find(|(off, _)| *off == rel)
+            .map(|&(_, guest)| guest)
     }
 
     /// Reverse map: a runtime address at which execution can resume for guest instruction
@@ -397,7 +459,9 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             let rel = match e.kind {
                 EntryKind::Copy => {
                     let len = u64::from(next_off.saturating_sub(e.off));
-                    pc.checked_sub(e.guest_pc).filter(|&d| d < len).map(|d| u64::from(e.off) + d)
+                    pc.checked_sub(e.guest_pc)
+                        .filter(|&d| d < len)
+                        .map(|d| u64::from(e.off) + d)
                 }
                 EntryKind::Fixed(rb) => (rb.restore == [None; 3]
                     && rb.rsp_adjust == 0
@@ -406,7 +470,11 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                     .then_some(u64::from(e.off)),
             };
             if let Some(rel) = rel {
-                return Some(self.exec_base.wrapping_add(u64::from(f.start)).wrapping_add(rel));
+                return Some(
+                    self.exec_base
+                        .wrapping_add(u64::from(f.start))
+                        .wrapping_add(rel),
+                );
             }
         }
         None

@@ -28,11 +28,18 @@ impl Window {
     /// kernel stack is small). On error the buffer is lost (the next fetch allocates anew).
     pub fn fetch(mem: &dyn GuestMemory, pc: u64, mut buf: Vec<u8>) -> Result<Window, Error> {
         buf.resize(WINDOW, 0);
-        let len = mem.read(pc, &mut buf).map_err(|_| Error::GuestMemory { pc })?.min(WINDOW);
+        let len = mem
+            .read(pc, &mut buf)
+            .map_err(|_| Error::GuestMemory { pc })?
+            .min(WINDOW);
         if len == 0 {
             return Err(Error::GuestMemory { pc });
         }
-        Ok(Window { pc, bytes: buf, len })
+        Ok(Window {
+            pc,
+            bytes: buf,
+            len,
+        })
     }
 
     /// The guest bytes of `insn` (empty if outside the window).
@@ -47,7 +54,11 @@ impl Window {
     /// A decoder over the window, positioned at its start.
     pub fn decoder(&self) -> BlockDecoder<'_> {
         let data = self.bytes.get(..self.len).unwrap_or(&[]);
-        BlockDecoder { decoder: Decoder::with_ip(64, data, self.pc, DecoderOptions::NONE), data, pc: self.pc }
+        BlockDecoder {
+            decoder: Decoder::with_ip(64, data, self.pc, DecoderOptions::NONE),
+            data,
+            pc: self.pc,
+        }
     }
 
     /// The error for bytes that end before an instruction does: `Undecodable` if no

@@ -107,7 +107,11 @@ impl Emitter {
 
     /// Code emitted from now on maps to `rollback`, on behalf of guest instruction `pc`.
     pub fn map(&mut self, pc: u64, rollback: Rollback) {
-        let entry = PcEntry { off: self.off32(), guest_pc: pc, kind: EntryKind::Fixed(rollback) };
+        let entry = PcEntry {
+            off: self.off32(),
+            guest_pc: pc,
+            kind: EntryKind::Fixed(rollback),
+        };
         self.push_entry(entry);
     }
 
@@ -128,10 +132,15 @@ impl Emitter {
     pub fn copy_insn(&mut self, pc: u64, bytes: &[u8]) {
         let off = self.off32();
         let continues = self.entries.last().is_some_and(|e| {
-            e.kind == EntryKind::Copy && e.guest_pc.wrapping_add(u64::from(off.wrapping_sub(e.off))) == pc
+            e.kind == EntryKind::Copy
+                && e.guest_pc.wrapping_add(u64::from(off.wrapping_sub(e.off))) == pc
         });
         if !continues {
-            self.push_entry(PcEntry { off, guest_pc: pc, kind: EntryKind::Copy });
+            self.push_entry(PcEntry {
+                off,
+                guest_pc: pc,
+                kind: EntryKind::Copy,
+            });
         }
         self.code.extend_from_slice(bytes);
     }
@@ -142,7 +151,10 @@ impl Emitter {
     }
 
     fn rel32_to(&mut self, label: Label) {
-        self.fixups.push(Fixup { field: self.code.len(), label });
+        self.fixups.push(Fixup {
+            field: self.code.len(),
+            label,
+        });
         self.code.extend_from_slice(&[0; 4]);
     }
 
@@ -198,7 +210,8 @@ impl Emitter {
     /// `mov dst, src` (64-bit registers).
     pub fn mov_reg(&mut self, dst: Gpr, src: Gpr) {
         let (d, s) = (dst.num(), src.num());
-        self.code.extend_from_slice(&[rex_w(s, d), 0x89, 0xc0 | (s & 7) << 3 | (d & 7)]);
+        self.code
+            .extend_from_slice(&[rex_w(s, d), 0x89, 0xc0 | (s & 7) << 3 | (d & 7)]);
     }
 
     /// `mov reg, [rsp + disp]`.
@@ -335,7 +348,9 @@ impl Emitter {
                 Label::Literal(i) => literal_base.checked_add(i.checked_mul(8)?)?,
             };
             let rel = (target as i64).wrapping_sub(f.field as i64 + 4) as i32;
-            self.code.get_mut(f.field..f.field.checked_add(4)?)?.copy_from_slice(&rel.to_le_bytes());
+            self.code
+                .get_mut(f.field..f.field.checked_add(4)?)?
+                .copy_from_slice(&rel.to_le_bytes());
         }
         Some(())
     }

@@ -53,12 +53,17 @@ impl fmt::Display for Error {
         match self {
             Error::Undecodable { pc } => write!(f, "undecodable instruction at {pc:#x}"),
             Error::GuestMemory { pc } => write!(f, "guest memory unreadable at {pc:#x}"),
-            Error::Unsupported { pc, what } => write!(f, "unsupported instruction at {pc:#x}: {what:?}"),
+            Error::Unsupported { pc, what } => {
+                write!(f, "unsupported instruction at {pc:#x}: {what:?}")
+            }
             Error::CacheFull { needed, available } => {
                 write!(f, "code cache full: need {needed} bytes, {available} left")
             }
             Error::FragmentTooLarge { needed, capacity } => {
-                write!(f, "fragment of {needed} bytes exceeds the code area of {capacity} bytes")
+                write!(
+                    f,
+                    "fragment of {needed} bytes exceeds the code area of {capacity} bytes"
+                )
             }
             Error::ArenaSize { len } => write!(f, "arena of {len} bytes is too small or too large"),
             Error::Config => write!(f, "invalid engine configuration"),

@@ -93,10 +93,13 @@ pub(crate) fn special(insn: &Instruction) -> Option<Special> {
 /// (the Fast policy's `ret`, far returns) and far jumps do not.
 pub(crate) fn copied_flow(insn: &Instruction) -> After {
     match insn.flow_control() {
-        FlowControl::Interrupt | FlowControl::Exception | FlowControl::IndirectCall | FlowControl::Call => {
-            After::MaybeNext
+        FlowControl::Interrupt
+        | FlowControl::Exception
+        | FlowControl::IndirectCall
+        | FlowControl::Call => After::MaybeNext,
+        FlowControl::IndirectBranch | FlowControl::Return | FlowControl::UnconditionalBranch => {
+            After::Elsewhere
         }
-        FlowControl::IndirectBranch | FlowControl::Return | FlowControl::UnconditionalBranch => After::Elsewhere,
         _ => After::Next,
     }
 }

@@ -25,6 +25,7 @@ mod emit;
 mod error;
 mod exit;
 mod hooks;
+mod ibl;
 mod link;
 mod memory;
 mod pcmap;
@@ -34,7 +35,9 @@ mod translate;
 pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
 pub use config::{CallRetPolicy, Config, IblSize};
 pub use error::{Error, Unsupported};
-pub use exit::{ExitId, ExitReason, HookSite, IndirectKind, AUX_OFFSET, EXIT_ID_OFFSET, FRAME_SIZE};
+pub use exit::{
+    ExitId, ExitReason, HookSite, IndirectKind, AUX_OFFSET, EXIT_ID_OFFSET, FRAME_SIZE,
+};
 pub use hooks::HookClass;
 pub use memory::{GuestMemory, MemoryFault, SliceMemory};
 pub use pcmap::{Frame, Gpr, PcMapping, Restore, RipSource, Rollback, StackReadFault};

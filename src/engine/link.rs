@@ -19,11 +19,19 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Links direct exit `exit` to fragment `to`, which must start at the exit's target.
     pub fn link(&mut self, exit: ExitId, to: FragmentId) -> Result<(), Error> {
-        let x = self.exits.get(exit.index as usize).ok_or(Error::UnknownExit { id: u64::from(exit.index) })?;
+        let x = self
+            .exits
+            .get(exit.index as usize)
+            .ok_or(Error::UnknownExit {
+                id: u64::from(exit.index),
+            })?;
         let (ExitKind::Direct { target }, Some(field)) = (x.kind, x.patch) else {
             return Err(Error::NotLinkable);
         };
-        let f = self.fragments.get(to.0 as usize).ok_or(Error::UnknownFragment)?;
+        let f = self
+            .fragments
+            .get(to.0 as usize)
+            .ok_or(Error::UnknownFragment)?;
         if !f.live || f.guest_pc != target {
             return Err(Error::UnknownFragment);
         }
@@ -45,7 +53,12 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Restores exit `exit`'s branch to its exit stub (no-op when not linked).
     pub fn unlink(&mut self, exit: ExitId) -> Result<(), Error> {
-        let x = self.exits.get(exit.index as usize).ok_or(Error::UnknownExit { id: u64::from(exit.index) })?;
+        let x = self
+            .exits
+            .get(exit.index as usize)
+            .ok_or(Error::UnknownExit {
+                id: u64::from(exit.index),
+            })?;
         let (Some(to), Some(field), Some(stub)) = (x.linked, x.patch, x.stub) else {
             return Ok(());
         };
@@ -70,7 +83,12 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         let generation = self.generation();
         self.fragments
             .get(id.0 as usize)
-            .map(|f| f.incoming.iter().map(|&index| ExitId { index, generation }).collect())
+            .map(|f| {
+                f.incoming
+                    .iter()
+                    .map(|&index| ExitId { index, generation })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -79,7 +97,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// keeps mapping back through the PC map) until the next flush, so threads still
     /// inside it finish safely.
     pub fn invalidate(&mut self, id: FragmentId) -> Result<(), Error> {
-        let f = self.fragments.get(id.0 as usize).ok_or(Error::UnknownFragment)?;
+        let f = self
+            .fragments
+            .get(id.0 as usize)
+            .ok_or(Error::UnknownFragment)?;
         let generation = self.generation();
         let incoming: Vec<u32> = f.incoming.clone();
         let (first, n, pc) = (f.first_exit, f.n_exits, f.guest_pc);

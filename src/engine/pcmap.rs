@@ -133,7 +133,11 @@ pub struct StackReadFault {
 impl Rollback {
     /// The state is exactly "before the guest instruction at `pc`" with no stack in use.
     pub fn at(pc: u64) -> Self {
-        Rollback { restore: [None; 3], rsp_adjust: 0, rip: RipSource::Guest(pc) }
+        Rollback {
+            restore: [None; 3],
+            rsp_adjust: 0,
+            rip: RipSource::Guest(pc),
+        }
     }
 
     /// Rewrites `frame` (interrupted state) into the guest state. `read_stack(addr)` reads
@@ -198,9 +202,17 @@ pub(crate) fn lookup(entries: &[PcEntry], off: u32) -> Option<PcMapping> {
     let e = entries.get(idx)?;
     Some(match e.kind {
         EntryKind::Copy => {
-            let pc = e.guest_pc.wrapping_add(u64::from(off.saturating_sub(e.off)));
-            PcMapping { insn_pc: pc, rollback: Rollback::at(pc) }
+            let pc = e
+                .guest_pc
+                .wrapping_add(u64::from(off.saturating_sub(e.off)));
+            PcMapping {
+                insn_pc: pc,
+                rollback: Rollback::at(pc),
+            }
         }
-        EntryKind::Fixed(rollback) => PcMapping { insn_pc: e.guest_pc, rollback },
+        EntryKind::Fixed(rollback) => PcMapping {
+            insn_pc: e.guest_pc,
+            rollback,
+        },
     })
 }

@@ -7,10 +7,11 @@
 
 use alloc::vec::Vec;
 use iced_x86::{
-    Code, ConditionCode, Encoder, FlowControl, Instruction, InstructionInfoFactory, MemoryOperand, OpKind, Register,
+    Code, ConditionCode, Encoder, FlowControl, Instruction, InstructionInfoFactory, OpKind,
+    Register,
 };
 
-use crate::config::{CallRetPolicy, Config, IblSize};
+use crate::config::{CallRetPolicy, Config};
 use crate::decode::{Window, MAX_BLOCK_INSNS};
 use crate::emit::{Emitter, Label, Scratch};
 use crate::error::{Error, Unsupported};
@@ -59,17 +60,30 @@ pub(crate) struct Built {
 }
 
 /// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
-const SPILL: [Option<Restore>; 3] = [
-    Some(Restore { reg: Gpr::Rax, offset: 16 }),
-    Some(Restore { reg: Gpr::Rcx, offset: 8 }),
-    Some(Restore { reg: Gpr::Rdx, offset: 0 }),
+pub(crate) const SPILL: [Option<Restore>; 3] = [
+    Some(Restore {
+        reg: Gpr::Rax,
+        offset: 16,
+    }),
+    Some(Restore {
+        reg: Gpr::Rcx,
+        offset: 8,
+    }),
+    Some(Restore {
+        reg: Gpr::Rdx,
+        offset: 0,
+    }),
 ];
 
-fn rb(restore: [Option<Restore>; 3], rsp_adjust: u32, rip: RipSource) -> Rollback {
-    Rollback { restore, rsp_adjust, rip }
+pub(crate) fn rb(restore: [Option<Restore>; 3], rsp_adjust: u32, rip: RipSource) -> Rollback {
+    Rollback {
+        restore,
+        rsp_adjust,
+        rip,
+    }
 }
 
-fn gpr_of(reg: Register) -> Option<Gpr> {
+pub(crate) fn gpr_of(reg: Register) -> Option<Gpr> {
     if reg.is_gpr64() {
         Gpr::ALL.get(reg.number()).copied()
     } else {
@@ -96,19 +110,22 @@ fn reg_of(gpr: Gpr) -> Register {
         Register::R14,
         Register::R15,
     ];
-    REGS.get(usize::from(gpr.num())).copied().unwrap_or(Register::RAX)
+    REGS.get(usize::from(gpr.num()))
+        .copied()
+        .unwrap_or(Register::RAX)
 }
 
-fn to_i32(v: u32) -> i32 {
+pub(crate) fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-struct Builder<'c> {
-    cfg: &'c Config,
-    layout: Layout,
-    e: Emitter,
-    exits: Vec<ExitSpec>,
-    return_sites: Vec<(u32, u64)>,
+/// State of one fragment under construction.
+pub(crate) struct Builder<'c> {
+    pub cfg: &'c Config,
+    pub layout: Layout,
+    pub e: Emitter,
+    pub exits: Vec<ExitSpec>,
+    pub return_sites: Vec<(u32, u64)>,
 }
 
 /// Translates the guest block at `pc`.
@@ -125,7 +142,13 @@ pub(crate) fn build(
     result
 }
 
-fn build_from(window: &Window, pc: u64, cfg: &Config, layout: Layout, scratch: &mut Scratch) -> Result<Built, Error> {
+fn build_from(
+    window: &Window,
+    pc: u64,
+    cfg: &Config,
+    layout: Layout,
+    scratch: &mut Scratch,
+) -> Result<Built, Error> {
     let mut decoder = window.decoder();
     scratch.exits.clear();
     scratch.return_sites.clear();
@@ -175,36 +198,49 @@ fn build_from(window: &Window, pc: u64, cfg: &Config, layout: Layout, scratch: &
 }
 
 impl Builder<'_> {
-    fn rz(&self) -> u32 {
+    pub(crate) fn rz(&self) -> u32 {
         self.cfg.red_zone
     }
 
-    fn exit_id(&self, local: usize) -> Result<i32, Error> {
+    pub(crate) fn exit_id(&self, local: usize) -> Result<i32, Error> {
         u32::try_from(local)
             .ok()
             .and_then(|l| self.layout.first_exit.checked_add(l))
             .and_then(|id| i32::try_from(id).ok())
-            .ok_or(Error::CacheFull { needed: 0, available: 0 })
+            .ok_or(Error::CacheFull {
+                needed: 0,
+                available: 0,
+            })
     }
 
     fn off32(&self) -> u32 {
         u32::try_from(self.e.off()).unwrap_or(u32::MAX)
     }
 
-    fn add_exit(&mut self, kind: ExitKind, insn_pc: u64, patch: Option<u32>) -> usize {
-        self.exits.push(ExitSpec { kind, insn_pc, patch, stub: None });
+    pub(crate) fn add_exit(&mut self, kind: ExitKind, insn_pc: u64, patch: Option<u32>) -> usize {
+        self.exits.push(ExitSpec {
+            kind,
+            insn_pc,
+            patch,
+            stub: None,
+        });
         self.exits.len() - 1
     }
 
     /// `jmp rel32` to a direct exit towards `target`.
     fn exit_jmp(&mut self, insn_pc: u64, target: u64) {
-        let i = self.add_exit(ExitKind::Direct { target }, insn_pc, Some(self.off32().wrapping_add(1)));
+        let i = self.add_exit(
+            ExitKind::Direct { target },
+            insn_pc,
+            Some(self.off32().wrapping_add(1)),
+        );
         self.e.jmp_label(Label::Stub(i));
     }
 
-    fn encode(&self, insn: &Instruction, pc: u64) -> Result<Vec<u8>, Error> {
+    pub(crate) fn encode(&self, insn: &Instruction, pc: u64) -> Result<Vec<u8>, Error> {
         let mut enc = Encoder::new(64);
-        enc.encode(insn, self.e.here()).map_err(|_| Error::Encode { pc })?;
+        enc.encode(insn, self.e.here())
+            .map_err(|_| Error::Encode { pc })?;
         Ok(enc.take_buffer())
     }
 
@@ -254,12 +290,21 @@ impl Builder<'_> {
                 if matches!(insn.code(), Code::Retnq | Code::Retnq_imm16)
                     && self.cfg.policy == CallRetPolicy::Transparent =>
             {
-                let pop = if insn.code() == Code::Retnq_imm16 { 8 + u32::from(insn.immediate16()) } else { 8 };
+                let pop = if insn.code() == Code::Retnq_imm16 {
+                    8 + u32::from(insn.immediate16())
+                } else {
+                    8
+                };
                 self.ibl(insn, IndirectKind::Ret, pop)?;
                 Ok(true)
             }
-            FlowControl::XbeginXabortXend if matches!(insn.code(), Code::Xbegin_rel16 | Code::Xbegin_rel32) => {
-                Err(Error::Unsupported { pc, what: Unsupported::Xbegin })
+            FlowControl::XbeginXabortXend
+                if matches!(insn.code(), Code::Xbegin_rel16 | Code::Xbegin_rel32) =>
+            {
+                Err(Error::Unsupported {
+                    pc,
+                    what: Unsupported::Xbegin,
+                })
             }
             _ => {
                 // Copied as is: Fast-policy `ret`, far transfers, other traps.
@@ -286,7 +331,10 @@ impl Builder<'_> {
         if ok {
             Ok(())
         } else {
-            Err(Error::Unsupported { pc, what: Unsupported::OperandSize })
+            Err(Error::Unsupported {
+                pc,
+                what: Unsupported::OperandSize,
+            })
         }
     }
 
@@ -307,7 +355,8 @@ impl Builder<'_> {
         self.e.map(insn_pc, rb([None; 3], skip, rip));
         self.e.push_imm(id);
         self.e.map(insn_pc, rb([None; 3], skip + 8, rip));
-        self.e.jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
+        self.e
+            .jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
     }
 
     /// Copies an instruction, fixing up a RIP-relative operand.
@@ -322,7 +371,10 @@ impl Builder<'_> {
             return Ok(());
         }
         if insn.memory_base() == Register::EIP {
-            return Err(Error::Unsupported { pc, what: Unsupported::EipRelative });
+            return Err(Error::Unsupported {
+                pc,
+                what: Unsupported::EipRelative,
+            });
         }
         match self.encode(insn, pc) {
             Ok(bytes) if bytes.len() == insn.len() => self.e.copy_insn(pc, &bytes),
@@ -359,8 +411,16 @@ impl Builder<'_> {
                 }
             }
         }
-        if used.get(usize::from(Gpr::Rsp.num())).copied().unwrap_or(true) || insn.is_stack_instruction() {
-            return Err(Error::Unsupported { pc, what: Unsupported::FarRipRelativeWithRsp });
+        if used
+            .get(usize::from(Gpr::Rsp.num()))
+            .copied()
+            .unwrap_or(true)
+            || insn.is_stack_instruction()
+        {
+            return Err(Error::Unsupported {
+                pc,
+                what: Unsupported::FarRipRelativeWithRsp,
+            });
         }
         let scratch = Gpr::ALL
             .iter()
@@ -373,7 +433,14 @@ impl Builder<'_> {
         rewritten.set_memory_displacement64(0);
         rewritten.set_memory_displ_size(0);
         let rz = self.rz();
-        let slot = [Some(Restore { reg: scratch, offset: 0 }), None, None];
+        let slot = [
+            Some(Restore {
+                reg: scratch,
+                offset: 0,
+            }),
+            None,
+            None,
+        ];
         self.e.map(pc, Rollback::at(pc));
         self.e.lea_rsp(-to_i32(rz));
         self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
@@ -398,7 +465,11 @@ impl Builder<'_> {
             if insn.condition_code() == ConditionCode::None {
                 return Err(Error::Encode { pc });
             }
-            let i = self.add_exit(ExitKind::Direct { target }, pc, Some(self.off32().wrapping_add(2)));
+            let i = self.add_exit(
+                ExitKind::Direct { target },
+                pc,
+                Some(self.off32().wrapping_add(2)),
+            );
             self.e.map(pc, Rollback::at(pc));
             self.e.jcc_label(cc, Label::Stub(i));
         } else if insn.is_jcx_short() || insn.is_loop() || insn.is_loopcc() {
@@ -437,7 +508,11 @@ impl Builder<'_> {
                 self.exit_jmp(pc, target);
             }
             CallRetPolicy::Fast => {
-                let i = self.add_exit(ExitKind::Direct { target }, pc, Some(self.off32().wrapping_add(1)));
+                let i = self.add_exit(
+                    ExitKind::Direct { target },
+                    pc,
+                    Some(self.off32().wrapping_add(1)),
+                );
                 self.e.call_label(Label::Stub(i));
                 self.return_site(pc, next);
             }
@@ -473,149 +548,6 @@ impl Builder<'_> {
         }
     }
 
-    fn ibl(&mut self, insn: &Instruction, kind: IndirectKind, pop: u32) -> Result<(), Error> {
-        self.ibl_with(insn, kind, pop, None)
-    }
-
-    /// The inline indirect-branch lookup. `pop` is what `ret` pops (8 + imm16); `ret_lit`
-    /// the literal holding the return address a `call` pushes.
-    ///
-    /// With `L` the spill distance, the spill area `S = old_rsp - L - 24` holds rdx, rcx, rax;
-    /// `post` is the guest rsp after the branch; `k = post - red_zone - 16 - S`:
-    /// ```text
-    /// lea  rsp, [rsp - L] ; push rax ; push rcx ; push rdx
-    /// mov  rax, <target>                 ; operand, rsp-relative ones adjusted by L + 24
-    /// (call) mov rcx, [rip + ret_lit] ; mov [rsp + L + 16], rcx   ; the pushed return address
-    /// probe (see Emitter::ibl_probe) ; jrcxz hit
-    /// miss: mov [rsp + k + 8], rax ; mov rdx, [rsp] ; mov rcx, [rsp + 8] ; mov rax, [rsp + 16]
-    ///       mov qword [rsp + k], exit_id ; lea rsp, [rsp + k] ; jmp dispatcher
-    /// hit:  mov rcx, [rdx + 8] ; mov rdx, [rsp] ; mov [rsp], rcx ; mov rcx, [rsp + 8]
-    ///       mov rax, [rsp + 16] ; ret k + red_zone + 8
-    /// ```
-    fn ibl_with(&mut self, insn: &Instruction, kind: IndirectKind, pop: u32, ret_lit: Option<usize>) -> Result<(), Error> {
-        let pc = insn.ip();
-        let rz = self.rz();
-        // L: old_rsp - rsp after the first lea; k as documented above.
-        let (l, k) = match kind {
-            IndirectKind::Jmp => (rz + 8, 16),
-            IndirectKind::Call => (rz + 16, 16),
-            IndirectKind::Ret => (rz, 8 + pop),
-        };
-        let hit_ret = u16::try_from(k + rz + 8).map_err(|_| Error::Unsupported { pc, what: Unsupported::RetImmediate })?;
-        let before = l + 24;
-        let after = k + rz + 16;
-        let i = self.add_exit(ExitKind::Indirect { insn_pc: pc, kind }, pc, None);
-        let id = self.exit_id(i)?;
-        let full = |adj| rb(SPILL, adj, RipSource::Guest(pc));
-
-        self.e.map(pc, Rollback::at(pc));
-        self.e.lea_rsp(-to_i32(l));
-        self.e.map(pc, rb([None; 3], l, RipSource::Guest(pc)));
-        self.e.push(Gpr::Rax);
-        self.e.map(pc, rb([Some(Restore { reg: Gpr::Rax, offset: 0 }), None, None], l + 8, RipSource::Guest(pc)));
-        self.e.push(Gpr::Rcx);
-        let two = [Some(Restore { reg: Gpr::Rax, offset: 8 }), Some(Restore { reg: Gpr::Rcx, offset: 0 }), None];
-        self.e.map(pc, rb(two, l + 16, RipSource::Guest(pc)));
-        self.e.push(Gpr::Rdx);
-        self.e.map(pc, full(before));
-        match kind {
-            IndirectKind::Ret => self.e.load_rsp(Gpr::Rax, to_i32(before)),
-            IndirectKind::Jmp | IndirectKind::Call => self.load_target(insn, to_i32(before))?,
-        }
-        if let Some(lit) = ret_lit {
-            self.e.load_rcx_literal(lit);
-            self.e.store_rsp(to_i32(l + 16), Gpr::Rcx);
-        }
-        let jrcxz = self.e.ibl_probe(self.layout.table, self.cfg.ibl == IblSize::Large);
-
-        // Miss: leave with the frame contract, state after the branch.
-        let k32 = to_i32(k);
-        self.e.store_rsp(k32 + 8, Gpr::Rax);
-        let target_slot = RipSource::Stack(k + 8);
-        self.e.map(pc, rb(SPILL, after, target_slot));
-        self.e.load_rsp(Gpr::Rdx, 0);
-        let rax_rcx = [Some(Restore { reg: Gpr::Rax, offset: 16 }), Some(Restore { reg: Gpr::Rcx, offset: 8 }), None];
-        self.e.map(pc, rb(rax_rcx, after, target_slot));
-        self.e.load_rsp(Gpr::Rcx, 8);
-        let rax_only = [Some(Restore { reg: Gpr::Rax, offset: 16 }), None, None];
-        self.e.map(pc, rb(rax_only, after, target_slot));
-        self.e.load_rsp(Gpr::Rax, 16);
-        self.e.map(pc, rb([None; 3], after, target_slot));
-        self.e.store_rsp_imm(k32, id);
-        self.e.lea_rsp(k32);
-        self.e.map(pc, rb([None; 3], rz + 16, RipSource::Stack(8)));
-        self.e.jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
-
-        // Hit: restore and `ret imm16` into the fragment, state before the branch.
-        self.e.patch_rel8(jrcxz).ok_or(Error::Encode { pc })?;
-        self.e.map(pc, full(before));
-        self.e.load_entry_target();
-        self.e.load_rsp(Gpr::Rdx, 0);
-        self.e.map(pc, rb(rax_rcx, before, RipSource::Guest(pc)));
-        self.e.store_rsp(0, Gpr::Rcx);
-        self.e.load_rsp(Gpr::Rcx, 8);
-        self.e.map(pc, rb(rax_only, before, RipSource::Guest(pc)));
-        self.e.load_rsp(Gpr::Rax, 16);
-        self.e.map(pc, rb([None; 3], before, RipSource::Guest(pc)));
-        self.e.ret_imm(hit_ret);
-        Ok(())
-    }
-
-    /// `rax = ` the target operand of `jmp`/`call r/m64`; `adj` = bytes pushed since the
-    /// guest instruction started.
-    fn load_target(&mut self, insn: &Instruction, adj: i32) -> Result<(), Error> {
-        let pc = insn.ip();
-        let size_err = Error::Unsupported { pc, what: Unsupported::OperandSize };
-        match insn.op0_kind() {
-            OpKind::Register => {
-                let reg = gpr_of(insn.op0_register()).ok_or(size_err)?;
-                if reg == Gpr::Rsp {
-                    self.e.lea_reg_rsp(Gpr::Rax, adj);
-                } else {
-                    self.e.mov_reg(Gpr::Rax, reg);
-                }
-                Ok(())
-            }
-            OpKind::Memory if matches!(insn.code(), Code::Jmp_rm64 | Code::Call_rm64) => {
-                let seg = insn.segment_prefix();
-                let base = insn.memory_base();
-                if insn.is_ip_rel_memory_operand() {
-                    if base == Register::EIP {
-                        return Err(Error::Unsupported { pc, what: Unsupported::EipRelative });
-                    }
-                    let abs = insn.ip_rel_memory_address();
-                    let near = MemoryOperand::new(Register::RIP, Register::None, 1, abs as i64, 8, false, seg);
-                    let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, near).map_err(|_| size_err)?;
-                    if let Ok(bytes) = self.encode(&load, pc) {
-                        self.e.bytes(&bytes);
-                        return Ok(());
-                    }
-                    self.e.mov_imm64(Gpr::Rax, abs);
-                    let far = MemoryOperand::new(Register::RAX, Register::None, 1, 0, 0, false, seg);
-                    let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, far).map_err(|_| size_err)?;
-                    let bytes = self.encode(&load, pc)?;
-                    self.e.bytes(&bytes);
-                    return Ok(());
-                }
-                let index = insn.memory_index();
-                let ok64 = |r: Register| r == Register::None || r.is_gpr64();
-                if !ok64(base) || !ok64(index) {
-                    return Err(size_err);
-                }
-                let mut disp = insn.memory_displacement64() as i64;
-                if base == Register::RSP {
-                    disp = disp.wrapping_add(i64::from(adj));
-                }
-                let mem = MemoryOperand::new(base, index, insn.memory_index_scale(), disp, 1, false, seg);
-                let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, mem).map_err(|_| size_err)?;
-                let bytes = self.encode(&load, pc)?;
-                self.e.bytes(&bytes);
-                Ok(())
-            }
-            _ => Err(size_err),
-        }
-    }
-
     /// Emits the exit stubs and literals and resolves every label.
     /// Gives every buffer back to `scratch` (after an error).
     fn recycle(mut self, scratch: &mut Scratch) {
@@ -626,10 +558,17 @@ impl Builder<'_> {
         scratch.return_sites = self.return_sites;
     }
 
-    fn finish(mut self, guest_len: u64, guest_insns: u32, scratch: &mut Scratch) -> Result<Built, Error> {
+    fn finish(
+        mut self,
+        guest_len: u64,
+        guest_insns: u32,
+        scratch: &mut Scratch,
+    ) -> Result<Built, Error> {
         let mut stub_offsets = Vec::with_capacity(self.exits.len());
         for i in 0..self.exits.len() {
-            let Some(exit) = self.exits.get(i).copied() else { break };
+            let Some(exit) = self.exits.get(i).copied() else {
+                break;
+            };
             match exit.kind {
                 ExitKind::Direct { target } => {
                     let off = self.e.off();
@@ -659,6 +598,14 @@ impl Builder<'_> {
         }
         let entries = core::mem::take(&mut self.e.entries);
         self.e.recycle(scratch);
-        Ok(Built { bytes, code_end, entries, exits: self.exits, return_sites: self.return_sites, guest_len, guest_insns })
+        Ok(Built {
+            bytes,
+            code_end,
+            entries,
+            exits: self.exits,
+            return_sites: self.return_sites,
+            guest_len,
+            guest_insns,
+        })
     }
 }

@@ -73,13 +73,18 @@ pub fn assert_stepped_states_are_native(
     for run in 0..2 {
         reset();
         rt.set_trace(Some(Trace::new(arena.clone(), 0..0, 1 << 18)));
-        assert_eq!(rt.run(entry, args).expect("translated"), native, "{what} run {run}");
+        assert_eq!(
+            rt.run(entry, args).expect("translated"),
+            native,
+            "{what} run {run}"
+        );
         let trace = rt.take_trace().expect("trace");
         assert!(!trace.overflow, "{what}: translated trace overflow");
         for step in &trace.frames {
             let frame = &step.frame;
-            let (mapping, state) =
-                rt.guest_state_with(frame, |a| step.read_stack(a)).expect("every stepped address maps back");
+            let (mapping, state) = rt
+                .guest_state_with(frame, |a| step.read_stack(a))
+                .expect("every stepped address maps back");
             // The final return into the host trampoline is not traced natively.
             let into_host = trampolines().contains(&state.rip);
             assert!(

@@ -18,30 +18,60 @@ unsafe impl Send for ExecMemory {}
 
 impl ExecMemory {
     fn map(len: usize, hint: usize, fixed: bool, prot: i32) -> io::Result<Self> {
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if fixed { libc::MAP_FIXED_NOREPLACE } else { 0 };
+        let flags = libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | if fixed { libc::MAP_FIXED_NOREPLACE } else { 0 };
         // SAFETY: an anonymous mapping; MAP_FIXED_NOREPLACE never replaces existing mappings.
         let p = unsafe { libc::mmap(hint as *mut libc::c_void, len, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(ExecMemory { ptr, len })
     }
 
     /// `len` bytes anywhere.
     pub fn new(len: usize) -> io::Result<Self> {
-        Self::map(len, 0, false, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)
+        Self::map(
+            len,
+            0,
+            false,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+        )
     }
 
     /// `len` bytes within ±1 GiB of `addr` (so code there reaches `addr` with rel32).
     pub fn near(len: usize, addr: u64) -> io::Result<Self> {
-        Self::at_offsets(len, addr, &[1 << 28, -(1 << 28), 1 << 29, -(1 << 29), 3 << 28, -(3 << 28)])
+        Self::at_offsets(
+            len,
+            addr,
+            &[
+                1 << 28,
+                -(1 << 28),
+                1 << 29,
+                -(1 << 29),
+                3 << 28,
+                -(3 << 28),
+            ],
+        )
     }
 
     /// `len` bytes more than 4 GiB away from `addr` (so RIP-relative references to `addr`
     /// are out of reach).
     pub fn far(len: usize, addr: u64) -> io::Result<Self> {
-        Self::at_offsets(len, addr, &[1 << 33, -(1 << 33), 1 << 34, -(1 << 34), 1 << 36, -(1 << 36)])
+        Self::at_offsets(
+            len,
+            addr,
+            &[
+                1 << 33,
+                -(1 << 33),
+                1 << 34,
+                -(1 << 34),
+                1 << 36,
+                -(1 << 36),
+            ],
+        )
     }
 
     fn at_offsets(len: usize, addr: u64, offsets: &[i64]) -> io::Result<Self> {
@@ -55,7 +85,9 @@ impl ExecMemory {
                 return Ok(m);
             }
         }
-        Err(io::Error::other("no free address range at the requested distance"))
+        Err(io::Error::other(
+            "no free address range at the requested distance",
+        ))
     }
 
     /// Runtime address of the first byte.

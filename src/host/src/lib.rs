@@ -14,5 +14,6 @@ pub use memory::ProcessMemory;
 pub use runtime::{HookAction, HookFn, Options, Placement, RunError, Runtime};
 pub use signals::{Step, Trace, Trap, STACK_WORDS};
 pub use trampoline::{
-    kdbt_host_dispatch_entry, kdbt_host_return, kdbt_host_trampolines_end, kdbt_host_trampolines_start, RED_ZONE,
+    kdbt_host_dispatch_entry, kdbt_host_return, kdbt_host_trampolines_end,
+    kdbt_host_trampolines_start, RED_ZONE,
 };

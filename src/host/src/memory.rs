@@ -17,8 +17,14 @@ impl ProcessMemory {
 
 impl GuestMemory for ProcessMemory {
     fn read(&self, pc: u64, buf: &mut [u8]) -> Result<usize, MemoryFault> {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: pc as *mut libc::c_void, iov_len: buf.len() };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: pc as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: `local` describes `buf`, which is writable for its length; the kernel
         // validates `remote` and reports unmapped pages as an error or a short count.
         let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };

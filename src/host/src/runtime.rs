@@ -5,15 +5,16 @@ use std::cell::Cell;
 use std::ptr;
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Error, ExitReason, Frame, Gpr, HookClass, HookSite, IblSize, PcMapping,
+    CallRetPolicy, CodeCache, Config, Error, ExitReason, Frame, Gpr, HookClass, HookSite, IblSize,
+    PcMapping,
 };
 
 use crate::exec::ExecMemory;
 use crate::memory::ProcessMemory;
 use crate::signals::{self, SignalState, Trace, Trap};
 use crate::trampoline::{
-    kdbt_host_dispatch_entry, kdbt_host_dispatch_entry_rz0, kdbt_host_enter, kdbt_host_leave, kdbt_host_return, DispatchFrame, EnterCtx,
-    RED_ZONE,
+    kdbt_host_dispatch_entry, kdbt_host_dispatch_entry_rz0, kdbt_host_enter, kdbt_host_leave,
+    kdbt_host_return, DispatchFrame, EnterCtx, RED_ZONE,
 };
 
 /// Where the code-cache arena is mapped relative to the guest code.
@@ -109,7 +110,11 @@ impl Runtime {
             0 => kdbt_host_dispatch_entry_rz0 as *const () as u64,
             _ => return Err(RunError::Engine(Error::Config)),
         };
-        let io = |_| RunError::Engine(Error::ArenaSize { len: opts.arena_len });
+        let io = |_| {
+            RunError::Engine(Error::ArenaSize {
+                len: opts.arena_len,
+            })
+        };
         let arena = match opts.placement {
             Placement::Anywhere => ExecMemory::new(opts.arena_len),
             Placement::Near(a) => ExecMemory::near(opts.arena_len, a),
@@ -134,7 +139,11 @@ impl Runtime {
             hook: None,
             pending: None,
             panic: None,
-            signals: Box::new(SignalState { ctx: ptr::null_mut(), trap: None, trace: None }),
+            signals: Box::new(SignalState {
+                ctx: ptr::null_mut(),
+                trap: None,
+                trace: None,
+            }),
         })
     }
 
@@ -186,7 +195,13 @@ impl Runtime {
             }
             r => r,
         }
-        .map_err(|error| RunError::Untranslatable { state: Frame { rip: entry, ..Frame::default() }, error })?;
+        .map_err(|error| RunError::Untranslatable {
+            state: Frame {
+                rip: entry,
+                ..Frame::default()
+            },
+            error,
+        })?;
         self.enter(pc, args)
     }
 
@@ -197,7 +212,12 @@ impl Runtime {
     }
 
     fn enter(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
-        let mut ctx = EnterCtx { stack_top: self.stack_top(), entry, rflags: 0x202, ..EnterCtx::default() };
+        let mut ctx = EnterCtx {
+            stack_top: self.stack_top(),
+            entry,
+            rflags: 0x202,
+            ..EnterCtx::default()
+        };
         if self.signals.trace.is_some() {
             ctx.rflags |= 0x100;
         }
@@ -241,7 +261,11 @@ impl Runtime {
 
     /// [`Self::guest_state`] reading stack slots through `read_stack` (e.g.
     /// [`crate::Step::read_stack`] for a recorded trap).
-    pub fn guest_state_with<F: FnMut(u64) -> Option<u64>>(&self, frame: &Frame, read_stack: F) -> Option<(PcMapping, Frame)> {
+    pub fn guest_state_with<F: FnMut(u64) -> Option<u64>>(
+        &self,
+        frame: &Frame,
+        read_stack: F,
+    ) -> Option<(PcMapping, Frame)> {
         let mapping = self.cache.pc_map(frame.rip)?;
         let mut state = *frame;
         mapping.rollback.apply(&mut state, read_stack).ok()?;
@@ -262,7 +286,11 @@ impl Runtime {
             Err(e) => return self.abort(frame, RunError::Engine(e)),
         };
         let target = match reason {
-            ExitReason::IndirectMiss { target, .. } if target == kdbt_host_return as *const () as u64 => return target,
+            ExitReason::IndirectMiss { target, .. }
+                if target == kdbt_host_return as *const () as u64 =>
+            {
+                return target
+            }
             ExitReason::Hook(HookSite { class, pc, next_pc }) => {
                 let mut state = guest_frame(frame, guest_rsp, pc);
                 let action = match self.hook.as_mut() {
@@ -278,7 +306,9 @@ impl Runtime {
                     HookAction::Stop => return self.abort(frame, RunError::HookStop { state }),
                 }
             }
-            ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => target,
+            ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => {
+                target
+            }
         };
         let mut flushed = false;
         loop {
@@ -307,9 +337,14 @@ impl Runtime {
 
 fn guest_frame(d: &DispatchFrame, rsp: u64, rip: u64) -> Frame {
     let gpr = [
-        d.rax, d.rcx, d.rdx, d.rbx, rsp, d.rbp, d.rsi, d.rdi, d.r8, d.r9, d.r10, d.r11, d.r12, d.r13, d.r14, d.r15,
+        d.rax, d.rcx, d.rdx, d.rbx, rsp, d.rbp, d.rsi, d.rdi, d.r8, d.r9, d.r10, d.r11, d.r12,
+        d.r13, d.r14, d.r15,
     ];
-    Frame { gpr, rip, rflags: d.rflags }
+    Frame {
+        gpr,
+        rip,
+        rflags: d.rflags,
+    }
 }
 
 fn set_guest_frame(d: &mut DispatchFrame, f: &Frame) {

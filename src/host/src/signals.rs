@@ -60,7 +60,12 @@ pub struct Trace {
 impl Trace {
     /// A trace recording at most `capacity` frames.
     pub fn new(include: Range<u64>, exclude: Range<u64>, capacity: usize) -> Self {
-        Trace { include, exclude, frames: Vec::with_capacity(capacity), overflow: false }
+        Trace {
+            include,
+            exclude,
+            frames: Vec::with_capacity(capacity),
+            overflow: false,
+        }
     }
 }
 
@@ -76,7 +81,13 @@ thread_local! {
     static STATE: Cell<*mut SignalState> = const { Cell::new(ptr::null_mut()) };
 }
 
-const SIGNALS: [i32; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGTRAP, libc::SIGILL, libc::SIGFPE];
+const SIGNALS: [i32; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGTRAP,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
 const TRAP_TRACE: i32 = 2;
 
 /// Installs the process-wide handler (once).
@@ -115,11 +126,22 @@ pub(crate) fn ensure_altstack() {
             return;
         }
         let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let p = libc::mmap(ptr::null_mut(), SIZE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let p = libc::mmap(
+            ptr::null_mut(),
+            SIZE,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         if p == libc::MAP_FAILED {
             return;
         }
-        let st = libc::stack_t { ss_sp: p, ss_flags: 0, ss_size: SIZE };
+        let st = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: SIZE,
+        };
         libc::sigaltstack(&st, ptr::null_mut());
     }
 }
@@ -203,7 +225,11 @@ extern "C" fn on_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut libc::c_v
     if st.trap.is_none() {
         // SAFETY: reading si_addr of a siginfo delivered for this signal.
         let fault_addr = unsafe { info.si_addr() } as u64;
-        st.trap = Some(Trap { signo: sig, frame, fault_addr });
+        st.trap = Some(Trap {
+            signo: sig,
+            frame,
+            fault_addr,
+        });
     }
     gregs[libc::REG_RIP as usize] = kdbt_host_leave as *const () as i64;
     gregs[libc::REG_RDI as usize] = st.ctx as i64;

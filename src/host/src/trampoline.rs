@@ -202,4 +202,8 @@ macro_rules! dispatch_entry {
 dispatch_entry!("kdbt_host_dispatch_entry", 136);
 dispatch_entry!("kdbt_host_dispatch_entry_rz0", 8);
 
-global_asm!(".text", ".globl kdbt_host_trampolines_end", "kdbt_host_trampolines_end:");
+global_asm!(
+    ".text",
+    ".globl kdbt_host_trampolines_end",
+    "kdbt_host_trampolines_end:"
+);

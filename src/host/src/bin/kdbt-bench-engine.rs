@@ -7,7 +7,9 @@
 
 use std::process::ExitCode;
 
-use kdbt_engine::{CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory, Stats};
+use kdbt_engine::{
+    CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory, Stats,
+};
 
 /// `.text` of an ELF64 file: (virtual address, bytes).
 fn text_section(elf: &[u8]) -> Option<(u64, &[u8])> {
@@ -29,7 +31,11 @@ fn text_section(elf: &[u8]) -> Option<(u64, &[u8])> {
         if elf.get(name..name + 6)? != b".text\0" {
             return None;
         }
-        let (addr, off, size) = (u64_at(sh + 0x10)?, u64_at(sh + 0x18)? as usize, u64_at(sh + 0x20)? as usize);
+        let (addr, off, size) = (
+            u64_at(sh + 0x10)?,
+            u64_at(sh + 0x18)? as usize,
+            u64_at(sh + 0x20)? as usize,
+        );
         Some((addr, elf.get(off..off + size)?))
     })
 }
@@ -37,7 +43,10 @@ fn text_section(elf: &[u8]) -> Option<(u64, &[u8])> {
 /// CPU time of this thread in nanoseconds: the machine is shared with other work, so wall
 /// time would measure the neighbours too.
 fn thread_cpu_nanos() -> u128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the timespec passed to it.
     unsafe {
         libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
@@ -90,11 +99,17 @@ fn sweep(policy: CallRetPolicy, addr: u64, text: &[u8]) -> Result<Sweep, Error> 
             }
         }
     }
-    Ok(Sweep { stats: *cache.stats(), nanos: thread_cpu_nanos() - start, skipped })
+    Ok(Sweep {
+        stats: *cache.stats(),
+        nanos: thread_cpu_nanos() - start,
+        skipped,
+    })
 }
 
 fn main() -> ExitCode {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "/bin/busybox".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/bin/busybox".into());
     let elf = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {
@@ -106,7 +121,10 @@ fn main() -> ExitCode {
         eprintln!("kdbt-bench-engine: {path}: no ELF64 .text section");
         return ExitCode::FAILURE;
     };
-    println!("engine corpus: {path} .text at {addr:#x}, {} bytes", text.len());
+    println!(
+        "engine corpus: {path} .text at {addr:#x}, {} bytes",
+        text.len()
+    );
     for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
         // Best of five sweeps: the machine is shared.
         let mut best: Option<Sweep> = None;
@@ -120,7 +138,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        let Some(s) = best else { return ExitCode::FAILURE };
+        let Some(s) = best else {
+            return ExitCode::FAILURE;
+        };
         let secs = s.nanos as f64 / 1e9;
         let st = s.stats;
         println!(
