@@ -282,6 +282,28 @@ fn program(rng: &mut Rng) -> Vec<Instruction> {
     p.insns
 }
 
+/// Assembles a program to run at the start of `page`.
+fn assemble(insns: &[Instruction], page: &ExecMemory) -> Vec<u8> {
+    let block = InstructionBlock::new(insns, page.base());
+    let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
+        .expect("assemble")
+        .code_buffer;
+    assert!(bytes.len() < page.len());
+    bytes
+}
+
+/// A runtime whose cache is near `code` (or more than 4 GiB from it when `far`).
+fn runtime(policy: CallRetPolicy, red_zone: u32, far: bool, code: u64) -> Runtime {
+    let mut opts = Options::new(policy);
+    opts.red_zone = red_zone;
+    opts.placement = if far {
+        Placement::Far(code)
+    } else {
+        Placement::Near(code)
+    };
+    Runtime::new(opts).expect("runtime")
+}
+
 /// Runs the program at `code` with a fresh copy of its bytes and buffer; returns the
 /// buffer and the program's bytes (its RIP-relative data) afterwards.
 fn execute(
@@ -314,22 +336,11 @@ fn random_programs_give_native_results_under_every_configuration() {
     let mut links = 0;
     for n in 0..120 {
         let insns = program(&mut rng);
-        let block = InstructionBlock::new(&insns, page.base());
-        let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
-            .expect("assemble")
-            .code_buffer;
-        assert!(bytes.len() < page.len());
+        let bytes = assemble(&insns, &page);
         for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
             for red_zone in [128, 0] {
                 for far in [false, true] {
-                    let mut opts = Options::new(policy);
-                    opts.red_zone = red_zone;
-                    opts.placement = if far {
-                        Placement::Far(page.base())
-                    } else {
-                        Placement::Near(page.base())
-                    };
-                    let mut rt = Runtime::new(opts).expect("runtime");
+                    let mut rt = runtime(policy, red_zone, far, page.base());
                     let native = execute(&mut rt, &mut page, &bytes, false);
                     let translated = execute(&mut rt, &mut page, &bytes, true);
                     assert_eq!(
@@ -363,21 +374,11 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
     let mut total = common::Stepped::default();
     for n in 0..12 {
         let insns = program(&mut rng);
-        let block = InstructionBlock::new(&insns, page.base());
-        let bytes = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
-            .expect("assemble")
-            .code_buffer;
+        let bytes = assemble(&insns, &page);
         let base = page.base() as *mut u8;
         for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
             for (red_zone, far) in [(128, false), (0, true)] {
-                let mut opts = Options::new(policy);
-                opts.red_zone = red_zone;
-                opts.placement = if far {
-                    Placement::Far(page.base())
-                } else {
-                    Placement::Near(page.base())
-                };
-                let mut rt = Runtime::new(opts).expect("runtime");
+                let mut rt = runtime(policy, red_zone, far, page.base());
                 let mut buf = vec![7u64; BUF];
                 let buf_ptr = buf.as_mut_ptr();
                 let reset = || {

@@ -67,28 +67,15 @@ impl Builder<'_> {
         self.e.map(
             pc,
             rb(
-                [
-                    Some(Restore {
-                        reg: Gpr::Rax,
-                        offset: 0,
-                    }),
-                    None,
-                    None,
-                ],
+                [Some(Restore::new(Gpr::Rax, 0)), None, None],
                 l + 8,
                 RipSource::Guest(pc),
             ),
         );
         self.e.push(Gpr::Rcx);
         let two = [
-            Some(Restore {
-                reg: Gpr::Rax,
-                offset: 8,
-            }),
-            Some(Restore {
-                reg: Gpr::Rcx,
-                offset: 0,
-            }),
+            Some(Restore::new(Gpr::Rax, 8)),
+            Some(Restore::new(Gpr::Rcx, 0)),
             None,
         ];
         self.e.map(pc, rb(two, l + 16, RipSource::Guest(pc)));
@@ -113,26 +100,13 @@ impl Builder<'_> {
         self.e.map(pc, rb(SPILL, after, target_slot));
         self.e.load_rsp(Gpr::Rdx, 0);
         let rax_rcx = [
-            Some(Restore {
-                reg: Gpr::Rax,
-                offset: 16,
-            }),
-            Some(Restore {
-                reg: Gpr::Rcx,
-                offset: 8,
-            }),
+            Some(Restore::new(Gpr::Rax, 16)),
+            Some(Restore::new(Gpr::Rcx, 8)),
             None,
         ];
         self.e.map(pc, rb(rax_rcx, after, target_slot));
         self.e.load_rsp(Gpr::Rcx, 8);
-        let rax_only = [
-            Some(Restore {
-                reg: Gpr::Rax,
-                offset: 16,
-            }),
-            None,
-            None,
-        ];
+        let rax_only = [Some(Restore::new(Gpr::Rax, 16)), None, None];
         self.e.map(pc, rb(rax_only, after, target_slot));
         self.e.load_rsp(Gpr::Rax, 16);
         self.e.map(pc, rb([None; 3], after, target_slot));

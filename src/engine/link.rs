@@ -7,7 +7,7 @@
 
 use alloc::vec::Vec;
 
-use crate::cache::{CodeCache, FragmentId};
+use crate::cache::{CodeCache, FragmentId, LinkStub};
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind};
 
@@ -17,14 +17,16 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.write_u32(field as usize, rel as u32);
     }
 
+    fn linkstub(&self, exit: ExitId) -> Result<&LinkStub, Error> {
+        let id = u64::from(exit.index);
+        self.exits
+            .get(exit.index as usize)
+            .ok_or(Error::UnknownExit { id })
+    }
+
     /// Links direct exit `exit` to fragment `to`, which must start at the exit's target.
     pub fn link(&mut self, exit: ExitId, to: FragmentId) -> Result<(), Error> {
-        let x = self
-            .exits
-            .get(exit.index as usize)
-            .ok_or(Error::UnknownExit {
-                id: u64::from(exit.index),
-            })?;
+        let x = self.linkstub(exit)?;
         let (ExitKind::Direct { target }, Some(field)) = (x.kind, x.patch) else {
             return Err(Error::NotLinkable);
         };
@@ -53,12 +55,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Restores exit `exit`'s branch to its exit stub (no-op when not linked).
     pub fn unlink(&mut self, exit: ExitId) -> Result<(), Error> {
-        let x = self
-            .exits
-            .get(exit.index as usize)
-            .ok_or(Error::UnknownExit {
-                id: u64::from(exit.index),
-            })?;
+        let x = self.linkstub(exit)?;
         let (Some(to), Some(field), Some(stub)) = (x.linked, x.patch, x.stub) else {
             return Ok(());
         };

@@ -92,6 +92,13 @@ pub struct Restore {
     pub offset: u32,
 }
 
+impl Restore {
+    /// `reg` is in the slot at `offset` from the interrupted `rsp`.
+    pub const fn new(reg: Gpr, offset: u32) -> Self {
+        Restore { reg, offset }
+    }
+}
+
 /// Where the guest instruction pointer comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RipSource {

@@ -61,18 +61,9 @@ pub(crate) struct Built {
 
 /// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
 pub(crate) const SPILL: [Option<Restore>; 3] = [
-    Some(Restore {
-        reg: Gpr::Rax,
-        offset: 16,
-    }),
-    Some(Restore {
-        reg: Gpr::Rcx,
-        offset: 8,
-    }),
-    Some(Restore {
-        reg: Gpr::Rdx,
-        offset: 0,
-    }),
+    Some(Restore::new(Gpr::Rax, 16)),
+    Some(Restore::new(Gpr::Rcx, 8)),
+    Some(Restore::new(Gpr::Rdx, 0)),
 ];
 
 pub(crate) fn rb(restore: [Option<Restore>; 3], rsp_adjust: u32, rip: RipSource) -> Rollback {
@@ -433,14 +424,7 @@ impl Builder<'_> {
         rewritten.set_memory_displacement64(0);
         rewritten.set_memory_displ_size(0);
         let rz = self.rz();
-        let slot = [
-            Some(Restore {
-                reg: scratch,
-                offset: 0,
-            }),
-            None,
-            None,
-        ];
+        let slot = [Some(Restore::new(scratch, 0)), None, None];
         self.e.map(pc, Rollback::at(pc));
         self.e.lea_rsp(-to_i32(rz));
         self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
