@@ -392,3 +392,40 @@ fn untranslatable_instructions_are_typed_unsupported_errors() {
         .translate(BASE, &SliceMemory::new(BASE, &mov))
         .expect("mov rax, [rip] translates");
 }
+
+#[test]
+fn rollback_with_an_unreadable_stack_fails_and_leaves_the_frame_unchanged() {
+    let mut cache = small_cache(cfg(CallRetPolicy::Transparent), 4096);
+    let ret = [0xc3];
+    let id = cache
+        .translate(BASE, &SliceMemory::new(BASE, &ret))
+        .expect("ret");
+    let entry = cache.fragment_entry(id).expect("entry");
+    let mut failed = 0;
+    for addr in entry..entry + 256 {
+        let Some(m) = cache.pc_map(addr) else {
+            continue;
+        };
+        let frame = Frame {
+            gpr: [0x1000; 16],
+            rip: addr,
+            rflags: 0x246,
+        };
+        let mut f = frame;
+        let reads_stack = m.rollback.restore.iter().any(Option::is_some)
+            || matches!(m.rollback.rip, RipSource::Stack(_));
+        match m.rollback.apply(&mut f, |_| None) {
+            Ok(()) => assert!(!reads_stack, "{m:?}"),
+            Err(e) => {
+                assert!(reads_stack);
+                assert!(e.addr >= 0x1000 && e.addr < 0x1000 + 4096, "{e:?}");
+                assert_eq!(f, frame, "a failed rollback changes nothing");
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        failed > 10,
+        "the lookup sequence reads its spill slots: {failed}"
+    );
+}
