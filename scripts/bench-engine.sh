@@ -17,7 +17,13 @@ section_translation() {
     "$KDBT_ROOT/target/release/kdbt-bench-engine" "$BUSYBOX"
 }
 
-SECTIONS=(translation)
+# Translated / native wall time of the user-check busybox workload, per call/ret policy
+# (scripts/bench-busybox.sh, owned with make user-check).
+section_busybox() {
+    bash "$here/bench-busybox.sh"
+}
+
+SECTIONS=(translation busybox)
 
 for s in "${SECTIONS[@]}"; do
     echo "== $s"

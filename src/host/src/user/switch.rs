@@ -5,13 +5,15 @@
 //! vector registers live (glibc's AVX2 string functions). So every transition swaps all of
 //! it, and the runner never runs on the guest stack:
 //!
-//! - [`resume`] (`kdbt_user_resume`): saves the runner's callee-saved registers, `rsp` and
-//!   extended state (`xsave`), installs the guest FS base and extended state, loads every
-//!   guest register from [`GuestFrame`] and jumps to `frame.pc` (a code-cache address).
+//! - [`GuestContext::resume`] (`kdbt_user_resume`): saves the runner's callee-saved
+//!   registers and `rsp`, installs the guest FS base and extended state (`xrstor`), loads
+//!   every guest register from [`GuestFrame`] and jumps to `frame.pc` (a code-cache address).
 //! - `kdbt_user_exit`: the engine's dispatcher entry. Stores every guest register, `rflags`,
 //!   the exit id and aux value in the frame (`rsp` = the guest's, per the engine's frame
-//!   contract), saves the guest extended state, restores the runner's FS base, extended
-//!   state and stack, and returns from [`resume`].
+//!   contract), saves the guest extended state (`xsaveopt`), gives the runner back what the
+//!   C ABI preserves across a call (empty x87 stack, MXCSR and x87 control words, DF clear,
+//!   callee-saved registers; vector registers are caller-saved), its FS base and stack, and
+//!   returns from `resume`.
 //!
 //! Everything lives in statics: one guest per process (each runs in a forked child).
 
@@ -65,6 +67,10 @@ struct HostCtx {
     guest_fs_base: u64,
     /// Non-zero: switch FS with `wrfsbase`; zero: with `arch_prctl`.
     wrfsbase: u64,
+    /// The runner's MXCSR (low 32 bits) and x87 control word (low 16 bits), which the C ABI
+    /// says survive a call.
+    mxcsr: u64,
+    fcw: u64,
 }
 
 #[repr(C, align(64))]
@@ -73,8 +79,7 @@ struct XsaveArea([u8; XSAVE_AREA]);
 static mut FRAME: GuestFrame =
     GuestFrame { rax: 0, rcx: 0, rdx: 0, rbx: 0, rsp: 0, rbp: 0, rsi: 0, rdi: 0, r8: 0, r9: 0, r10: 0, r11: 0,
                  r12: 0, r13: 0, r14: 0, r15: 0, rflags: 0, pc: 0, exit_id: 0, aux: 0 };
-static mut HOST: HostCtx = HostCtx { rsp: 0, fs_base: 0, guest_fs_base: 0, wrfsbase: 0 };
-static mut HOST_XSTATE: XsaveArea = XsaveArea([0; XSAVE_AREA]);
+static mut HOST: HostCtx = HostCtx { rsp: 0, fs_base: 0, guest_fs_base: 0, wrfsbase: 0, mxcsr: 0, fcw: 0 };
 static mut GUEST_XSTATE: XsaveArea = XsaveArea([0; XSAVE_AREA]);
 
 extern "C" {
@@ -109,7 +114,6 @@ global_asm!(
     "mov [rip + {host}], rsp",
     "mov eax, 0xfff9ffff",
     "mov edx, -1",
-    "xsaveopt64 [rip + {hx}]",
     "xrstor64 [rip + {gx}]",
     "mov rax, [rip + {host} + 16]",
     "call kdbt_user_set_fs",
@@ -169,7 +173,11 @@ global_asm!(
     "mov eax, 0xfff9ffff",
     "mov edx, -1",
     "xsaveopt64 [rip + {gx}]",
-    "xrstor64 [rip + {hx}]",
+    // The runner's vector registers are caller-saved around kdbt_user_resume; only the
+    // x87 stack (empty) and the MXCSR and x87 control words are the runner's to get back.
+    "fninit",
+    "fldcw [rip + {host} + 40]",
+    "ldmxcsr [rip + {host} + 32]",
     "mov rax, [rip + {host} + 8]",
     "call kdbt_user_set_fs",
     "mov rsp, [rip + {host}]",
@@ -182,7 +190,6 @@ global_asm!(
     "ret",
     frame = sym FRAME,
     host = sym HOST,
-    hx = sym HOST_XSTATE,
     gx = sym GUEST_XSTATE,
 );
 
@@ -231,6 +238,7 @@ impl GuestContext {
             let host = &mut *addr_of_mut!(HOST);
             host.fs_base = switch.read();
             host.wrfsbase = u64::from(switch == FsSwitch::Instructions);
+            std::arch::asm!("stmxcsr [{}]", "fnstcw [{}]", in(reg) addr_of_mut!(host.mxcsr), in(reg) addr_of_mut!(host.fcw), options(nostack));
             std::arch::asm!("xsave64 [{}]", in(reg) addr_of_mut!(GUEST_XSTATE), in("eax") XSAVE_MASK as u32, in("edx") (XSAVE_MASK >> 32) as u32, options(nostack));
         }
         Some(GuestContext { _not_send: std::marker::PhantomData })
@@ -257,8 +265,8 @@ impl GuestContext {
     /// a guest state that code may run with (a valid stack at `rsp`, red zone included).
     pub unsafe fn resume(&mut self) {
         // SAFETY: forwarded to the caller; the assembly restores everything the C ABI
-        // requires (callee-saved registers, rsp, DF clear, the runner's FS base, MXCSR and
-        // x87 control word via xrstor).
+        // requires (callee-saved registers, rsp, DF clear, MXCSR and x87 control word, an
+        // empty x87 stack) and the runner's FS base.
         unsafe { kdbt_user_resume() }
     }
 }
@@ -285,5 +293,7 @@ mod tests {
         assert_eq!(offset_of!(GuestFrame, aux), 152);
         assert_eq!(offset_of!(HostCtx, guest_fs_base), 16);
         assert_eq!(offset_of!(HostCtx, wrfsbase), 24);
+        assert_eq!(offset_of!(HostCtx, mxcsr), 32);
+        assert_eq!(offset_of!(HostCtx, fcw), 40);
     }
 }

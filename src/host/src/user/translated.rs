@@ -195,3 +195,16 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
         entered = id;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_survives_the_trip_through_the_pipe() {
+        let engine = Stats { blocks: 2, guest_insns: 3, guest_bytes: 4, cache_bytes: 5, links: 6, unlinks: 7, lookups: 8, hits: 9, misses: 10, flushes: 11 };
+        let r = Report { from_cache: 1 << 40, emulated: 12, dispatches: 13, engine };
+        assert_eq!(Report::from_bytes(&r.to_bytes()), Some(r));
+        assert_eq!(Report::from_bytes(&r.to_bytes()[8..]), None, "a short report is rejected");
+    }
+}
