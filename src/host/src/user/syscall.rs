@@ -215,6 +215,24 @@ mod tests {
     }
 
     #[test]
+    fn sigaction_installs_nothing_and_reports_the_default_action() {
+        let mut region = vec![0u8; 16];
+        let mut os = os_with_break_region(&mut region);
+        let mut old = [0xffu8; KERNEL_SIGACTION_SIZE];
+        let new = [0x11u8; KERNEL_SIGACTION_SIZE];
+        let args = [libc::SIGPIPE as u64, new.as_ptr() as u64, old.as_mut_ptr() as u64, 8, 0, 0];
+        // SAFETY: rt_sigaction is emulated: it only writes `old`.
+        let r = unsafe { os.syscall(libc::SYS_rt_sigaction as u64, args) };
+        assert_eq!(r, Outcome::Resume(0));
+        assert_eq!(old, [0; KERNEL_SIGACTION_SIZE], "old action reads as SIG_DFL");
+        // SAFETY: all-zero bytes are a valid sigaction (SIG_DFL, empty mask, no flags).
+        let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: queries this process's SIGPIPE action into `current`.
+        unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut current) };
+        assert_ne!(current.sa_sigaction, 0x1111_1111_1111_1111, "the runner's handler is untouched");
+    }
+
+    #[test]
     fn exit_group_ends_the_run_with_its_status_and_clone_is_refused() {
         let mut region = vec![0u8; 16];
         let mut os = os_with_break_region(&mut region);

@@ -38,7 +38,7 @@ pub struct Report {
 
 impl Report {
     /// Fixed-size encoding, to bring a report back from the child process.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(self) -> Vec<u8> {
         let s = &self.engine;
         [self.from_cache, self.emulated, self.dispatches, s.blocks, s.guest_insns, s.guest_bytes, s.cache_bytes,
          s.links, s.unlinks, s.lookups, s.hits, s.misses, s.flushes]
