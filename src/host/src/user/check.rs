@@ -145,3 +145,41 @@ pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> 
     }
     Ok(Comparison { label: applet.label, native_bytes: native.len(), native_ended, native_wall, guests })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(identical: bool) -> GuestResult {
+        GuestResult { mode: Mode::Loader, ended: Ended::Exited(0), identical, wall: Duration::ZERO, report: None }
+    }
+
+    fn comparison(native_ended: Ended, guests: Vec<GuestResult>) -> Comparison {
+        Comparison { label: "x", native_bytes: 0, native_ended, native_wall: Duration::ZERO, guests }
+    }
+
+    #[test]
+    fn one_differing_guest_run_makes_the_applet_differ() {
+        assert!(comparison(Ended::Exited(0), vec![guest(true), guest(true)]).identical());
+        assert!(!comparison(Ended::Exited(0), vec![guest(true), guest(false)]).identical());
+    }
+
+    #[test]
+    fn a_failing_native_run_is_never_identical() {
+        assert!(!comparison(Ended::Exited(1), vec![guest(true)]).identical());
+        assert!(!comparison(Ended::Signaled(11), vec![guest(true)]).identical());
+    }
+
+    #[test]
+    fn mode_labels_are_distinct_file_suffixes() {
+        let modes = [
+            Mode::Loader,
+            Mode::Translated(CallRetPolicy::Transparent, Transitions::Linked),
+            Mode::Translated(CallRetPolicy::Fast, Transitions::Linked),
+            Mode::Translated(CallRetPolicy::Transparent, Transitions::Counted),
+            Mode::Translated(CallRetPolicy::Fast, Transitions::Counted),
+        ];
+        let labels: std::collections::HashSet<_> = modes.iter().map(|m| m.label()).collect();
+        assert_eq!(labels.len(), modes.len());
+    }
+}

@@ -23,6 +23,7 @@ pub enum Transitions {
     Linked,
     /// Nothing is linked and the lookup table is kept empty, so every fragment is entered
     /// from the dispatcher, which adds up the guest instructions it runs: exact counts.
+    /// Transparent only: under Fast, copied `ret`s go back into the cache directly.
     Counted,
 }
 
@@ -66,6 +67,8 @@ pub enum RunError {
     NoContext,
     Arena(std::io::Error),
     Engine(Error),
+    /// Counted transitions were asked for under the Fast policy.
+    CountedNeedsTransparent,
     /// A hook class other than `syscall` reached the dispatcher.
     UnexpectedHook { class: HookClass, pc: u64 },
 }
@@ -76,6 +79,7 @@ impl fmt::Display for RunError {
             RunError::NoContext => write!(f, "no guest context (already in use, or no xsave)"),
             RunError::Arena(e) => write!(f, "mapping the code cache: {e}"),
             RunError::Engine(e) => write!(f, "engine: {e}"),
+            RunError::CountedNeedsTransparent => write!(f, "a counted run needs the Transparent policy"),
             RunError::UnexpectedHook { class, pc } => write!(f, "unexpected hook {class:?} at {pc:#x}"),
         }
     }
@@ -143,6 +147,9 @@ impl Translator {
 /// Runs `guest` under translation with `policy` until it exits; returns its exit status
 /// and what the run did. Call in a disposable child: guest system calls act on this process.
 pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Result<(i32, Report), RunError> {
+    if (policy, transitions) == (CallRetPolicy::Fast, Transitions::Counted) {
+        return Err(RunError::CountedNeedsTransparent);
+    }
     let mut ctx = GuestContext::claim(FsSwitch::detect()).ok_or(RunError::NoContext)?;
     let arena = ExecMemory::near(ARENA, guest.image.entry).map_err(RunError::Arena)?;
     let base = arena.base();
