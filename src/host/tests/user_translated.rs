@@ -33,6 +33,21 @@ fn translated_echo_prints_its_arguments() {
 }
 
 #[test]
+fn the_arch_prctl_fs_switch_runs_guests_too() {
+    // The fallback for CPUs without FSGSBASE, forced on this one.
+    let argv = ["/bin/busybox", "cat", "/nonexistent/kdbt"];
+    let got = Command::new(KDBT_USER)
+        .args(["run", "--"])
+        .args(argv)
+        .env("KDBT_USER_FS_SWITCH", "arch_prctl")
+        .output()
+        .unwrap();
+    let want = native(&argv);
+    assert!(got.stderr.starts_with(&want.stderr), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(got.status.code(), want.status.code());
+}
+
+#[test]
 fn errno_in_guest_tls_reaches_the_error_message() {
     // strerror(errno) reads the guest's TLS through its own FS base; the failure also sets
     // the exit status. (No pipelines here: guests cannot fork, clone is refused.)

@@ -17,7 +17,13 @@ pub enum FsSwitch {
 }
 
 impl FsSwitch {
+    /// The fast method when available, unless the environment variable
+    /// `KDBT_USER_FS_SWITCH=arch_prctl` asks for the fallback (to exercise, on a CPU with
+    /// FSGSBASE, the path that CPUs without it take).
     pub fn detect() -> FsSwitch {
+        if std::env::var_os("KDBT_USER_FS_SWITCH").is_some_and(|v| v == "arch_prctl") {
+            return FsSwitch::ArchPrctl;
+        }
         // SAFETY: getauxval only reads the process's auxiliary vector.
         let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
         if hwcap2 & HWCAP2_FSGSBASE != 0 {
