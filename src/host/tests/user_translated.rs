@@ -66,15 +66,26 @@ fn malloc_heavy_applets_match_native() {
     std::fs::remove_file(&path).ok();
 }
 
+/// The value of counter `name` in the report kdbt-user run prints on stderr.
+fn report_field(out: &Output, name: &str) -> u64 {
+    let report = String::from_utf8_lossy(&out.stderr);
+    let at = report.find(&format!("{name}: ")).unwrap_or_else(|| panic!("{name} in {report}")) + name.len() + 2;
+    report[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_linked_run_claims_no_instruction_count() {
+    let out = translated(&[], &["/bin/busybox", "true"]);
+    assert_eq!(report_field(&out, "from_cache"), 0);
+    assert!(report_field(&out, "links") > 0);
+}
+
 #[test]
 fn the_counted_run_reports_cache_and_dispatcher_instructions() {
     let out = translated(&["--counted"], &["/bin/busybox", "echo", "counted"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "counted\n");
     let report = String::from_utf8_lossy(&out.stderr);
-    let field = |name: &str| -> u64 {
-        let at = report.find(&format!("{name}: ")).unwrap_or_else(|| panic!("{name} in {report}")) + name.len() + 2;
-        report[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
-    };
+    let field = |name: &str| report_field(&out, name);
     assert!(field("from_cache") > 1000, "{report}");
     let emulated = field("emulated");
     assert!((1..100).contains(&emulated), "echo makes a handful of syscalls: {report}");

@@ -27,11 +27,13 @@ pub enum Transitions {
     Counted,
 }
 
-/// What one translated run did. `from_cache` is exact only for [`Transitions::Counted`];
-/// `emulated` counts the guest instructions the dispatcher carried out instead (hooks).
+/// What one translated run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Guest instructions executed in translated code: exact in [`Transitions::Counted`]
+    /// runs, not measured (0) in linked ones, whose fragments chain without the dispatcher.
     pub from_cache: u64,
+    /// Guest instructions the dispatcher carried out instead (the hooked `syscall`s).
     pub emulated: u64,
     pub dispatches: u64,
     pub engine: Stats,
@@ -166,9 +168,12 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
         pc: t.cache.fragment_entry(first).map_err(RunError::Engine)?,
         ..Default::default()
     };
+    let counted = transitions == Transitions::Counted;
     let mut entered = first;
     loop {
-        report.from_cache += t.insns[entered.0 as usize];
+        if counted {
+            report.from_cache += t.insns[entered.0 as usize];
+        }
         ctx.set_guest_fs_base(os.fs_base);
         // SAFETY: the frame holds the guest's state and pc a fragment entry of `t.cache`,
         // whose exits go to switch::dispatcher(); the guest stack is the loader's.
@@ -180,8 +185,10 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
             if site.class != HookClass::SYSCALL {
                 return Err(RunError::UnexpectedHook { class: site.class, pc: site.pc });
             }
-            // The hooked instruction was counted with its fragment but ran here.
-            report.from_cache -= 1;
+            if counted {
+                // The hooked instruction was counted with its fragment but ran here.
+                report.from_cache -= 1;
+            }
             report.emulated += 1;
             // SAFETY: this is the disposable child the guest owns (see above).
             match unsafe { os.syscall(f.rax, [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9]) } {
