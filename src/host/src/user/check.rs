@@ -105,10 +105,24 @@ pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<(i3
     }
 }
 
+/// Seconds a guest run may take before SIGALRM ends it: ten times the slowest counted run
+/// seen (sort -k3,3n, about a minute), so a translation bug that loops cannot hang
+/// `make test`. The guest cannot catch the signal: its sigaction calls change nothing.
+const GUEST_TIMEOUT_SECS: u32 = 600;
+
 /// Runs `argv` as a guest in a forked child in `mode`, stdout into `out`; the child's
 /// report comes back in [`ChildRun::report`].
 pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRun> {
-    run_in_child(&stdin_null()?, &File::create(out)?, |report_pipe| match run_here(mode, argv, &workload::env()) {
+    run_in_child(&stdin_null()?, &File::create(out)?, |report_pipe| {
+        // SAFETY: alarm only arms this child's timer.
+        unsafe { libc::alarm(GUEST_TIMEOUT_SECS) };
+        guest_body(mode, argv, report_pipe)
+    })
+}
+
+/// The child's side of [`run_guest`]: runs the guest, sends the report, returns the status.
+fn guest_body(mode: Mode, argv: &[Vec<u8>], report_pipe: &mut File) -> i32 {
+    match run_here(mode, argv, &workload::env()) {
         Ok((status, report)) => {
             if let Some(r) = report {
                 // A lost report shows as a missing count in the parent; the status stands.
@@ -120,7 +134,7 @@ pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRu
             eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
             120
         }
-    })
+    }
 }
 
 /// Runs `applet` over `input` natively and then in each of `modes`, leaving the outputs
