@@ -63,12 +63,9 @@ impl Comparison {
     }
 }
 
-fn stdin_null() -> io::Result<File> {
-    File::open("/dev/null")
-}
-
-/// Runs `argv` with busybox natively as a normal process, stdout into `out`.
-pub fn run_native(argv: &[Vec<u8>], out: &Path) -> io::Result<(Ended, Duration)> {
+/// Runs `argv` with busybox natively as a normal process, stdin from `input`, stdout
+/// into `out`.
+pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<(Ended, Duration)> {
     use std::os::unix::ffi::OsStrExt;
     let args = argv[1..].iter().map(|a| std::ffi::OsStr::from_bytes(a));
     let started = Instant::now();
@@ -79,7 +76,7 @@ pub fn run_native(argv: &[Vec<u8>], out: &Path) -> io::Result<(Ended, Duration)>
             let eq = kv.iter().position(|&b| b == b'=').expect("KEY=VALUE");
             (std::ffi::OsStr::from_bytes(&kv[..eq]), std::ffi::OsStr::from_bytes(&kv[eq + 1..]))
         }))
-        .stdin(stdin_null()?)
+        .stdin(File::open(input)?)
         .stdout(File::create(out)?)
         .status()?;
     let wall = started.elapsed();
@@ -110,10 +107,10 @@ pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<(i3
 /// `make test`. The guest cannot catch the signal: its sigaction calls change nothing.
 const GUEST_TIMEOUT_SECS: u32 = 600;
 
-/// Runs `argv` as a guest in a forked child in `mode`, stdout into `out`; the child's
-/// report comes back in [`ChildRun::report`].
-pub fn run_guest(mode: Mode, argv: &[Vec<u8>], out: &Path) -> io::Result<ChildRun> {
-    run_in_child(&stdin_null()?, &File::create(out)?, |report_pipe| {
+/// Runs `argv` as a guest in a forked child in `mode`, stdin from `input`, stdout into
+/// `out`; the child's report comes back in [`ChildRun::report`].
+pub fn run_guest(mode: Mode, argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<ChildRun> {
+    run_in_child(&File::open(input)?, &File::create(out)?, |report_pipe| {
         // SAFETY: alarm only arms this child's timer.
         unsafe { libc::alarm(GUEST_TIMEOUT_SECS) };
         guest_body(mode, argv, report_pipe)
@@ -137,18 +134,19 @@ fn guest_body(mode: Mode, argv: &[Vec<u8>], report_pipe: &mut File) -> i32 {
     }
 }
 
-/// Runs `applet` over `input` natively and then in each of `modes`, leaving the outputs
-/// in `outdir` as `APPLET.native` and `APPLET.MODE`.
+/// Runs `applet` over `input` (as its file argument or, for filters, its stdin) natively
+/// and then in each of `modes`, leaving the outputs in `outdir` as `APPLET.native` and
+/// `APPLET.MODE`.
 pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> io::Result<Comparison> {
     let argv = applet.argv(input);
     let stem = applet.label.replace(' ', "_");
     let native_out = outdir.join(format!("{stem}.native"));
-    let (native_ended, native_wall) = run_native(&argv, &native_out)?;
+    let (native_ended, native_wall) = run_native(&argv, input, &native_out)?;
     let native = std::fs::read(&native_out)?;
     let mut guests = Vec::new();
     for &mode in modes {
         let out = outdir.join(format!("{stem}.{}", mode.label()));
-        let run = run_guest(mode, &argv, &out)?;
+        let run = run_guest(mode, &argv, input, &out)?;
         guests.push(GuestResult {
             mode,
             ended: run.ended,

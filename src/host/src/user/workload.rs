@@ -9,7 +9,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const INPUT_BYTES: usize = 1 << 20;
 
 /// One applet invocation: its label and arguments after `busybox`; `{in}` stands for the
-/// text input.
+/// text input, which every run also gets as stdin (for filters such as `tr`).
 pub struct Applet {
     pub label: &'static str,
     pub args: &'static [&'static str],
@@ -28,6 +28,13 @@ pub const APPLETS: &[Applet] = &[
     },
     Applet { label: "bzip2 -c", args: &["bzip2", "-c", "{in}"] },
     Applet { label: "sha512sum", args: &["sha512sum", "{in}"] },
+    Applet { label: "sha1sum", args: &["sha1sum", "{in}"] },
+    Applet { label: "grep -c", args: &["grep", "-c", "o[a-z]*ka", "{in}"] },
+    Applet { label: "cut -f2", args: &["cut", "-d", " ", "-f2", "{in}"] },
+    Applet { label: "uniq -c", args: &["uniq", "-c", "{in}"] },
+    Applet { label: "wc", args: &["wc", "{in}"] },
+    Applet { label: "base64", args: &["base64", "{in}"] },
+    Applet { label: "tr (stdin)", args: &["tr", "a-z", "A-Z"] },
 ];
 
 /// The guest environment, the same for native and translated runs.
