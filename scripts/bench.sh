@@ -6,7 +6,7 @@
 # benchmark: native ns/op, translated ns/op, translated/native, then the
 # geometric-mean ratio. See docs/bench.md.
 # Environment: KDBT_BENCH_SCALE (iteration-count percent, default 100),
-# KDBT_VM_TIMEOUT (seconds, default 1800).
+# KDBT_VM_TIMEOUT (seconds, default 900).
 # Exit status: non-zero if the VM or either pass failed, the kernel oopsed,
 # or a benchmark is missing from either result set.
 set -euo pipefail
@@ -18,10 +18,13 @@ scale="${KDBT_BENCH_SCALE:-100}"
 BENCHES=(null_syscall read_devnull write_devnull open_close stat pipe_rtt unix_rtt
          fork_exit fork_exec page_fault mmap_munmap signal)
 
+# The module is built from the working tree; say which tree the figures belong to.
+dirty="$(cd "$KDBT_ROOT" && git status --porcelain -- src/module Kbuild 2>/dev/null | wc -l)"
+echo "kdbt.ko from $(cd "$KDBT_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) under src/module")"
 start=$(date +%s)
 set +e
 KDBT_APPEND="quiet kdbt.bench_scale=$scale ${KDBT_APPEND:-}" KDBT_QUIET=1 \
-    "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-1800}" -icount shift=0,sleep=off
+    "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-900}" -icount shift=0,sleep=off
 vmrc=$?
 set -e
 echo "VM wall time: $(( $(date +%s) - start )) s"

@@ -15,7 +15,7 @@ for app in $(/bin/busybox --list); do
     [ -e "$root/bin/$app" ] || ln -s busybox "$root/bin/$app"
 done
 cp "$ko" "$root/kdbt/kdbt.ko"
-cp "$KDBT_ROOT"/tests/vm/*.sh "$root/kdbt/tests/"
+cp "$KDBT_ROOT"/tests/vm/*.sh "$KDBT_ROOT"/tests/vm/*.inc "$root/kdbt/tests/"
 [ -d "$KDBT_ROOT/tests/bench" ] && cp -r "$KDBT_ROOT"/tests/bench/. "$root/kdbt/bench/"
 cp "$KDBT_ROOT/tests/vm/init" "$root/init"
 progs="$("$here/guest-progs.sh")"

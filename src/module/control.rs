@@ -18,8 +18,8 @@ use crate::idt::{self, Descriptor, VECTORS};
 use crate::stats::{bump, STATS};
 
 /// Smallest per-CPU cache, in KiB.
-pub(crate) const MIN_CACHE_KB: usize = 64;
-const DEFAULT_CACHE_KB: usize = 1024;
+pub(crate) const MIN_CACHE_KB: usize = 2048;
+const DEFAULT_CACHE_KB: usize = 4096;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static CACHE_KB: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_KB);
@@ -193,7 +193,8 @@ pub(crate) fn disable() -> Result {
     on_all_cpus(remove_from_cpu)?;
     ENABLED.store(false, Ordering::Release);
     teardown();
-    pr_info!("translation disabled\n");
+    let (in_use, carved) = crate::heap::usage();
+    pr_info!("translation disabled (heap: {} KiB in use, {} KiB carved)\n", in_use >> 10, carved >> 10);
     Ok(())
 }
 

@@ -11,6 +11,9 @@ use kernel::prelude::*;
 use crate::entry::{self, thunks, MAX_CPUS};
 use crate::idt::{Gate, VECTORS};
 
+/// Smallest arena that gets the large inline lookup table.
+const LARGE_IBL_MIN_ARENA: usize = 2 << 20;
+
 /// Bytes of each dispatcher stack.
 const STACK_BYTES: usize = 32 << 10;
 
@@ -62,7 +65,9 @@ impl CpuState {
             red_zone: 0,
             dispatcher: exec + thunks::EXIT as u64,
             hooks: HookClass::IRETQ,
-            ibl: IblSize::Small,
+            // The large lookup table (1 MiB) pays off once the cache can spare it:
+            // with the small one, most indirect branches of the kernel miss.
+            ibl: if arena.len() >= LARGE_IBL_MIN_ARENA { IblSize::Large } else { IblSize::Small },
         };
         let cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
             pr_err!("cpu {}: code cache: {}\n", slot, e);

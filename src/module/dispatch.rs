@@ -64,8 +64,12 @@ fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
 
 /// Flushes this CPU's cache when it is full and re-translates the syscall
 /// entry, which its `syscall` stub must always reach.
+/// Also flushes when the heap runs short and this CPU holds a fair share of
+/// it (a CPU with a near-empty cache flushing would free nothing).
 fn flush_if_full<T>(cpu: &mut CpuState, r: &Result<T, Error>) -> bool {
-    if !matches!(r, Err(Error::CacheFull { .. })) && !crate::heap::under_pressure() {
+    let full = matches!(r, Err(Error::CacheFull { .. }));
+    let pressure = cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::under_pressure();
+    if !full && !pressure {
         return false;
     }
     cpu.cache.flush();

@@ -15,7 +15,7 @@ use kernel::prelude::*;
 use crate::ffi;
 
 /// Bytes of the executable section; split evenly between possible CPUs.
-pub(crate) const EXEC_BYTES: usize = 8 << 20;
+pub(crate) const EXEC_BYTES: usize = 16 << 20;
 const PAGE: usize = 4096;
 
 core::arch::global_asm!(

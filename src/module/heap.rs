@@ -104,13 +104,21 @@ pub(crate) fn init(size: usize) -> Result {
     Ok(())
 }
 
-/// Whether more than three quarters of the heap are handed out: the
-/// dispatcher then flushes its cache, which frees the blocks' metadata, long
-/// before an allocation could fail.
+/// Whether more than a quarter of the heap is handed out: the dispatcher then
+/// flushes its cache, which frees the blocks' metadata. Size classes never
+/// give memory back to each other, so the arena carves up to a few times the
+/// peak in use; a quarter keeps that inside the arena.
 pub(crate) fn under_pressure() -> bool {
     let _irq = IrqGuard::new();
     let heap = HEAP.lock();
-    heap.in_use > heap.size / 4 * 3
+    heap.in_use > heap.size / 4
+}
+
+/// Bytes handed out and bytes ever carved from the arena, for the log.
+pub(crate) fn usage() -> (usize, usize) {
+    let _irq = IrqGuard::new();
+    let heap = HEAP.lock();
+    (heap.in_use, heap.next)
 }
 
 /// Frees the arena. Called from module exit, after every `alloc` user is gone.
@@ -183,5 +191,6 @@ unsafe extern "C" fn __rust_realloc(p: *mut u8, old: usize, align: usize, new: u
 
 #[no_mangle]
 extern "C" fn __rust_alloc_error_handler(size: usize, _align: usize) -> ! {
-    panic!("kdbt: private heap exhausted allocating {size} bytes");
+    let (in_use, carved) = usage();
+    panic!("kdbt: private heap exhausted allocating {size} bytes ({in_use} in use, {carved} carved)");
 }

@@ -35,7 +35,7 @@ module! {
 }
 
 /// Size of kdbt's private heap (see `heap`).
-const HEAP_BYTES: usize = 96 << 20;
+const HEAP_BYTES: usize = 192 << 20;
 
 /// What the sysfs handlers need while the module is loaded.
 pub(crate) struct Shared {

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Every workload (pipelines, fork/exec, tmpfs, pipes, unix/TCP echo, sleep,
+# page faults, SIGSEGV/SIGFPE handlers, EFAULT) gives the same output
+# translated as natively, and the statistics show it ran translated.
+. ./lib.sh
+. ./workload.inc
+workload > /tmp/native.out 2>&1
+kdbt_load
+echo 1 > /sys/kernel/kdbt/enabled || fail "enable failed"
+e0=$(cat /sys/kernel/kdbt/stats/dispatcher_entries)
+workload > /tmp/translated.out 2>&1
+e1=$(cat /sys/kernel/kdbt/stats/dispatcher_entries)
+cat /proc/self/stack > /tmp/stack.out
+echo 0 > /sys/kernel/kdbt/enabled || fail "disable failed"
+cat /tmp/translated.out
+diff /tmp/native.out /tmp/translated.out || fail "translated output differs from native"
+for f in blocks_translated dispatcher_entries pc_rewrites rollbacks lookup_hits lookup_misses flushes; do
+    echo "stat $f $(cat /sys/kernel/kdbt/stats/$f) (cpu0 $(cat /sys/kernel/kdbt/stats/cpu0/$f), cpu1 $(cat /sys/kernel/kdbt/stats/cpu1/$f))"
+done
+[ "$(cat /sys/kernel/kdbt/stats/blocks_translated)" -gt 1000 ] || fail "fewer than 1000 blocks translated"
+[ $((e1 - e0)) -gt 10000 ] || fail "dispatcher entries grew by only $((e1 - e0)) during the workload"
+[ "$(cat /sys/kernel/kdbt/stats/pc_rewrites)" -gt 0 ] || fail "no PC rewrites"
+echo "/proc/self/stack under translation:"; cat /tmp/stack.out
+[ -s /tmp/stack.out ] || fail "empty /proc/self/stack"
+grep -v '^\[<0>\] [a-zA-Z_][a-zA-Z0-9_.]*+0x[0-9a-f]*/0x[0-9a-f]*$' /tmp/stack.out && fail "stack entry that is not kernel text"
+grep -q kdbt /tmp/stack.out && fail "code-cache address on the stack"
+kdbt_unload
