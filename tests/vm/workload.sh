@@ -1,13 +1,31 @@
 #!/bin/sh
-# `make run`'s guest side: load kdbt, run a short workload, report, unload.
+# `make run`'s guest side: load kdbt, put the kernel under translation, run a
+# short real workload, show what kdbt reported, then give the kernel back.
 echo "=== kdbt run ==="
 dmesg -c >/dev/null
 insmod /kdbt/kdbt.ko || { echo "insmod failed"; echo "=== end ==="; exit 1; }
-echo "--- kdbt decoded the start of kfree with iced-x86, in the kernel:"
-dmesg | grep 'kdbt: decode' | sed 's/^\[[^]]*\] //'
-echo "--- workload: shell pipeline over /proc and a tmpfs file"
-seq 1 20000 | sort -rn | head -3
-dd if=/dev/zero of=/tmp/f bs=64k count=64 2>/dev/null && md5sum /tmp/f
+K=/sys/kernel/kdbt
+echo "--- iced-x86 decoding kfree inside the kernel:"
+dmesg | grep 'kdbt: decode' | sed 's/^\[[^]]*\] kdbt: decode //'
+echo "--- echo 1 > $K/enabled (cache_kb=$(cat $K/cache_kb) per CPU)"
+echo 1 > $K/enabled
+start=$(cat /proc/uptime | cut -d' ' -f1)
+echo "--- workload, translated: 200 fork+exec, a pipeline, tmpfs, sockets, faults"
+i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i + 1)); done
+echo "sum 1..5000 = $(seq 1 5000 | awk '{ s += $1 } END { print s }')"
+dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo "tmpfs md5 $(md5sum < /tmp/f | cut -c1-32)"; rm /tmp/f
+/kdbt/bin/sockets
+/kdbt/bin/faults
+echo "--- kernel stack of this shell, as the kernel sees it while translated:"
+cat /proc/self/stack
+echo "--- statistics (total / cpu0 / cpu1):"
+for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes; do
+    printf '%-20s %10s %10s %10s\n' "$f" "$(cat $K/stats/$f)" "$(cat $K/stats/cpu0/$f)" "$(cat $K/stats/cpu1/$f 2>/dev/null)"
+done
+echo "--- kernel entries by vector (vector count):"
+cat $K/stats/entries_by_vector | tr '\n' ';' ; echo
+echo 0 > $K/enabled
+echo "--- echo 0: translation off after $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s; rmmod"
 rmmod kdbt
 dmesg | grep 'kdbt:' | grep -v decode | sed 's/^\[[^]]*\] //'
 echo "=== end ==="

@@ -31,10 +31,11 @@ int main(void)
 		*null_ish = 1;
 	printf("segv: signal %d\n", last_signal);
 
-	volatile int zero = 0;
+	/* Both operands volatile: gcc turns 1 / x into compares, not idiv. */
+	volatile int zero = 0, seven = 7;
 	last_signal = 0;
 	if (sigsetjmp(env, 1) == 0)
-		printf("%d\n", 1 / zero);
+		printf("%d\n", seven / zero);
 	printf("fpe: signal %d\n", last_signal);
 
 	int fd = open("/proc/self/cmdline", O_RDONLY);
