@@ -48,8 +48,12 @@ def main():
         ok, name, detail = seen[n]
         results.append((ok, f"vm:{name}", detail))
 
-    errors = [l for l in lines if KERNEL_ERRORS.search(l) and not re.search(r"(Kernel c|C)ommand line:", l)]
-    results.append((not errors, "no_kernel_errors", "\n".join(errors[:40])))
+    errors = [i for i, l in enumerate(lines)
+              if KERNEL_ERRORS.search(l) and not re.search(r"(Kernel c|C)ommand line:", l)]
+    # Show the first report whole (RIP, registers, call trace), then any later error lines.
+    shown = lines[errors[0]:errors[0] + 40] if errors else []
+    shown += [lines[i] for i in errors if i >= errors[0] + 40][:20]
+    results.append((not errors, "no_kernel_errors", "\n".join(shown)))
     results.append((qemu_rc == 0, "vm_exit", "timeout" if qemu_rc == 124 else f"qemu exit {qemu_rc}"))
     results.append(("kdbt-guest: done" in text, "guest_finished", "guest did not reach poweroff"))
 
