@@ -19,7 +19,7 @@ timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2
     -nographic -no-reboot -serial mon:stdio -display none \
     -kernel "$tree/arch/x86/boot/bzImage" -initrd "$initrd" \
     -append "console=ttyS0 rdinit=/init panic=-1 oops=panic kdbt.mode=$mode ${KDBT_APPEND:-}" \
-    "$@" </dev/null 2>&1 | tee "$log" | { if [ -n "${KDBT_QUIET:-}" ]; then cat >/dev/null; else cat; fi; }
+    "$@" <"$([ "$mode" = shell ] && echo /dev/stdin || echo /dev/null)" 2>&1 | tee "$log" | { if [ -n "${KDBT_QUIET:-}" ]; then cat >/dev/null; else cat; fi; }
 rc=${PIPESTATUS[0]}
 set -e
 echo "console log: $log" >&2
