@@ -95,12 +95,12 @@ fn run_check(modes: &[Mode], input: &Path, dir: &Path) -> ExitCode {
             c.label,
             if c.identical() { "identical" } else { "DIFFERENT" },
             c.native_bytes,
-            c.native_wall.as_secs_f64()
+            c.native.wall.as_secs_f64()
         );
         for g in &c.guests {
-            line += &format!("  {} {:.3}s", g.mode.label(), g.wall.as_secs_f64());
+            line += &format!("  {} {:.3}s", g.mode.label(), g.run.wall.as_secs_f64());
             if !g.identical {
-                line += &format!(" (differs: {:?})", g.ended);
+                line += &format!(" (differs: {:?})", g.run.ended);
             }
             if let (Some(r), Mode::Translated(_, Transitions::Counted)) = (g.report, g.mode) {
                 line += &format!("  guest insns {}", r.from_cache + r.emulated);

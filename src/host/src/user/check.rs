@@ -1,7 +1,7 @@
 //! The user-check harness: each applet runs natively (`/bin/busybox` as a normal process)
 //! and as a guest in a forked child, and the outputs are compared byte for byte.
 
-use super::child::{run_in_child, ChildRun, Ended};
+use super::child::{reap, run_in_child, ChildRun, Ended, Reaped};
 use super::guest::Guest;
 use super::translated::{self, Report, Transitions};
 use super::workload::{self, Applet};
@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How the guest side of a comparison runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,9 @@ impl Mode {
 #[derive(Debug)]
 pub struct GuestResult {
     pub mode: Mode,
-    pub ended: Ended,
+    pub run: Reaped,
     /// Same stdout bytes and same exit status as the native run.
     pub identical: bool,
-    pub wall: Duration,
     /// What a translated run reported (`None` for [`Mode::Loader`] or a crashed child).
     pub report: Option<Report>,
 }
@@ -51,25 +50,24 @@ pub struct GuestResult {
 pub struct Comparison {
     pub label: &'static str,
     pub native_bytes: usize,
-    pub native_ended: Ended,
-    pub native_wall: Duration,
+    pub native: Reaped,
     pub guests: Vec<GuestResult>,
 }
 
 impl Comparison {
     /// The native run succeeded and every guest run matched it byte for byte.
     pub fn identical(&self) -> bool {
-        self.native_ended == Ended::Exited(0) && self.guests.iter().all(|g| g.identical)
+        self.native.ended == Ended::Exited(0) && self.guests.iter().all(|g| g.identical)
     }
 }
 
 /// Runs `argv` with busybox natively as a normal process, stdin from `input`, stdout
 /// into `out`.
-pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<(Ended, Duration)> {
+pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<Reaped> {
     use std::os::unix::ffi::OsStrExt;
     let args = argv[1..].iter().map(|a| std::ffi::OsStr::from_bytes(a));
     let started = Instant::now();
-    let status = Command::new(std::ffi::OsStr::from_bytes(&argv[0]))
+    let child = Command::new(std::ffi::OsStr::from_bytes(&argv[0]))
         .args(args)
         .env_clear()
         .envs(workload::env().iter().map(|kv| {
@@ -78,14 +76,9 @@ pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<(End
         }))
         .stdin(File::open(input)?)
         .stdout(File::create(out)?)
-        .status()?;
-    let wall = started.elapsed();
-    use std::os::unix::process::ExitStatusExt;
-    let ended = match (status.code(), status.signal()) {
-        (Some(c), _) => Ended::Exited(c),
-        (None, s) => Ended::Signaled(s.unwrap_or(0)),
-    };
-    Ok((ended, wall))
+        .spawn()?;
+    // std's Child does not reap on drop, so waiting here with wait4 is the only wait.
+    reap(child.id() as libc::pid_t, started)
 }
 
 /// Loads `argv[0]` with `argv` and `env` into this process and runs it in `mode` until
@@ -141,7 +134,7 @@ pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> 
     let argv = applet.argv(input);
     let stem = applet.label.replace(' ', "_");
     let native_out = outdir.join(format!("{stem}.native"));
-    let (native_ended, native_wall) = run_native(&argv, input, &native_out)?;
+    let native_run = run_native(&argv, input, &native_out)?;
     let native = std::fs::read(&native_out)?;
     let mut guests = Vec::new();
     for &mode in modes {
@@ -149,25 +142,29 @@ pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> 
         let run = run_guest(mode, &argv, input, &out)?;
         guests.push(GuestResult {
             mode,
-            ended: run.ended,
-            identical: run.ended == native_ended && std::fs::read(&out)? == native,
-            wall: run.wall,
+            run: run.reaped,
+            identical: run.reaped.ended == native_run.ended && std::fs::read(&out)? == native,
             report: Report::from_bytes(&run.report),
         });
     }
-    Ok(Comparison { label: applet.label, native_bytes: native.len(), native_ended, native_wall, guests })
+    Ok(Comparison { label: applet.label, native_bytes: native.len(), native: native_run, guests })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn guest(identical: bool) -> GuestResult {
-        GuestResult { mode: Mode::Loader, ended: Ended::Exited(0), identical, wall: Duration::ZERO, report: None }
+        GuestResult { mode: Mode::Loader, run: reaped(Ended::Exited(0)), identical, report: None }
+    }
+
+    fn reaped(ended: Ended) -> Reaped {
+        Reaped { ended, wall: Duration::ZERO, cpu: Duration::ZERO }
     }
 
     fn comparison(native_ended: Ended, guests: Vec<GuestResult>) -> Comparison {
-        Comparison { label: "x", native_bytes: 0, native_ended, native_wall: Duration::ZERO, guests }
+        Comparison { label: "x", native_bytes: 0, native: reaped(native_ended), guests }
     }
 
     #[test]

@@ -13,13 +13,39 @@ pub enum Ended {
     Signaled(i32),
 }
 
-/// What came back from a child: how it ended, the report its body wrote and its wall time
-/// from fork to reaping.
+/// How a child ended and what it cost: wall time from fork (or spawn) to reaping, and the
+/// CPU time (user + system) it used, which machine load does not inflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub ended: Ended,
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// What came back from a child: how it ended and the report its body wrote.
 #[derive(Debug)]
 pub struct ChildRun {
-    pub ended: Ended,
+    pub reaped: Reaped,
     pub report: Vec<u8>,
-    pub wall: Duration,
+}
+
+/// Waits for child `pid`, started at `started`.
+pub fn reap(pid: libc::pid_t, started: Instant) -> io::Result<Reaped> {
+    let mut status = 0;
+    // SAFETY: all-zero bytes are a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing its status and resource usage.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        return Err(io::Error::last_os_error());
+    }
+    let wall = started.elapsed();
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let ended = if libc::WIFEXITED(status) {
+        Ended::Exited(libc::WEXITSTATUS(status))
+    } else {
+        Ended::Signaled(libc::WTERMSIG(status))
+    };
+    Ok(Reaped { ended, wall, cpu: time(usage.ru_utime) + time(usage.ru_stime) })
 }
 
 /// Forks; the child gets `stdin` as fd 0 and `stdout` as fd 1, runs `body` with the
@@ -55,16 +81,5 @@ pub fn run_in_child(stdin: &File, stdout: &File, body: impl FnOnce(&mut File) ->
     drop(report_tx);
     let mut report = Vec::new();
     report_rx.read_to_end(&mut report)?;
-    let mut status = 0;
-    // SAFETY: waits for our own child and writes its status into `status`.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
-        return Err(io::Error::last_os_error());
-    }
-    let wall = started.elapsed();
-    let ended = if libc::WIFEXITED(status) {
-        Ended::Exited(libc::WEXITSTATUS(status))
-    } else {
-        Ended::Signaled(libc::WTERMSIG(status))
-    };
-    Ok(ChildRun { ended, report, wall })
+    Ok(ChildRun { reaped: reap(pid, started)?, report })
 }
