@@ -143,3 +143,27 @@ fn lookups_are_hits_plus_misses_and_failed_translations_add_no_block() {
     let s = cache.stats();
     assert_eq!((s.lookups, s.hits, s.misses, s.blocks), (3, 1, 2, 1));
 }
+
+/// The guest PC and cache PC stored in the lookup-table slot of `pc` (Small table).
+fn table_entry(cache: &CodeCache<Vec<u8>>, pc: u64) -> (u64, u64) {
+    let off = kdbt_engine::TABLE_OFFSET + (pc & 0xff) as usize * 16;
+    let word = |o: usize| u64::from_le_bytes(cache.arena()[o..o + 8].try_into().expect("8 bytes"));
+    (word(off), word(off + 8))
+}
+
+#[test]
+fn dispatcher_hit_puts_an_evicted_target_back_in_the_lookup_table() {
+    // Two `ret` blocks 256 bytes apart share one slot of the 256-entry table.
+    let mut code = vec![0x90u8; 257];
+    code[0] = 0xc3;
+    code[256] = 0xc3;
+    let mem = SliceMemory::new(BASE, &code);
+    let mut cache = cache();
+    let a = cache.translate(BASE, &mem).expect("A");
+    let a_entry = cache.fragment_entry(a).expect("entry");
+    assert_eq!(table_entry(&cache, BASE), (BASE, a_entry));
+    cache.translate(BASE + 256, &mem).expect("B");
+    assert_eq!(table_entry(&cache, BASE).0, BASE + 256, "B evicted A from the shared slot");
+    assert_eq!(cache.translate(BASE, &mem).expect("A again"), a, "a hit, not a new block");
+    assert_eq!(table_entry(&cache, BASE), (BASE, a_entry), "the hit re-inserted A");
+}

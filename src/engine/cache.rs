@@ -249,6 +249,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.stats.lookups += 1;
         if let Some(id) = self.lookup(pc) {
             self.stats.hits += 1;
+            // The lookup table is direct-mapped: a colliding PC may have evicted this one.
+            // Putting it back keeps a hot indirect target out of the dispatcher next time.
+            let entry = self.fragment_entry(id)?;
+            self.table_insert(pc, entry);
             return Ok(id);
         }
         self.stats.misses += 1;
