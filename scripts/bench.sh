@@ -3,69 +3,99 @@
 # time = guest instructions, 1 ns each), runs the lmbench-style suite
 # (tests/bench/lmbench.c, driven by tests/bench/run.sh) natively and then with
 # the kernel translated by kdbt in the same boot, and prints one row per
-# benchmark: native ns/op, translated ns/op, translated/native, then the
-# geometric-mean ratio. See docs/bench.md.
+# benchmark: native ns/op, translated ns/op, translated/native and kdbt
+# dispatcher entries per op, then the geometric-mean ratio. See docs/bench.md.
 # Environment: KDBT_BENCH_SCALE (iteration-count percent, default 100),
-# KDBT_VM_TIMEOUT (seconds, default 900).
-# Exit status: non-zero if the VM or either pass failed, the kernel oopsed,
-# or a benchmark is missing from either result set.
+# KDBT_BENCH_PASSES (translated passes in the same boot, default 1; each extra
+# pass adds a column group), KDBT_VM_TIMEOUT (seconds, default 900),
+# KDBT_BENCH_LOG (print the table of an earlier run's console log; no boot).
+# Exit status: non-zero if the VM or a pass failed, the kernel oopsed or
+# warned, or a benchmark is missing from a result set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 log="$KDBT_BUILD/vm/bench-console.log"
 scale="${KDBT_BENCH_SCALE:-100}"
+passes="${KDBT_BENCH_PASSES:-1}"
 [[ "$scale" =~ ^[1-9][0-9]*$ ]] || die "KDBT_BENCH_SCALE must be a positive integer (percent), got '$scale'"
+[[ "$passes" =~ ^[1-9][0-9]?$ ]] || die "KDBT_BENCH_PASSES must be 1..99, got '$passes'"
 BENCHES=(null_syscall read_devnull write_devnull open_close stat pipe_rtt unix_rtt
          fork_exit fork_exec page_fault mmap_munmap signal)
+PASSES=(translated)
+for ((i = 2; i <= passes; i++)); do PASSES+=("translated$i"); done
 
-# The module is built from the working tree; say which tree the figures belong to.
-dirty="$(cd "$KDBT_ROOT" && git status --porcelain -- src/module Kbuild 2>/dev/null | wc -l)"
-echo "kdbt.ko from $(cd "$KDBT_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) under src/module")"
-start=$(date +%s)
-set +e
-KDBT_APPEND="quiet kdbt.bench_scale=$scale ${KDBT_APPEND:-}" KDBT_QUIET=1 \
-    "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-900}" -icount shift=0,sleep=off
-vmrc=$?
-set -e
-echo "VM wall time: $(( $(date +%s) - start )) s"
+if [ -n "${KDBT_BENCH_LOG:-}" ]; then
+    # Re-read an earlier run's console log instead of booting.
+    log="$KDBT_BENCH_LOG"; vmrc=0
+    [ -r "$log" ] || die "cannot read $log"
+    passes="$(tr -d '\r' <"$log" | grep -c '=== kdbt bench translated[0-9]* (' || true)"
+    PASSES=(translated)
+    for ((i = 2; i <= passes; i++)); do PASSES+=("translated$i"); done
+else
+    # The module is built from the working tree; say which tree the figures belong to.
+    ko="$("$here/module.sh")"
+    dirty="$(cd "$KDBT_ROOT" && git status --porcelain -- src/module Kbuild 2>/dev/null | wc -l)"
+    echo "kdbt.ko $(sha256sum "$ko" | cut -c1-12) from $(cd "$KDBT_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) under src/module")"
+    start=$(date +%s)
+    set +e
+    KDBT_APPEND="quiet kdbt.bench_scale=$scale kdbt.bench_passes=$passes ${KDBT_APPEND:-}" KDBT_QUIET=1 \
+        "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-900}" -icount shift=0,sleep=off
+    vmrc=$?
+    set -e
+    echo "VM wall time: $(( $(date +%s) - start )) s"
+fi
+clean="$(tr -d '\r' <"$log")"
 
-# Result lines of one pass: "name value" between its two markers.
-results() {
-    # Markers are matched anywhere in a line: the first one follows the
-    # firmware's screen-clearing escapes on the same console line.
-    tr -d '\r' <"$log" | awk -v pass="$1" '
+# Lines of one pass between its two markers. Markers are matched anywhere in a
+# line: the first one follows the firmware's screen-clearing escapes.
+section() {
+    awk -v pass="$1" '
         index($0, "=== kdbt bench " pass " end ===") { on = 0 }
-        on && /^[a-z_]+ [0-9]+(\.[0-9]+)?$/ { print }
-        index($0, "=== kdbt bench " pass " (") { on = 1 }'
+        on { print }
+        index($0, "=== kdbt bench " pass " (") { on = 1 }' <<<"$clean"
 }
-native="$(results native)"
-translated="$(results translated)"
+# "name value" result lines of one pass, and one value from them.
+results() { section "$1" | grep -E '^[a-z_]+ [0-9]+(\.[0-9]+)?$' || true; }
+value() { awk -v b="$2" '$1 == b { print $2; exit }' <<<"$1"; }
+entries() { section "$1" | awk -v b="$2" '$1 == "#kdbt" && $2 == b { print $4; exit }'; }
 
 bad=0
 [ "$vmrc" -eq 0 ] || { echo "bench: VM exited with status $vmrc"; bad=1; }
-if tr -d '\r' <"$log" | grep -E 'kdbt-bench: FAIL|lmbench: FAIL'; then bad=1; fi
-if tr -d '\r' <"$log" | grep -E 'Oops|BUG:|WARNING:|Kernel panic|general protection fault|RIP:'; then
+if grep -E 'kdbt-bench: FAIL|lmbench: FAIL' <<<"$clean"; then bad=1; fi
+if grep -E 'Oops|BUG:|WARNING:|Kernel panic|general protection fault|RIP:' <<<"$clean"; then
     echo "bench: kernel oops/WARN in the console log"; bad=1
 fi
-grep -q '=== kdbt bench done ===' <(tr -d '\r' <"$log") || { echo "bench: guest run did not finish"; bad=1; }
+grep -q '=== kdbt bench done ===' <<<"$clean" || { echo "bench: guest run did not finish"; bad=1; }
 
-printf '%-14s %14s %14s %8s\n' benchmark native_ns translated_ns ratio
-logsum=0; n=0
+native="$(results native)"
+declare -A res logsum count
+for p in "${PASSES[@]}"; do res[$p]="$(results "$p")"; logsum[$p]=0; count[$p]=0; done
+
+header="$(printf '%-14s %11s' benchmark native)"
+for p in "${PASSES[@]}"; do header+="$(printf ' %13s %7s %8s' "$p" ratio disp/op)"; done
+echo "$header"
 for b in "${BENCHES[@]}"; do
-    nv="$(awk -v b="$b" '$1 == b { print $2 }' <<<"$native")"
-    tv="$(awk -v b="$b" '$1 == b { print $2 }' <<<"$translated")"
-    if [ -z "$nv" ] || [ -z "$tv" ]; then
-        printf '%-14s %14s %14s %8s\n' "$b" "${nv:-MISSING}" "${tv:-MISSING}" -
-        bad=1; continue
-    fi
-    ratio="$(awk -v a="$nv" -v b="$tv" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')"
-    printf '%-14s %14s %14s %8s\n' "$b" "$nv" "$tv" "$ratio"
-    logsum="$(awk -v s="$logsum" -v a="$nv" -v b="$tv" 'BEGIN { printf "%.12f", s + log(b / a) }')"
-    n=$((n + 1))
+    nv="$(value "$native" "$b")"
+    row="$(printf '%-14s %11s' "$b" "${nv:-MISSING}")"
+    [ -n "$nv" ] || bad=1
+    for p in "${PASSES[@]}"; do
+        tv="$(value "${res[$p]}" "$b")"
+        if [ -z "$tv" ] || [ -z "$nv" ]; then
+            row+="$(printf ' %13s %7s %8s' "${tv:-MISSING}" - -)"; bad=1; continue
+        fi
+        e="$(entries "$p" "$b")"
+        row+="$(awk -v a="$nv" -v t="$tv" -v e="${e:--}" 'BEGIN { printf " %13s %7.2f %8s", t, (a > 0 ? t / a : 0), e }')"
+        logsum[$p]="$(awk -v s="${logsum[$p]}" -v a="$nv" -v t="$tv" 'BEGIN { printf "%.12f", s + log(t / a) }')"
+        count[$p]=$((count[$p] + 1))
+    done
+    echo "$row"
 done
-if [ "$n" -gt 0 ]; then
-    awk -v s="$logsum" -v n="$n" 'BEGIN { printf "geomean ratio (%d benchmarks): %.2f\n", n, exp(s / n) }'
-fi
-tr -d '\r' <"$log" | grep -E '^kdbt-bench: (stat|dispatcher)' || true
+for p in "${PASSES[@]}"; do
+    [ "${count[$p]}" -gt 0 ] || continue
+    awk -v p="$p" -v s="${logsum[$p]}" -v n="${count[$p]}" -v all="${#BENCHES[@]}" \
+        'BEGIN { printf "geomean ratio %s/native (%d of %d benchmarks): %.2f\n", p, n, all, exp(s / n) }'
+done
+echo "(ns/op = guest instructions per op under -icount shift=0; disp/op = kdbt dispatcher entries per op)"
+grep -E '^kdbt-bench: (stat|dispatcher)' <<<"$clean" || true
 echo "console log: $log"
 exit "$bad"

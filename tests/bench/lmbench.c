@@ -4,15 +4,19 @@
  * usage: lmbench [SCALE_PERCENT]     run every benchmark, print "name ns_per_op"
  *        lmbench --exit              exit at once (the image fork_exec executes)
  *
- * Each benchmark runs a short untimed warm-up, then a fixed number of
- * iterations timed with clock_gettime(CLOCK_MONOTONIC); SCALE_PERCENT (default
- * 100) scales every iteration count. Under QEMU -icount shift=0 the guest clock
+ * Each benchmark runs a short untimed warm-up, then five timed repetitions
+ * (clock_gettime(CLOCK_MONOTONIC) around each) that share a fixed iteration
+ * count, and prints the median ns per operation; SCALE_PERCENT (default 100)
+ * scales every iteration count. Under QEMU -icount shift=0 the guest clock
  * advances 1 ns per guest instruction, so ns_per_op is guest instructions per
- * operation. Any failure prints "lmbench: FAIL ..." and exits 1.
+ * operation (instructions of both vCPUs). The suite runs on CPU 0 only. Under
+ * kdbt, a "#kdbt name ..." line follows each result with dispatcher entries
+ * per operation. Any failure prints "lmbench: FAIL ..." and exits 1.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,20 +57,89 @@ static long iters(long base)
 	return n < 1 ? 1 : n;
 }
 
-static void report(const char *name, uint64_t ns, long ops)
+#define REPS 5
+
+static int cmp_double(const void *a, const void *b)
 {
-	printf("%s %.1f\n", name, (double)ns / (double)ops);
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Median of REPS samples of ns per operation. */
+static void report_median(const char *name, double *ns_per_op)
+{
+	qsort(ns_per_op, REPS, sizeof(double), cmp_double);
+	printf("%s %.1f\n", name, ns_per_op[REPS / 2]);
 	fflush(stdout);
 }
 
-/* Runs body(n) untimed for a tenth of the count, then timed; prints the result. */
+/* A kdbt statistic (total over CPUs), or -1 when kdbt is not translating. */
+static long kstat(const char *file)
+{
+	char path[128], buf[32];
+	long v = -1;
+	FILE *f = fopen("/sys/kernel/kdbt/enabled", "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f) || buf[0] != '1') {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	snprintf(path, sizeof(path), "/sys/kernel/kdbt/stats/%s", file);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+struct kstats {
+	long entries, misses;
+};
+
+static struct kstats kstats_now(void)
+{
+	struct kstats k = { kstat("dispatcher_entries"), kstat("lookup_misses") };
+	return k;
+}
+
+/*
+ * Under translation, a "#kdbt" line after the result: kdbt dispatcher entries
+ * per operation and blocks translated (lookup misses) during the timed
+ * repetitions, counted on all CPUs. Informational; not part of the table.
+ */
+static void report_kstats(const char *name, struct kstats k0, long ops)
+{
+	struct kstats k1 = kstats_now();
+	if (k0.entries < 0 || k1.entries < 0)
+		return;
+	printf("#kdbt %s dispatcher_entries_per_op %.2f lookup_misses %ld\n", name,
+	       (double)(k1.entries - k0.entries) / (double)ops, k1.misses - k0.misses);
+	fflush(stdout);
+}
+
+/*
+ * Runs body untimed for a tenth of the count (warm-up), then REPS timed
+ * repetitions of a fifth of it each; prints the median ns per operation.
+ */
 static void bench(const char *name, long base, void (*body)(long))
 {
-	long n = iters(base);
-	body(n / 10 > 0 ? n / 10 : 1);
-	uint64_t t0 = now_ns();
-	body(n);
-	report(name, now_ns() - t0, n);
+	long n = iters(base) / REPS;
+	double s[REPS];
+	if (n < 1)
+		n = 1;
+	body(n / 2 > 0 ? n / 2 : 1);
+	struct kstats k0 = kstats_now();
+	for (int r = 0; r < REPS; r++) {
+		uint64_t t0 = now_ns();
+		body(n);
+		s[r] = (double)(now_ns() - t0) / (double)n;
+	}
+	report_median(name, s);
+	report_kstats(name, k0, REPS * n);
 }
 
 static void b_null(long n)
@@ -203,23 +276,33 @@ static void b_fork_exec(long n)
 /* ns per page: first touch of each page of a fresh anonymous mapping. */
 static void b_page_fault_report(void)
 {
-	long rounds = iters(40);
-	uint64_t total = 0;
-	for (long r = -1; r < rounds; r++) {	/* round -1 is the warm-up */
-		volatile char *p = mmap(NULL, FAULT_PAGES * PAGE, PROT_READ | PROT_WRITE,
-					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
-			die("mmap");
-		uint64_t t0 = now_ns();
-		for (long i = 0; i < FAULT_PAGES; i++)
-			p[i * PAGE] = 1;
-		uint64_t t1 = now_ns();
+	long rounds = iters(40) / REPS;
+	double s[REPS];
+	if (rounds < 1)
+		rounds = 1;
+	struct kstats k0 = { -1, -1 };
+	for (int r = -1; r < REPS; r++) {	/* repetition -1 is the warm-up */
+		uint64_t total = 0;
+		if (r == 0)
+			k0 = kstats_now();
+		for (long k = 0; k < rounds; k++) {
+			volatile char *p = mmap(NULL, FAULT_PAGES * PAGE, PROT_READ | PROT_WRITE,
+						MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (p == MAP_FAILED)
+				die("mmap");
+			uint64_t t0 = now_ns();
+			for (long i = 0; i < FAULT_PAGES; i++)
+				p[i * PAGE] = 1;
+			total += now_ns() - t0;
+			if (munmap((void *)p, FAULT_PAGES * PAGE))
+				die("munmap");
+		}
 		if (r >= 0)
-			total += t1 - t0;
-		if (munmap((void *)p, FAULT_PAGES * PAGE))
-			die("munmap");
+			s[r] = (double)total / (double)(rounds * FAULT_PAGES);
 	}
-	report("page_fault", total, rounds * FAULT_PAGES);
+	report_median("page_fault", s);
+	/* Per page, but counting the untimed mmap and munmap too. */
+	report_kstats("page_fault", k0, REPS * rounds * FAULT_PAGES);
 }
 
 #define MAP_LEN (1024 * 1024)
@@ -268,6 +351,17 @@ int main(int argc, char **argv)
 		}
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	/*
+	 * Everything (children inherit it) runs on CPU 0: figures do not depend
+	 * on where the scheduler places a process, and kdbt's code caches are
+	 * per CPU, so a translated figure would otherwise depend on which CPU's
+	 * cache served it. Round trips are same-CPU context switches.
+	 */
+	cpu_set_t cpu0;
+	CPU_ZERO(&cpu0);
+	CPU_SET(0, &cpu0);
+	if (sched_setaffinity(0, sizeof(cpu0), &cpu0))
+		die("sched_setaffinity");
 	devnull = open("/dev/null", O_RDWR);
 	if (devnull < 0)
 		die("open /dev/null");

@@ -2,10 +2,16 @@
 # Guest side of `make bench` (run by /init in mode bench): the lmbench-style
 # suite natively, then with the kernel translated by kdbt, in the same boot.
 # scripts/bench.sh reads the result sets between the === markers.
-# Kernel command-line option kdbt.bench_scale=PERCENT scales the iteration counts.
+# Kernel command-line options: kdbt.bench_scale=PERCENT scales the iteration
+# counts; kdbt.bench_passes=N runs the translated suite N times in a row
+# (markers "translated", then "translated2" ... "translatedN").
 scale=100
+passes=1
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in kdbt.bench_scale=*) scale="${arg#kdbt.bench_scale=}" ;; esac
+    case "$arg" in
+        kdbt.bench_scale=*) scale="${arg#kdbt.bench_scale=}" ;;
+        kdbt.bench_passes=*) passes="${arg#kdbt.bench_passes=}" ;;
+    esac
 done
 bin=/kdbt/bin/lmbench
 st=/sys/kernel/kdbt/stats
@@ -15,9 +21,14 @@ echo "=== kdbt bench native end ==="
 insmod /kdbt/kdbt.ko || { echo "kdbt-bench: FAIL insmod"; exit 1; }
 echo 1 > /sys/kernel/kdbt/enabled || { echo "kdbt-bench: FAIL enable"; exit 1; }
 e0=$(cat $st/dispatcher_entries)
-echo "=== kdbt bench translated (scale $scale%) ==="
-$bin "$scale" || echo "kdbt-bench: FAIL translated run exited $?"
-echo "=== kdbt bench translated end ==="
+i=1
+while [ "$i" -le "$passes" ]; do
+    name=translated; [ "$i" -gt 1 ] && name="translated$i"
+    echo "=== kdbt bench $name (scale $scale%) ==="
+    $bin "$scale" || echo "kdbt-bench: FAIL $name run exited $?"
+    echo "=== kdbt bench $name end ==="
+    i=$((i + 1))
+done
 e1=$(cat $st/dispatcher_entries)
 echo 0 > /sys/kernel/kdbt/enabled || echo "kdbt-bench: FAIL disable"
 echo "kdbt-bench: dispatcher_entries during translated run: $((e1 - e0))"
