@@ -295,6 +295,35 @@ fn hooked_syscall_is_emulated_and_not_executed() {
 }
 
 #[test]
+fn iretq_to_kernel_hook_reports_an_iretq_whose_frame_returns_to_cpl0() {
+    // Build an iret frame whose CS selector has RPL 0, then iretq; `back` drops the
+    // frame (the hook below resumes there without emulating the pops) and returns 7.
+    //   push 0x2b; lea rax, [rsp + 8]; push rax; pushfq; push 0x30;
+    //   lea rcx, [rip + 3]; push rcx; iretq; back: lea rsp, [rsp + 40]; mov eax, 7; ret
+    let c = [
+        0x6a, 0x2b, 0x48, 0x8d, 0x44, 0x24, 0x08, 0x50, 0x9c, 0x6a, 0x30, 0x48, 0x8d, 0x0d, 3, 0,
+        0, 0, 0x51, 0x48, 0xcf, 0x48, 0x8d, 0x64, 0x24, 0x28, 0xb8, 7, 0, 0, 0, 0xc3,
+    ];
+    let guest = GuestCode::new(&c);
+    let at = guest.addr();
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let mut opts = Options::new(policy);
+        opts.hooks = HookClass::IRETQ_TO_KERNEL;
+        let mut rt = Runtime::new(opts).expect("runtime");
+        rt.set_hook(Box::new(move |class, pc, next, state| {
+            assert_eq!((class, pc, next), (HookClass::IRETQ, at + 19, at + 21));
+            let sp = state.get(Gpr::Rsp) as *const u64;
+            // SAFETY: the guest just pushed the 5-word iret frame at its rsp.
+            let frame = unsafe { std::slice::from_raw_parts(sp, 5) };
+            assert_eq!((frame[0], frame[1], frame[4]), (at + 21, 0x30, 0x2b));
+            assert_eq!(frame[3], state.get(Gpr::Rsp) + 40, "the frame's rsp is the pre-push rsp");
+            HookAction::Resume(frame[0])
+        }));
+        assert_eq!(rt.run(at, &[]).expect("run"), 7);
+    }
+}
+
+#[test]
 fn hook_without_handler_stops_the_run_before_the_instruction() {
     let c = [0xb8, 7, 0, 0, 0, 0xcc, 0xc3];
     let guest = GuestCode::new(&c);

@@ -40,6 +40,11 @@ bitflags! {
         const UD2 = 1 << 13;
         /// `syscall`.
         const SYSCALL = 1 << 14;
+        /// `iretq` whose frame returns to CPL 0 (selector RPL 0); one returning to user
+        /// mode runs natively. Reported as [`HookClass::IRETQ`]. For a kernel, whose
+        /// returns to user mode need no help: it halves the dispatcher entries per
+        /// interrupt. Ignored when `IRETQ` itself is hooked.
+        const IRETQ_TO_KERNEL = 1 << 15;
     }
 }
 

@@ -240,6 +240,13 @@ impl Builder<'_> {
         let pc = insn.ip();
         let next = insn.next_ip();
         if let Some(special) = hooks::special(insn) {
+            if special.class == HookClass::IRETQ
+                && !self.cfg.hooks.contains(HookClass::IRETQ)
+                && self.cfg.hooks.contains(HookClass::IRETQ_TO_KERNEL)
+            {
+                self.iretq_to_kernel_hook(w, insn)?;
+                return Ok(true);
+            }
             if self.cfg.hooks.contains(special.class) {
                 self.hook(special.class, pc, next)?;
                 return Ok(true);
@@ -327,6 +334,18 @@ impl Builder<'_> {
                 what: Unsupported::OperandSize,
             })
         }
+    }
+
+    /// `test byte [rsp + 8], 3; jnz user; <IRETQ hook exit>; user: iretq`. The `test`
+    /// clobbers flags, which `iretq` (native or emulated) reloads from its frame anyway.
+    fn iretq_to_kernel_hook(&mut self, w: &Window, insn: &Instruction) -> Result<(), Error> {
+        let (pc, next) = (insn.ip(), insn.next_ip());
+        self.e.map(pc, Rollback::at(pc));
+        self.e.bytes(&[0xf6, 0x44, 0x24, 0x08, 0x03, 0x75, 0x00]);
+        let jnz = self.e.off() - 1;
+        self.hook(HookClass::IRETQ, pc, next)?;
+        self.e.patch_rel8(jnz).ok_or(Error::Encode { pc })?;
+        self.plain(w, insn)
     }
 
     /// A hooked instruction: an inline exit reporting the hook, guest state before it.

@@ -64,7 +64,7 @@ impl CpuState {
             policy: CallRetPolicy::Transparent,
             red_zone: 0,
             dispatcher: exec + thunks::EXIT as u64,
-            hooks: HookClass::IRETQ,
+            hooks: HookClass::IRETQ_TO_KERNEL,
             // The large lookup table (1 MiB) pays off once the cache can spare it:
             // with the small one, most indirect branches of the kernel miss.
             ibl: if arena.len() >= LARGE_IBL_MIN_ARENA { IblSize::Large } else { IblSize::Small },
