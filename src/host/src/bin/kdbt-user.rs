@@ -17,11 +17,12 @@ const COUNTED: Mode = Mode::Translated(CallRetPolicy::Transparent, Transitions::
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: kdbt-user check [--loader | --quick] [--dir DIR]\n\
+        "usage: kdbt-user check [--loader | --quick] [--jobs N] [--dir DIR]\n\
          \x20      kdbt-user bench [--repeat N] [--dir DIR]\n\
          \x20      kdbt-user run [--loader | --fast | --counted] -- PROGRAM [ARGS...]\n\
          check runs every applet natively and as a guest (default: Transparent, Fast and a\n\
-         counted run; --quick skips the counted run, --loader runs the guest untranslated)."
+         counted run; --quick skips the counted run, --loader runs the guest untranslated;\n\
+         --jobs: applets checked at a time, default: the number of CPUs)."
     );
     ExitCode::from(2)
 }
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let mut dir = PathBuf::from("build/user-check");
     let mut modes = vec![TRANSPARENT, FAST, COUNTED];
     let mut repeat = 3;
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut program = Vec::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
@@ -49,11 +51,15 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => repeat = n,
                 _ => return usage(),
             },
+            "--jobs" => match it.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => jobs = n,
+                _ => return usage(),
+            },
             _ => return usage(),
         }
     }
     match cmd.as_str() {
-        "check" => with_input(&dir, |input| run_check(&modes, input, &dir)),
+        "check" => with_input(&dir, |input| run_check(&modes, jobs, input, &dir)),
         "bench" => with_input(&dir, |input| bench::run(repeat, input, &dir)),
         "run" if !program.is_empty() && modes.len() == 1 => run(modes[0], &program),
         "run" if !program.is_empty() => run(TRANSPARENT, &program),
@@ -76,18 +82,18 @@ fn with_input(dir: &Path, body: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
     }
 }
 
-fn run_check(modes: &[Mode], input: &Path, dir: &Path) -> ExitCode {
+fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode {
     let input_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
-    println!("input: {} ({input_len} bytes); guest modes: {}", input.display(),
+    println!("input: {} ({input_len} bytes); guest modes: {}; {jobs} applets at a time", input.display(),
              modes.iter().map(|m| m.label()).collect::<Vec<_>>().join(", "));
     let mut same = 0;
     let (mut from_cache, mut emulated, mut counted_runs) = (0u64, 0u64, 0usize);
-    for applet in workload::APPLETS {
-        let c = match check::compare(modes, applet, input, dir) {
+    check::compare_all(modes, input, dir, jobs, |applet, result| {
+        let c = match result {
             Ok(c) => c,
             Err(e) => {
                 println!("{:<12} ERROR {e}", applet.label);
-                continue;
+                return;
             }
         };
         let mut line = format!(
@@ -113,7 +119,7 @@ fn run_check(modes: &[Mode], input: &Path, dir: &Path) -> ExitCode {
             same += 1;
         }
         println!("{line}");
-    }
+    });
     println!("identical: {same}/{}", workload::APPLETS.len());
     if counted_runs > 0 {
         let total = from_cache + emulated;

@@ -150,6 +150,45 @@ pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> 
     Ok(Comparison { label: applet.label, native_bytes: native.len(), native: native_run, guests })
 }
 
+/// Compares every applet of the workload (see [`compare`]) on `jobs` threads and hands
+/// each result to `report` in workload order, as soon as it and all before it are done.
+/// Children are forked from worker threads: fine for glibc's malloc, which its fork
+/// handlers keep usable in the child; the child takes no other lock of the runner except
+/// stderr's when it reports a load error.
+pub fn compare_all(
+    modes: &[Mode],
+    input: &Path,
+    outdir: &Path,
+    jobs: usize,
+    mut report: impl FnMut(&Applet, io::Result<Comparison>),
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            let (tx, next) = (tx.clone(), &next);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(applet) = workload::APPLETS.get(i) else { break };
+                if tx.send((i, compare(modes, applet, input, outdir))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: Vec<Option<io::Result<Comparison>>> = workload::APPLETS.iter().map(|_| None).collect();
+        let mut printed = 0;
+        for (i, result) in rx {
+            pending[i] = Some(result);
+            while let Some(result) = pending.get_mut(printed).and_then(Option::take) {
+                report(&workload::APPLETS[printed], result);
+                printed += 1;
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,9 @@ pub enum RunError {
     Engine(Error),
     /// Counted transitions were asked for under the Fast policy.
     CountedNeedsTransparent,
+    /// A counted run found a linked exit or a filled lookup-table slot at its end: some
+    /// fragments may have been entered without the dispatcher, so it reports no count.
+    CountingBypassed,
     /// A hook class other than `syscall` reached the dispatcher.
     UnexpectedHook { class: HookClass, pc: u64 },
 }
@@ -82,6 +85,7 @@ impl fmt::Display for RunError {
             RunError::Arena(e) => write!(f, "mapping the code cache: {e}"),
             RunError::Engine(e) => write!(f, "engine: {e}"),
             RunError::CountedNeedsTransparent => write!(f, "a counted run needs the Transparent policy"),
+            RunError::CountingBypassed => write!(f, "counted run: a fragment may have been entered without the dispatcher"),
             RunError::UnexpectedHook { class, pc } => write!(f, "unexpected hook {class:?} at {pc:#x}"),
         }
     }
@@ -111,9 +115,10 @@ impl Translator {
         };
         if id.0 as usize == self.insns.len() {
             self.insns.push(self.cache.stats().guest_insns - before);
-            if self.transitions == Transitions::Counted {
-                self.empty_table_slot(pc);
-            }
+        }
+        if self.transitions == Transitions::Counted {
+            // `translate` (re)inserts `pc` into the lookup table on a miss and on a hit.
+            self.empty_table_slot(pc);
         }
         Ok(id)
     }
@@ -126,6 +131,18 @@ impl Translator {
         // SAFETY: the slot lies in the arena's table, which this thread alone uses, and no
         // reference into the arena is live between engine calls.
         unsafe { (slot as *mut u64).write_volatile(!idx) };
+    }
+
+    /// Whether every lookup-table slot is empty: in a counted run, anything else means an
+    /// indirect branch could have bypassed the dispatcher (a table insert kdbt-user does
+    /// not know about), so the counts are not to be trusted.
+    fn table_is_empty(&self) -> bool {
+        let table = (self.cache.exec_base() + TABLE_OFFSET as u64) as *const u64;
+        (0..u64::from(IblSize::Large.entries())).all(|idx| {
+            // SAFETY: slot `idx` lies in the arena's table (16 bytes each, guest PC first);
+            // the engine is not writing it now (this thread runs both).
+            unsafe { table.add(idx as usize * 2).read_volatile() == !idx }
+        })
     }
 
     /// Where to resume after `reason`, and the fragment entered.
@@ -194,6 +211,9 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
             match unsafe { os.syscall(f.rax, [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9]) } {
                 Outcome::Exit(status) => {
                     report.engine = *t.cache.stats();
+                    if counted && (report.engine.links != 0 || !t.table_is_empty()) {
+                        return Err(RunError::CountingBypassed);
+                    }
                     return Ok((status, report));
                 }
                 Outcome::Resume(ret) => {
