@@ -104,3 +104,27 @@ fn quick_check_finds_every_applet_identical() {
     let (same, all) = tally.split_once('/').unwrap();
     assert_eq!(same, all, "{stdout}");
 }
+
+/// The instruction count `kdbt-user stepped` prints on stderr.
+fn stepped_count(argv: &[&str]) -> u64 {
+    let out = Command::new(KDBT_USER).arg("stepped").arg("--").args(argv).env_clear().output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "instructions").unwrap_or_else(|| panic!("{text}"));
+    words[at - 1].parse().unwrap()
+}
+
+#[test]
+fn the_counted_run_matches_native_single_stepping_exactly() {
+    // Single-stepping is independent of the translator; `rep` iterations count once in
+    // both. Small programs only: stepping costs two context switches per instruction.
+    let path = std::env::temp_dir().join(format!("kdbt-user-lines-{}", std::process::id()));
+    let lines: String = (0..40u64).map(|i| format!("line {} {}\n", (i * 7919) % 101, i)).collect();
+    std::fs::write(&path, lines).unwrap();
+    for argv in [&["/bin/busybox", "true"][..], &["/bin/busybox", "sort", path.to_str().unwrap()][..]] {
+        let counted = Command::new(KDBT_USER).args(["run", "--counted", "--"]).args(argv).env_clear().output().unwrap();
+        let total = report_field(&counted, "from_cache") + report_field(&counted, "emulated");
+        assert_eq!(total, stepped_count(argv), "{argv:?}");
+    }
+    std::fs::remove_file(&path).ok();
+}

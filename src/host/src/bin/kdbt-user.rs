@@ -20,6 +20,7 @@ fn usage() -> ExitCode {
         "usage: kdbt-user check [--loader | --quick] [--jobs N] [--dir DIR]\n\
          \x20      kdbt-user bench [--repeat N] [--dir DIR]\n\
          \x20      kdbt-user run [--loader | --fast | --counted] -- PROGRAM [ARGS...]\n\
+         \x20      kdbt-user stepped -- PROGRAM [ARGS...]   (reference instruction count)\n\
          check runs every applet natively and as a guest (default: Transparent, Fast and a\n\
          counted run; --quick skips the counted run, --loader runs the guest untranslated;\n\
          --jobs: applets checked at a time, default: the number of CPUs)."
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
         "bench" => with_input(&dir, |input| bench::run(repeat, input, &dir)),
         "run" if !program.is_empty() && modes.len() == 1 => run(modes[0], &program),
         "run" if !program.is_empty() => run(TRANSPARENT, &program),
+        "stepped" if !program.is_empty() => stepped(&program),
         _ => usage(),
     }
 }
@@ -133,12 +135,32 @@ fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode 
     if same == workload::APPLETS.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// Counts a program's instructions by single-stepping it natively; prints the count on
+/// stderr and exits with the program's status.
+fn stepped(argv: &[Vec<u8>]) -> ExitCode {
+    match user::stepped::count_native(argv, &caller_env()) {
+        Ok((ended, insns)) => {
+            eprintln!("kdbt-user: {insns} instructions from the entry point, single-stepped; {ended:?}");
+            match ended {
+                user::child::Ended::Exited(s) => ExitCode::from(s as u8),
+                user::child::Ended::Signaled(_) => ExitCode::from(121),
+            }
+        }
+        Err(e) => {
+            eprintln!("kdbt-user: {}: {e}", String::from_utf8_lossy(&argv[0]));
+            ExitCode::from(120)
+        }
+    }
+}
+
+/// This process's environment as `KEY=VALUE` strings, for a guest.
+fn caller_env() -> Vec<Vec<u8>> {
+    std::env::vars_os().map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat()).collect()
+}
+
 /// Runs one program as a guest in this very process and exits with its status.
 fn run(mode: Mode, argv: &[Vec<u8>]) -> ExitCode {
-    let env: Vec<Vec<u8>> = std::env::vars_os()
-        .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
-        .collect();
-    match check::run_here(mode, argv, &env) {
+    match check::run_here(mode, argv, &caller_env()) {
         Ok((status, report)) => {
             if let Some(r) = report {
                 eprintln!("kdbt-user: {r:?}");

@@ -9,6 +9,7 @@ pub mod fsbase;
 pub mod guest;
 pub mod image;
 pub mod stack;
+pub mod stepped;
 pub mod switch;
 pub mod syscall;
 pub mod translated;
