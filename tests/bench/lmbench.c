@@ -276,7 +276,7 @@ static void b_fork_exec(long n)
 /* ns per page: first touch of each page of a fresh anonymous mapping. */
 static void b_page_fault_report(void)
 {
-	long rounds = iters(40) / REPS;
+	long rounds = iters(160) / REPS;
 	double s[REPS];
 	if (rounds < 1)
 		rounds = 1;
@@ -372,17 +372,17 @@ int main(int argc, char **argv)
 	if (sigaction(SIGUSR1, &sa, NULL))
 		die("sigaction");
 
-	bench("null_syscall", 20000, b_null);
-	bench("read_devnull", 20000, b_read);
-	bench("write_devnull", 20000, b_write);
-	bench("open_close", 5000, b_open_close);
-	bench("stat", 5000, b_stat);
-	bench("pipe_rtt", 5000, b_pipe);
-	bench("unix_rtt", 5000, b_unix);
-	bench("fork_exit", 200, b_fork_exit);
-	bench("fork_exec", 100, b_fork_exec);
+	bench("null_syscall", 100000, b_null);
+	bench("read_devnull", 100000, b_read);
+	bench("write_devnull", 100000, b_write);
+	bench("open_close", 20000, b_open_close);
+	bench("stat", 20000, b_stat);
+	bench("pipe_rtt", 20000, b_pipe);
+	bench("unix_rtt", 20000, b_unix);
+	bench("fork_exit", 1000, b_fork_exit);
+	bench("fork_exec", 400, b_fork_exec);
 	b_page_fault_report();
-	bench("mmap_munmap", 5000, b_mmap);
-	bench("signal", 10000, b_signal);
+	bench("mmap_munmap", 20000, b_mmap);
+	bench("signal", 40000, b_signal);
 	return 0;
 }

@@ -14,6 +14,9 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 bin=/kdbt/bin/lmbench
+# Same address-space layout in every pass: with ASLR on, where mmap places a
+# region (and so whether it merges with a neighbour) varies run to run.
+echo 0 > /proc/sys/kernel/randomize_va_space
 st=/sys/kernel/kdbt/stats
 echo; echo "=== kdbt bench native (scale $scale%) ==="
 $bin "$scale" || echo "kdbt-bench: FAIL native run exited $?"
