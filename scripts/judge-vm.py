@@ -2,8 +2,9 @@
 """Judges a VM console log: KTAP results and plan, kernel errors, timeout,
 and the "decode:" lines of the load test against objdump of vmlinux.
 
-usage: judge-vm.py CONSOLE_LOG VMLINUX QEMU_EXIT_STATUS
-Prints one line per check and "vm: N passed, N failed"; exits 1 on failure.
+usage: judge-vm.py CONSOLE_LOG VMLINUX QEMU_EXIT_STATUS [PASS_NAME]
+Prints one line per check (named PASS_NAME/check when given) and
+"vm: N passed, N failed"; exits 1 on failure.
 """
 import re, subprocess, sys
 
@@ -27,6 +28,7 @@ def objdump_insns(vmlinux, addr, count):
 
 def main():
     log_path, vmlinux, qemu_rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    prefix = f"{sys.argv[4]}/" if len(sys.argv) > 4 else ""
     try:
         text = open(log_path, errors="replace").read().replace("\r", "")
     except OSError:
@@ -72,7 +74,7 @@ def main():
 
     passed = sum(1 for ok, _, _ in results if ok)
     for ok, name, detail in results:
-        print(f"{'ok' if ok else 'not ok'} - {name}")
+        print(f"{'ok' if ok else 'not ok'} - {prefix}{name}")
         if not ok and detail:
             for d in detail.splitlines():
                 print(f"    {d}")
