@@ -15,7 +15,6 @@ use crate::entry::{thunks, KDBT_DISPATCH_STACKS, MAX_CPUS};
 use crate::execmem::{ExecMem, EXEC_BYTES};
 use crate::ffi::{self, MSR_LSTAR};
 use crate::idt::{self, Descriptor, VECTORS};
-use crate::stats::{bump, STATS};
 
 /// Smallest per-CPU cache, in KiB.
 pub(crate) const MIN_CACHE_KB: usize = 2048;
@@ -134,14 +133,8 @@ unsafe extern "C" fn remove_from_cpu(_: *mut core::ffi::c_void) -> i32 {
 unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this with interrupts off on each CPU.
     let Some(cpu) = (unsafe { cpu::get(this_cpu()) }) else { return 0 };
-    flush_cpu(cpu);
+    cpu.flush();
     0
-}
-
-fn flush_cpu(cpu: &mut CpuState) {
-    cpu.cache.flush();
-    bump(&STATS[cpu.slot].flushes);
-    cpu.retarget_syscall();
 }
 
 /// Puts every online CPU under translation.

@@ -114,6 +114,14 @@ impl CpuState {
         Ok(cpu)
     }
 
+    /// Empties this CPU's code cache (counted in `flushes`) and translates the
+    /// syscall entry again, which the `syscall` stub must always reach.
+    pub(crate) fn flush(&mut self) {
+        self.cache.flush();
+        crate::stats::bump(&crate::stats::STATS[self.slot].flushes);
+        self.retarget_syscall();
+    }
+
     /// Points this CPU's `syscall` stub at the translation of the kernel's
     /// syscall entry, translating it if needed (after a flush, say).
     pub(crate) fn retarget_syscall(&mut self) {

@@ -62,9 +62,7 @@ fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
     pc >= cpu.native.start && pc < cpu.native.end
 }
 
-/// Flushes this CPU's cache when it is full and re-translates the syscall
-/// entry, which its `syscall` stub must always reach.
-/// Also flushes when the heap runs short and this CPU holds a fair share of
+/// Flushes this CPU's cache when it is full. Also flushes when the heap runs short and this CPU holds a fair share of
 /// it (a CPU with a near-empty cache flushing would free nothing).
 fn flush_if_full<T>(cpu: &mut CpuState, r: &Result<T, Error>) -> bool {
     let full = matches!(r, Err(Error::CacheFull { .. }));
@@ -72,9 +70,7 @@ fn flush_if_full<T>(cpu: &mut CpuState, r: &Result<T, Error>) -> bool {
     if !full && !pressure {
         return false;
     }
-    cpu.cache.flush();
-    bump(&STATS[cpu.slot].flushes);
-    cpu.retarget_syscall();
+    cpu.flush();
     true
 }
 
