@@ -54,9 +54,15 @@ fn cpu_ids() -> usize {
     unsafe { bindings::nr_cpu_ids as usize }
 }
 
-/// Largest per-CPU cache, in KiB: each CPU's share of the executable area.
+/// Bytes of the executable area each possible CPU gets, whole pages.
+fn cpu_share() -> usize {
+    (EXEC_BYTES / cpu_ids().max(1)) & !4095
+}
+
+/// Largest per-CPU cache, in KiB: each CPU's share of the executable area
+/// less its thunk page.
 pub(crate) fn max_cache_kb() -> usize {
-    (EXEC_BYTES / cpu_ids().max(1) - thunks::SIZE) / 1024
+    (cpu_share() - thunks::SIZE) / 1024
 }
 
 /// Sets the per-CPU cache size for the next enable.
@@ -148,7 +154,7 @@ pub(crate) fn enable(exec: &ExecMem, native: NativeRange) -> Result {
         pr_err!("{} CPU ids, kdbt handles at most {}\n", ids, MAX_CPUS);
         return Err(ENODEV);
     }
-    let share = (EXEC_BYTES / ids) & !4095;
+    let share = cpu_share();
     let len = thunks::SIZE + cache_kb() * 1024;
     let d = idt::sidt();
     // SAFETY: `d` is this CPU's IDT register; all CPUs share the kernel's IDT.

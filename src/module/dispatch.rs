@@ -62,16 +62,35 @@ fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
     pc >= cpu.native.start && pc < cpu.native.end
 }
 
-/// Flushes this CPU's cache when it is full. Also flushes when the heap runs short and this CPU holds a fair share of
-/// it (a CPU with a near-empty cache flushing would free nothing).
-fn flush_if_full<T>(cpu: &mut CpuState, r: &Result<T, Error>) -> bool {
-    let full = matches!(r, Err(Error::CacheFull { .. }));
-    let pressure = cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::under_pressure();
-    if !full && !pressure {
-        return false;
+/// Whether to flush this CPU's cache after a lookup or translation: the
+/// cache is full, or the heap runs short after a translation (only those
+/// allocate) and this CPU holds a fair share of it (a CPU with a near-empty
+/// cache flushing would free nothing).
+fn needs_flush<T>(cpu: &CpuState, r: &Result<T, Error>, translated: bool) -> bool {
+    matches!(r, Err(Error::CacheFull { .. }))
+        || (translated && cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::under_pressure())
+}
+
+/// Finishes a lookup-or-translate of guest `pc` that returned `r` (the
+/// engine's miss count was `misses` before it): flushes and translates `pc`
+/// again if needed, publishes the statistics, and falls back to running `pc`
+/// natively when the engine cannot translate it.
+fn settle(cpu: &mut CpuState, pc: u64, misses: u64, mut r: Result<u64, Error>) -> u64 {
+    if needs_flush(cpu, &r, cpu.cache.stats().misses != misses) {
+        cpu.flush();
+        r = cpu.cache.entry(pc, &KernelText);
     }
-    cpu.flush();
-    true
+    publish_stats(cpu);
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            // Bounded: a stream of these would flood the log from the dispatcher.
+            if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
+                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.slot, pc, e);
+            }
+            pc
+        }
+    }
 }
 
 fn publish_stats(cpu: &CpuState) {
@@ -90,21 +109,9 @@ pub(crate) fn target_for(cpu: &mut CpuState, pc: u64) -> u64 {
     if runs_natively(cpu, pc) {
         return pc;
     }
-    let mut r = cpu.cache.entry(pc, &KernelText);
-    if flush_if_full(cpu, &r) {
-        r = cpu.cache.entry(pc, &KernelText);
-    }
-    publish_stats(cpu);
-    match r {
-        Ok(c) => c,
-        Err(e) => {
-            // Bounded: a stream of these would flood the log from the dispatcher.
-            if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
-                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.slot, pc, e);
-            }
-            pc
-        }
-    }
+    let misses = cpu.cache.stats().misses;
+    let r = cpu.cache.entry(pc, &KernelText);
+    settle(cpu, pc, misses, r)
 }
 
 fn current_segments() -> (u64, u64) {
@@ -261,15 +268,10 @@ pub(crate) fn on_cache_exit(regs: &mut Regs) {
     let (cs, ss) = current_segments();
     match cpu.cache.exit_reason(id, aux) {
         Ok(reason @ ExitReason::DirectMiss { target, .. }) if !runs_natively(cpu, target) => {
-            let mut r = cpu.cache.resolve(&reason, &KernelText);
-            if flush_if_full(cpu, &r) {
-                r = cpu.cache.entry(target, &KernelText).map(Some);
-            }
-            publish_stats(cpu);
-            let t = match r {
-                Ok(Some(c)) => c,
-                _ => target,
-            };
+            // Like `target_for`, but `resolve` also links the exit.
+            let misses = cpu.cache.stats().misses;
+            let r = cpu.cache.resolve(&reason, &KernelText).and_then(|c| c.ok_or(Error::NotLinkable));
+            let t = settle(cpu, target, misses, r);
             resume(cpu, regs, [t, cs, rflags, guest_rsp, ss]);
         }
         Ok(ExitReason::DirectMiss { target, .. }) => resume(cpu, regs, [target, cs, rflags, guest_rsp, ss]),
