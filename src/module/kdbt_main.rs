@@ -99,6 +99,6 @@ impl Drop for Kdbt {
         SHARED.store(core::ptr::null_mut(), Ordering::Release);
         self.shared = None;
         heap::exit();
-        pr_info!("unloaded ({} blocks translated while loaded)\n", sysfs::total_blocks());
+        pr_info!("unloaded ({} blocks translated while loaded)\n", stats::total(|s| &s.blocks_translated));
     }
 }

@@ -14,7 +14,7 @@ use kernel::prelude::*;
 
 use crate::control;
 use crate::entry::MAX_CPUS;
-use crate::stats::{self, CpuStats, SCALARS, STATS};
+use crate::stats::{CpuStats, SCALARS, STATS};
 
 type Show = unsafe extern "C" fn(*mut bindings::kobject, *mut bindings::kobj_attribute, *mut u8) -> isize;
 type Store =
@@ -287,9 +287,4 @@ impl Drop for Sysfs {
             }
         }
     }
-}
-
-/// Total of one statistic (used by the module's unload report).
-pub(crate) fn total_blocks() -> u64 {
-    stats::total(|s| &s.blocks_translated)
 }
