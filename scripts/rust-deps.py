@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Compile the module's Rust dependencies with exactly the kernel's rustc flags.
 
-`alloc` comes from the pinned rust-web-src; iced-x86, bitflags, spin (and what
-they pull in) come from the cargo registry, at the versions and with the
-features that Cargo.lock and `cargo tree` resolve for kdbt-engine's normal
-build; kdbt-engine itself comes from this repo. Each crate is emitted as an
+`alloc` comes from the pinned rust-web-src; iced-x86, bitflags, spin, talc (and
+what they pull in) come from the cargo registry, at the versions and with the
+features that Cargo.lock and `cargo tree` resolve for the normal build of
+kdbt-module-deps (src/module/deps, a package that only names them);
+kdbt-engine itself comes from this repo. Each crate is emitted as an
 rlib-metadata file plus an object; the objects are linked into one relocatable
 object that Kbuild links into kdbt.ko.
 
@@ -14,6 +15,7 @@ import json, os, shlex, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUSTC = os.environ.get("KDBT_RUSTC", "/usr/bin/rustc")
+ROOT_PACKAGE = "kdbt-module-deps"
 ALLOC_SRC = "/usr/lib/rustlib/src/rust/library/alloc/src/lib.rs"
 # Lint and output flags of core.o that do not apply to other crates.
 DROP_PREFIXES = ("-W", "-A", "-D", "--emit", "--crate-", "-L", "--edition", "--cfg",
@@ -64,13 +66,13 @@ def crate_plan():
     pkgs = {p["id"]: p for p in meta["packages"]}
     # Features as resolved for kdbt-engine's own (normal, kernel) build.
     feats = {}
-    for line in cargo("tree", "-p", "kdbt-engine", "-e", "normal", "--prefix", "none",
+    for line in cargo("tree", "-p", ROOT_PACKAGE, "-e", "normal", "--prefix", "none",
                       "-f", "{p}|{f}", "--locked").splitlines():
         p, _, f = line.partition("|")
         name, ver = p.split()[:2]
         feats[(name, ver.lstrip("v"))] = [x for x in f.split(",") if x]
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
-    root = next(i for i, p in pkgs.items() if p["name"] == "kdbt-engine")
+    root = next(i for i, p in pkgs.items() if p["name"] == ROOT_PACKAGE)
     order, seen = [], set()
 
     def visit(pid):
@@ -91,7 +93,7 @@ def crate_plan():
                       feats.get((p["name"], p["version"]), []), externs))
 
     visit(root)
-    return order
+    return order[:-1]  # the root package names the crates and has no code
 
 
 def rustc(tree, flags, out, name, src, edition, features, externs, cap_lints):

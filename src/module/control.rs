@@ -1,42 +1,89 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Switching translation on and off, flushing, and the cache size: the
-//! operations behind the sysfs knobs. Each runs in process context; the
-//! per-CPU work happens inside `stop_machine`, with every CPU in kdbt's own
-//! (never translated) callback, so no CPU is executing in a code cache while
-//! IDTs, MSRs or caches change.
+//! Switching translation on and off, flushing, the cache size, and CPU
+//! hotplug: the operations behind the sysfs knobs and the hotplug callbacks.
+//!
+//! The knobs run in process context, one at a time (a mutex: a second writer
+//! waits and then sees the state the first left). Per-CPU changes of enable,
+//! disable and flush happen inside `stop_machine`, with every CPU in kdbt's
+//! own (never translated) callback, so no CPU is executing in a code cache
+//! while IDTs, MSRs or caches change. Enable and disable keep CPU hotplug
+//! off while they run; a CPU coming online while translation is on joins it
+//! from its hotplug callback, on that CPU, and one going offline leaves it
+//! and gives its cache back.
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 
 use crate::cpu::{self, CpuState, NativeRange, Setup};
-use crate::entry::{thunks, KDBT_DISPATCH_STACKS, MAX_CPUS};
-use crate::execmem::{ExecMem, EXEC_BYTES};
 use crate::ffi::{self, MSR_LSTAR};
-use crate::idt::{self, Descriptor, VECTORS};
+use crate::heap::{self, Chunk};
+use crate::idt;
+use crate::irq::IrqGuard;
 
 /// Smallest per-CPU cache, in KiB.
 pub(crate) const MIN_CACHE_KB: usize = 2048;
+/// Largest per-CPU cache, in KiB.
+pub(crate) const MAX_CACHE_KB: usize = 64 << 10;
 const DEFAULT_CACHE_KB: usize = 4096;
+/// Heap per CPU beyond its metadata budget (equal to its cache size): its
+/// dispatcher stack, shadow IDT and state, and the translation headroom.
+const CPU_HEAP_EXTRA: usize = (64 << 10) + heap::HEADROOM;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static CACHE_KB: AtomicUsize = AtomicUsize::new(DEFAULT_CACHE_KB);
-static BUSY: AtomicBool = AtomicBool::new(false);
 
-/// Serialises control operations; a concurrent one gets `EBUSY`.
-struct Busy;
+/// What exists while translation is on.
+struct Session {
+    setup: Setup,
+    /// Each CPU id's heap chunk, kept while translation is on (a CPU coming
+    /// back online reuses its chunk).
+    chunks: KVec<Option<Chunk>>,
+}
 
-impl Busy {
-    fn take() -> Result<Self> {
-        BUSY.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).map_err(|_| EBUSY)?;
-        Ok(Busy)
+/// The session; changed by enable and disable (hotplug off) and by hotplug
+/// callbacks (which exclude them and each other), so never concurrently.
+static SESSION: spin::Mutex<Option<KBox<Session>>> = spin::Mutex::new(None);
+
+/// The control mutex, held for the life of the guard.
+struct Control;
+
+impl Control {
+    /// Waits for the mutex; a signal ends the wait (`EINTR`) unless
+    /// `interruptible` is false.
+    fn wait(interruptible: bool) -> Result<Self> {
+        // SAFETY: plain call; sleeps until the mutex is free (or a signal comes).
+        let r = unsafe { ffi::kdbt_control_lock(i32::from(interruptible)) };
+        if r != 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(Control)
     }
 }
 
-impl Drop for Busy {
+impl Drop for Control {
     fn drop(&mut self) {
-        BUSY.store(false, Ordering::Release);
+        // SAFETY: this guard holds the mutex.
+        unsafe { ffi::kdbt_control_unlock() };
+    }
+}
+
+/// CPU hotplug is off for the life of the guard.
+struct NoHotplug;
+
+impl NoHotplug {
+    fn new() -> Self {
+        // SAFETY: plain call; waits for a hotplug operation in progress.
+        unsafe { bindings::cpu_hotplug_disable() };
+        NoHotplug
+    }
+}
+
+impl Drop for NoHotplug {
+    fn drop(&mut self) {
+        // SAFETY: balances `cpu_hotplug_disable` in `new`.
+        unsafe { bindings::cpu_hotplug_enable() };
     }
 }
 
@@ -48,27 +95,10 @@ pub(crate) fn cache_kb() -> usize {
     CACHE_KB.load(Ordering::Relaxed)
 }
 
-/// Number of possible CPU ids.
-fn cpu_ids() -> usize {
-    // SAFETY: `nr_cpu_ids` is set at boot and read-only afterwards.
-    unsafe { bindings::nr_cpu_ids as usize }
-}
-
-/// Bytes of the executable area each possible CPU gets, whole pages.
-fn cpu_share() -> usize {
-    (EXEC_BYTES / cpu_ids().max(1)) & !4095
-}
-
-/// Largest per-CPU cache, in KiB: each CPU's share of the executable area
-/// less its thunk page.
-pub(crate) fn max_cache_kb() -> usize {
-    (cpu_share() - thunks::SIZE) / 1024
-}
-
 /// Sets the per-CPU cache size for the next enable.
 pub(crate) fn set_cache_kb(kb: usize) -> Result {
-    let _busy = Busy::take()?;
-    if enabled() || !(MIN_CACHE_KB..=max_cache_kb()).contains(&kb) {
+    let _c = Control::wait(true)?;
+    if enabled() || !(MIN_CACHE_KB..=MAX_CACHE_KB).contains(&kb) {
         return Err(EINVAL);
     }
     CACHE_KB.store(kb, Ordering::Relaxed);
@@ -81,16 +111,10 @@ fn cpu_online(id: usize) -> bool {
     bits.get(id / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
 }
 
-/// The id of the CPU running this (interrupts off or preemption disabled).
+/// The id of the CPU running this (interrupts off or pinned).
 fn this_cpu() -> usize {
-    const OFF: usize = core::mem::offset_of!(bindings::pcpu_hot__bindgen_ty_1__bindgen_ty_1, cpu_number);
-    let id: u32;
-    // SAFETY: `pcpu_hot` is a per-CPU variable reached through the kernel GS base.
-    unsafe {
-        core::arch::asm!("mov {0:e}, gs:[{1} + {2}]", out(reg) id, sym bindings::pcpu_hot, const OFF,
-                         options(nostack, readonly, preserves_flags))
-    };
-    id as usize
+    // SAFETY: plain call (`raw_smp_processor_id`).
+    unsafe { ffi::kdbt_this_cpu() as usize }
 }
 
 /// Runs `f` on every online CPU at once, inside `stop_machine`.
@@ -107,101 +131,181 @@ fn on_all_cpus(f: unsafe extern "C" fn(*mut core::ffi::c_void) -> i32) -> Result
 }
 
 unsafe extern "C" fn install_on_cpu(_: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: stop_machine runs this with interrupts off on each CPU.
-    let Some(cpu) = (unsafe { cpu::get(this_cpu()) }) else { return -(bindings::ENODEV as i32) };
-    cpu.original_idt = idt::sidt();
-    cpu.original_lstar = idt::rdmsr(MSR_LSTAR);
-    let d = Descriptor { limit: (VECTORS * 16 - 1) as u16, base: cpu.idt.as_ptr() as u64 };
-    // SAFETY: the shadow table holds valid gates (copies of the kernel's, some
-    // entering kdbt's stubs) and lives until `remove_from_cpu` reloads the
-    // kernel's; the syscall stub jumps to the translated (or native) entry.
-    unsafe {
-        idt::lidt(&d);
-        idt::wrmsr(MSR_LSTAR, cpu.syscall_stub());
+    // SAFETY: stop_machine runs this on each CPU with interrupts off.
+    match unsafe { cpu::get(this_cpu()) } {
+        Some(cpu) => {
+            cpu.install();
+            0
+        }
+        None => -(bindings::ENODEV as i32),
     }
-    0
 }
 
 unsafe extern "C" fn remove_from_cpu(_: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: stop_machine runs this with interrupts off on each CPU.
-    let Some(cpu) = (unsafe { cpu::get(this_cpu()) }) else { return 0 };
-    if cpu.original_lstar == 0 {
-        return 0; // never installed here
-    }
-    // SAFETY: restores exactly what `install_on_cpu` saved on this CPU.
-    unsafe {
-        idt::lidt(&cpu.original_idt);
-        idt::wrmsr(MSR_LSTAR, cpu.original_lstar);
+    // SAFETY: stop_machine runs this on each CPU with interrupts off.
+    if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
+        cpu.remove();
     }
     0
 }
 
 unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: stop_machine runs this with interrupts off on each CPU.
-    let Some(cpu) = (unsafe { cpu::get(this_cpu()) }) else { return 0 };
-    cpu.flush();
+    // SAFETY: stop_machine runs this on each CPU with interrupts off.
+    if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
+        cpu.flush();
+    }
     0
 }
 
-/// Puts every online CPU under translation.
-pub(crate) fn enable(exec: &ExecMem, native: NativeRange) -> Result {
-    let _busy = Busy::take()?;
+/// Builds and publishes CPU `id`'s state, growing the heap for it first if
+/// it has no chunk yet. Process context.
+fn build_cpu(session: &mut Session, id: usize) -> Result {
+    let slot = session.chunks.as_mut_slice().get_mut(id).ok_or(ENODEV)?;
+    if slot.is_none() {
+        *slot = Some(heap::grow(session.setup.cache_bytes + CPU_HEAP_EXTRA)?);
+    }
+    cpu::publish(CpuState::new(id, &session.setup)?).map_err(|_| EEXIST)
+}
+
+/// Frees every CPU's state and gives the heap chunks back. Process context,
+/// after every CPU left translation.
+fn teardown(session: Option<KBox<Session>>) {
+    for id in 0..cpu::ids() {
+        drop(cpu::take(id));
+    }
+    if let Some(mut s) = session {
+        s.chunks.as_mut_slice().iter_mut().filter_map(Option::take).for_each(heap::release);
+    }
+}
+
+/// Puts every online CPU under translation; `native` is kdbt's own text.
+pub(crate) fn enable(native: NativeRange) -> Result {
+    let _c = Control::wait(true)?;
     if enabled() {
         return Ok(());
     }
-    let ids = cpu_ids();
-    if ids > MAX_CPUS {
-        pr_err!("{} CPU ids, kdbt handles at most {}\n", ids, MAX_CPUS);
-        return Err(ENODEV);
-    }
-    let share = cpu_share();
-    let len = thunks::SIZE + cache_kb() * 1024;
+    let _h = NoHotplug::new();
     let d = idt::sidt();
     // SAFETY: `d` is this CPU's IDT register; all CPUs share the kernel's IDT.
-    let kernel_idt = unsafe { idt::read_table(&d) };
-    let setup = Setup { kernel_idt: &kernel_idt, syscall_entry: idt::rdmsr(MSR_LSTAR), native };
-    let built = (0..ids).filter(|&id| cpu_online(id)).try_for_each(|id| {
-        // SAFETY: CPU `id` gets the disjoint range `id * share ..`, `len <= share`.
-        let region = unsafe { exec.region(id * share, len)? };
-        cpu::publish(CpuState::new(id, region, ExecMem::exec_base() + (id * share) as u64, &setup)?);
-        Ok(())
-    });
+    let kernel_idt = unsafe { idt::read_table(&d) }.ok_or(ENOMEM)?;
+    crate::entry::set_native_handlers(kernel_idt.iter().map(idt::Gate::handler));
+    let setup = Setup { kernel_idt, syscall_entry: idt::rdmsr(MSR_LSTAR), native, cache_bytes: cache_kb() * 1024 };
+    let mut chunks = KVec::with_capacity(cpu::ids(), GFP_KERNEL)?;
+    for _ in 0..cpu::ids() {
+        chunks.push(None, GFP_KERNEL)?;
+    }
+    let mut session = KBox::new(Session { setup, chunks }, GFP_KERNEL)?;
+    let built = (0..cpu::ids()).filter(|&id| cpu_online(id)).try_for_each(|id| build_cpu(&mut session, id));
     if let Err(e) = built.and_then(|()| on_all_cpus(install_on_cpu)) {
         // Undo wherever the install got to before freeing anything.
-        on_all_cpus(remove_from_cpu)?;
-        teardown();
+        let undone = on_all_cpus(remove_from_cpu);
+        if undone.is_ok() {
+            teardown(Some(session));
+        } else {
+            pr_crit!("cannot undo a failed enable; keeping its memory\n");
+            core::mem::forget(session);
+        }
         return Err(e);
     }
+    *SESSION.lock() = Some(session);
     ENABLED.store(true, Ordering::Release);
     pr_info!("translation enabled ({} KiB cache per CPU)\n", cache_kb());
     Ok(())
 }
 
-fn teardown() {
-    drop(cpu::take_all());
-    // SAFETY: no CPU runs the entry asm any more (every IDT is the kernel's).
-    unsafe { *core::ptr::addr_of_mut!(KDBT_DISPATCH_STACKS) = [0; MAX_CPUS] };
-}
-
 /// Gives every CPU back to native execution and frees the caches.
 pub(crate) fn disable() -> Result {
-    let _busy = Busy::take()?;
+    disable_locked(Control::wait(true)?)
+}
+
+/// `disable`, which a signal cannot stop: the module is going away.
+pub(crate) fn disable_at_unload() -> Result {
+    disable_locked(Control::wait(false)?)
+}
+
+fn disable_locked(_c: Control) -> Result {
     if !enabled() {
         return Ok(());
     }
+    let _h = NoHotplug::new();
     on_all_cpus(remove_from_cpu)?;
     ENABLED.store(false, Ordering::Release);
-    teardown();
-    let (in_use, carved) = crate::heap::usage();
-    pr_info!("translation disabled (heap: {} KiB in use, {} KiB carved)\n", in_use >> 10, carved >> 10);
+    let session = SESSION.lock().take();
+    teardown(session);
+    let (in_use, claimed) = heap::usage();
+    pr_info!("translation disabled (heap: {} KiB in use, {} KiB claimed)\n", in_use >> 10, claimed >> 10);
     Ok(())
 }
 
 /// Empties every CPU's code cache.
 pub(crate) fn flush() -> Result {
-    let _busy = Busy::take()?;
+    let _c = Control::wait(true)?;
     if enabled() {
         on_all_cpus(flush_on_cpu)?;
     }
     Ok(())
+}
+
+/// CPU hotplug, `CPUHP_AP_ONLINE_DYN` startup: runs on CPU `id` itself, in
+/// its hotplug thread, while enable and disable are excluded.
+unsafe extern "C" fn cpu_online_cb(id: u32) -> i32 {
+    let id = id as usize;
+    if !enabled() || this_cpu() != id {
+        return 0;
+    }
+    // Taken out while building (which sleeps); nothing else can look at the
+    // session meanwhile: hotplug callbacks exclude enable, disable and each other.
+    let Some(mut session) = SESSION.lock().take() else { return 0 };
+    let built = build_cpu(&mut session, id);
+    *SESSION.lock() = Some(session);
+    if let Err(e) = built {
+        pr_warn!("cpu {} came online but stays native: {:?}\n", id, e);
+        return 0;
+    }
+    let _irq = IrqGuard::new();
+    // SAFETY: this is CPU `id`, interrupts are off, and its state was just published.
+    if let Some(cpu) = unsafe { cpu::get(id) } {
+        cpu.install();
+    }
+    0
+}
+
+/// CPU hotplug teardown: runs on CPU `id` itself before it goes offline.
+unsafe extern "C" fn cpu_offline_cb(id: u32) -> i32 {
+    let id = id as usize;
+    if this_cpu() != id {
+        return 0;
+    }
+    {
+        let _irq = IrqGuard::new();
+        // SAFETY: this is CPU `id`, interrupts are off, outside the dispatcher.
+        if let Some(cpu) = unsafe { cpu::get(id) } {
+            cpu.remove();
+        }
+    }
+    // No entry path of this CPU uses its state any more; its chunk stays in
+    // the session for when it comes back.
+    drop(cpu::take(id));
+    0
+}
+
+/// The registered hotplug callbacks, from load to unload.
+pub(crate) struct Hotplug(i32);
+
+impl Hotplug {
+    pub(crate) fn register() -> Result<Self> {
+        // SAFETY: the callbacks are kdbt functions that live as long as the module.
+        let r = unsafe { ffi::kdbt_cpuhp_setup(cpu_online_cb, cpu_offline_cb) };
+        if r < 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(Hotplug(r))
+    }
+}
+
+impl Drop for Hotplug {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is the state `register` got.
+        unsafe { ffi::kdbt_cpuhp_remove(self.0) };
+    }
 }

@@ -1,65 +1,79 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! One CPU's translation state: its region of executable memory (thunks and
-//! the engine's code cache), its shadow IDT and its dispatcher stack.
+//! Per-CPU translation state: each translating CPU's executable region
+//! (thunks and the engine's code cache), shadow IDT and dispatcher stack,
+//! built when the CPU joins translation (enable, or coming online) and freed
+//! when it leaves (disable, or going offline); and the table, one entry per
+//! possible CPU id, through which the entry paths find it.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kdbt_engine::{CallRetPolicy, CodeCache, Config, HookClass, IblSize};
+use kernel::bindings;
 use kernel::prelude::*;
 
-use crate::entry::{self, thunks, MAX_CPUS};
-use crate::idt::{Gate, VECTORS};
+use crate::entry::{self, thunks, SlotInfo};
+use crate::execmem::Region;
+use crate::idt::{self, Gate, VECTORS};
+use crate::stats::CpuStats;
 
 /// Smallest arena that gets the large inline lookup table.
 const LARGE_IBL_MIN_ARENA: usize = 2 << 20;
 
 /// Bytes of each dispatcher stack.
-const STACK_BYTES: usize = 32 << 10;
+pub(crate) const STACK_BYTES: usize = 32 << 10;
 
-/// Where the kernel's own code is: what kdbt runs natively instead of
-/// translating (its own text, so that it never translates the code that
-/// manages the caches).
+/// Where kdbt's own text is: what it runs natively instead of translating,
+/// so that it never translates the code that manages the caches.
 #[derive(Clone, Copy)]
 pub(crate) struct NativeRange {
     pub(crate) start: u64,
     pub(crate) end: u64,
 }
 
-/// One CPU's state while translation is enabled.
+/// One CPU's state while it translates.
 ///
 /// # Invariants
-/// `thunks` and the cache's arena are the disjoint halves of this CPU's region
-/// of [`crate::execmem::ExecMem`], executed at `exec`; only this CPU's
-/// dispatcher (interrupts off) and stop_machine callbacks touch them.
+/// `thunks` and the cache's arena are the disjoint halves of `region`'s
+/// writable view (declared before it, so dropped first); only this CPU's
+/// dispatcher (interrupts off) and its own install/remove callbacks touch them.
 pub(crate) struct CpuState {
-    pub(crate) slot: usize,
+    pub(crate) id: usize,
     pub(crate) exec: u64,
     pub(crate) thunks: &'static mut [u8],
     pub(crate) cache: CodeCache<&'static mut [u8]>,
     pub(crate) idt: Vec<Gate>,
-    pub(crate) handlers: [u64; VECTORS],
+    pub(crate) handlers: Vec<u64>,
+    /// Bit per vector: its gate runs on an IST stack.
+    ist: [u64; VECTORS / 64],
     pub(crate) syscall_entry: u64,
     pub(crate) native: NativeRange,
-    pub(crate) original_idt: crate::idt::Descriptor,
+    pub(crate) stats: &'static CpuStats,
+    pub(crate) original_idt: idt::Descriptor,
     pub(crate) original_lstar: u64,
     _stack: Vec<u64>,
+    _region: Region,
 }
 
-static CPUS: [AtomicPtr<CpuState>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
-
 /// What [`CpuState::new`] needs besides the CPU's own memory.
-pub(crate) struct Setup<'a> {
-    pub(crate) kernel_idt: &'a [Gate; VECTORS],
+pub(crate) struct Setup {
+    /// `VECTORS` gates.
+    pub(crate) kernel_idt: Vec<Gate>,
     pub(crate) syscall_entry: u64,
     pub(crate) native: NativeRange,
+    pub(crate) cache_bytes: usize,
 }
 
 impl CpuState {
-    /// Builds the state of CPU `slot` over `region` (executed at `exec`).
-    pub(crate) fn new(slot: usize, region: &'static mut [u8], exec: u64, setup: &Setup<'_>) -> Result<KBox<Self>> {
-        let (thunk_page, arena) = region.split_at_mut(thunks::SIZE);
-        entry::write_thunks(thunk_page, exec, slot as u8).ok_or(EINVAL)?;
+    /// Builds the state of CPU `id`. Process context; may sleep.
+    pub(crate) fn new(id: usize, setup: &Setup) -> Result<KBox<Self>> {
+        let stats = table().and_then(|t| t.stats.as_slice().get(id)).ok_or(ENODEV)?;
+        let region = Region::new(thunks::SIZE + setup.cache_bytes)?;
+        let exec = region.exec();
+        // SAFETY: the only split of `region`, which the state owns and drops last.
+        let (thunk_page, arena) = unsafe { region.split(thunks::SIZE)? };
+        let cpu_id = u32::try_from(id).map_err(|_| EINVAL)?;
+        entry::write_thunks(thunk_page, exec, cpu_id, idt::has_error_code).ok_or(EINVAL)?;
         let config = Config {
             policy: CallRetPolicy::Transparent,
             red_zone: 0,
@@ -70,43 +84,42 @@ impl CpuState {
             ibl: if arena.len() >= LARGE_IBL_MIN_ARENA { IblSize::Large } else { IblSize::Small },
         };
         let cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
-            pr_err!("cpu {}: code cache: {}\n", slot, e);
+            pr_err!("cpu {}: code cache: {}\n", id, e);
             EINVAL
         })?;
         let mut stack = Vec::new();
         stack.try_reserve_exact(STACK_BYTES / 8).map_err(|_| ENOMEM)?;
         stack.resize(STACK_BYTES / 8, 0u64);
-        let stack_top = (stack.as_ptr() as u64 + STACK_BYTES as u64) & !15;
-        let mut idt = Vec::new();
-        idt.try_reserve_exact(VECTORS).map_err(|_| ENOMEM)?;
-        idt.resize(VECTORS, Gate::default());
-        let mut handlers = [0u64; VECTORS];
-        for (v, gate) in setup.kernel_idt.iter().enumerate() {
-            handlers[v] = gate.handler();
-            // IST gates (NMI, #DB, #DF, #MC) stay native: they run on their own
-            // stacks at any moment, including inside the dispatcher.
-            idt[v] = if gate.present() && gate.ist() == 0 {
-                gate.redirected(exec + (v * thunks::VECTOR_STUB) as u64)
-            } else {
-                *gate
-            };
+        let mut gates = Vec::new();
+        gates.try_reserve_exact(VECTORS).map_err(|_| ENOMEM)?;
+        gates.resize(VECTORS, Gate::default());
+        let mut handlers = Vec::new();
+        handlers.try_reserve_exact(VECTORS).map_err(|_| ENOMEM)?;
+        let mut ist = [0u64; VECTORS / 64];
+        for (v, gate) in setup.kernel_idt.iter().enumerate().take(VECTORS) {
+            handlers.push(gate.handler());
+            if gate.ist() != 0 {
+                ist[v / 64] |= 1 << (v % 64);
+            }
+            // Every present gate enters kdbt, IST gates on their own stacks.
+            gates[v] = if gate.present() { gate.redirected(exec + (v * thunks::VECTOR_STUB) as u64) } else { *gate };
         }
-        // SAFETY: the stacks array is only read by the entry asm of this slot,
-        // which cannot run before this CPU's shadow IDT is installed.
-        unsafe { entry::KDBT_DISPATCH_STACKS[slot] = stack_top };
         let mut cpu = KBox::new(
             CpuState {
-            slot,
-            exec,
-            thunks: thunk_page,
-            cache,
-            idt,
-            handlers,
-            syscall_entry: setup.syscall_entry,
-            native: setup.native,
-            original_idt: crate::idt::Descriptor::default(),
-            original_lstar: 0,
-            _stack: stack,
+                id,
+                exec,
+                thunks: thunk_page,
+                cache,
+                idt: gates,
+                handlers,
+                ist,
+                syscall_entry: setup.syscall_entry,
+                native: setup.native,
+                stats,
+                original_idt: idt::Descriptor::default(),
+                original_lstar: 0,
+                _stack: stack,
+                _region: region,
             },
             GFP_KERNEL,
         )?;
@@ -114,11 +127,21 @@ impl CpuState {
         Ok(cpu)
     }
 
+    /// Whether `vector`'s gate runs on an IST stack.
+    pub(crate) fn is_ist(&self, vector: usize) -> bool {
+        self.ist.get(vector / 64).is_some_and(|w| w & (1 << (vector % 64)) != 0)
+    }
+
+    /// Top of the dispatcher stack, 16-byte aligned.
+    fn stack_top(&self) -> u64 {
+        (self._stack.as_ptr() as u64 + STACK_BYTES as u64) & !15
+    }
+
     /// Empties this CPU's code cache (counted in `flushes`) and translates the
     /// syscall entry again, which the `syscall` stub must always reach.
     pub(crate) fn flush(&mut self) {
         self.cache.flush();
-        crate::stats::bump(&crate::stats::STATS[self.slot].flushes);
+        crate::stats::bump(&self.stats.flushes);
         self.retarget_syscall();
     }
 
@@ -132,40 +155,135 @@ impl CpuState {
         }
     }
 
-    /// Address of this CPU's `syscall` stub.
-    pub(crate) fn syscall_stub(&self) -> u64 {
-        self.exec + thunks::SYSCALL as u64
-    }
-}
-
-/// Publishes `cpu` for the entry paths of its slot.
-pub(crate) fn publish(cpu: KBox<CpuState>) {
-    let slot = cpu.slot;
-    CPUS[slot].store(KBox::into_raw(cpu), Ordering::Release);
-}
-
-/// Takes back every published state.
-pub(crate) fn take_all() -> Vec<KBox<CpuState>> {
-    let mut all = Vec::new();
-    for p in &CPUS {
-        let raw = p.swap(core::ptr::null_mut(), Ordering::AcqRel);
-        if !raw.is_null() {
-            // SAFETY: `raw` came from `KBox::into_raw` in `publish`, and no
-            // entry path can use it any more (the caller restored every IDT).
-            all.push(unsafe { KBox::from_raw(raw) });
+    /// Puts this CPU under translation. Runs on the CPU itself, interrupts off.
+    pub(crate) fn install(&mut self) {
+        let slot = &table_slots()[self.id];
+        slot.stack_top.store(self.stack_top(), Ordering::Relaxed);
+        slot.kernel_gs.store(idt::rdmsr(crate::ffi::MSR_GS_BASE), Ordering::Relaxed);
+        slot.busy.store(0, Ordering::Relaxed);
+        slot.thunks.store(self.exec, Ordering::Release);
+        self.original_idt = idt::sidt();
+        self.original_lstar = idt::rdmsr(crate::ffi::MSR_LSTAR);
+        let d = idt::Descriptor { limit: (VECTORS * 16 - 1) as u16, base: self.idt.as_ptr() as u64 };
+        // SAFETY: the shadow table holds valid gates entering this CPU's stubs,
+        // whose slot words were just written, and lives until `remove`; the
+        // syscall stub jumps to the translated (or native) entry.
+        unsafe {
+            idt::lidt(&d);
+            idt::wrmsr(crate::ffi::MSR_LSTAR, self.exec + thunks::SYSCALL as u64);
         }
     }
-    all
+
+    /// Gives this CPU back to the kernel's IDT and syscall entry. Runs on the
+    /// CPU itself, interrupts off, outside the dispatcher.
+    pub(crate) fn remove(&mut self) {
+        if self.original_lstar == 0 {
+            return; // never installed
+        }
+        // SAFETY: restores exactly what `install` saved on this CPU.
+        unsafe {
+            idt::lidt(&self.original_idt);
+            idt::wrmsr(crate::ffi::MSR_LSTAR, self.original_lstar);
+        }
+        self.original_lstar = 0;
+        table_slots()[self.id].thunks.store(0, Ordering::Release);
+    }
 }
 
-/// The state of `slot`, for that CPU's dispatcher or its stop_machine callback.
+/// The per-CPU-id table: states, the entry asm's slot words, statistics.
+///
+/// # Invariants
+/// The three vectors have one entry per possible CPU id; a non-null state
+/// pointer came from `KBox::into_raw` and is owned by the table.
+pub(crate) struct Table {
+    states: KVec<AtomicPtr<CpuState>>,
+    slots: KVec<SlotInfo>,
+    pub(crate) stats: KVec<CpuStats>,
+}
+
+static TABLE: AtomicPtr<Table> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Number of possible CPU ids.
+pub(crate) fn ids() -> usize {
+    // SAFETY: `nr_cpu_ids` is set at boot and read-only afterwards.
+    unsafe { bindings::nr_cpu_ids as usize }
+}
+
+impl Table {
+    /// Builds and publishes the table, at load.
+    pub(crate) fn new() -> Result<KBox<Self>> {
+        let n = ids();
+        let mut t = KBox::new(
+            Table { states: KVec::with_capacity(n, GFP_KERNEL)?, slots: KVec::with_capacity(n, GFP_KERNEL)?, stats: KVec::with_capacity(n, GFP_KERNEL)? },
+            GFP_KERNEL,
+        )?;
+        for _ in 0..n {
+            t.states.push(AtomicPtr::new(core::ptr::null_mut()), GFP_KERNEL)?;
+            t.slots.push(SlotInfo::new(), GFP_KERNEL)?;
+            t.stats.push(CpuStats::new(), GFP_KERNEL)?;
+        }
+        // SAFETY: the slot array lives in the box until `Drop` unpublishes it,
+        // which runs after every CPU left translation.
+        unsafe { entry::publish_slots(t.slots.as_mut_ptr()) };
+        TABLE.store(&mut *t, Ordering::Release);
+        Ok(t)
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        TABLE.store(core::ptr::null_mut(), Ordering::Release);
+        // SAFETY: no CPU translates any more, so no entry asm reads the slots.
+        unsafe { entry::publish_slots(core::ptr::null_mut()) };
+        for p in self.states.iter() {
+            let raw = p.swap(core::ptr::null_mut(), Ordering::AcqRel);
+            if !raw.is_null() {
+                // SAFETY: the table owns published states (see `publish`).
+                drop(unsafe { KBox::from_raw(raw) });
+            }
+        }
+    }
+}
+
+/// The table, from load to unload.
+pub(crate) fn table() -> Option<&'static Table> {
+    // SAFETY: published in `Table::new`, cleared before it is freed.
+    unsafe { TABLE.load(Ordering::Acquire).as_ref() }
+}
+
+fn table_slots() -> &'static [SlotInfo] {
+    table().map_or(&[], |t| t.slots.as_slice())
+}
+
+/// Publishes `cpu` for the entry paths of its CPU; gives it back if that
+/// CPU already has one (a kdbt bug).
+pub(crate) fn publish(cpu: KBox<CpuState>) -> core::result::Result<(), KBox<CpuState>> {
+    let Some(slot) = table().and_then(|t| t.states.as_slice().get(cpu.id)) else { return Err(cpu) };
+    let raw = KBox::into_raw(cpu);
+    match slot.compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Ok(()),
+        // SAFETY: `raw` came from `into_raw` just above and was not published.
+        Err(_) => Err(unsafe { KBox::from_raw(raw) }),
+    }
+}
+
+/// Takes back the state of CPU `id`, once it no longer translates.
+pub(crate) fn take(id: usize) -> Option<KBox<CpuState>> {
+    let slot = table()?.states.as_slice().get(id)?;
+    let raw = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: `raw` came from `KBox::into_raw` in `publish`; the caller made
+    // sure CPU `id` left translation, so no entry path uses it any more.
+    (!raw.is_null()).then(|| unsafe { KBox::from_raw(raw) })
+}
+
+/// The state of CPU `id`, for that CPU's dispatcher or its own callbacks.
 ///
 /// # Safety
-/// Only the CPU that owns `slot`, with interrupts off, may call this, and it
-/// must not hold two results at once.
-pub(crate) unsafe fn get(slot: usize) -> Option<&'static mut CpuState> {
-    let raw = CPUS.get(slot)?.load(Ordering::Acquire);
-    // SAFETY: published states stay valid until `take_all`, which runs only
-    // after every CPU has left translation; exclusivity is the caller's contract.
+/// Only CPU `id` itself, with interrupts off, may call this, and it must not
+/// hold two results at once.
+pub(crate) unsafe fn get(id: usize) -> Option<&'static mut CpuState> {
+    let raw = table()?.states.as_slice().get(id)?.load(Ordering::Acquire);
+    // SAFETY: published states stay valid until `take`, which runs only after
+    // the CPU left translation; exclusivity is the caller's contract.
     unsafe { raw.as_mut() }
 }

@@ -16,10 +16,9 @@ use kdbt_engine::{Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryF
 use kernel::prelude::*;
 
 use crate::cpu::{self, CpuState};
-use crate::entry::{thunks, Regs, EXIT_FRAME_WORD, EXIT_RFLAGS_WORD, IDT_VECTOR_WORD};
+use crate::entry::{thunks, EntryFrame, HwFrame, DESC_ERROR_CODE};
 use crate::ffi;
-use crate::idt::has_error_code;
-use crate::stats::{bump, STATS};
+use crate::stats::bump;
 
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
@@ -68,7 +67,7 @@ fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
 /// cache flushing would free nothing).
 fn needs_flush<T>(cpu: &CpuState, r: &Result<T, Error>, translated: bool) -> bool {
     matches!(r, Err(Error::CacheFull { .. }))
-        || (translated && cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::under_pressure())
+        || (translated && cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::low())
 }
 
 /// Finishes a lookup-or-translate of guest `pc` that returned `r` (the
@@ -86,7 +85,7 @@ fn settle(cpu: &mut CpuState, pc: u64, misses: u64, mut r: Result<u64, Error>) -
         Err(e) => {
             // Bounded: a stream of these would flood the log from the dispatcher.
             if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
-                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.slot, pc, e);
+                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.id, pc, e);
             }
             pc
         }
@@ -95,7 +94,7 @@ fn settle(cpu: &mut CpuState, pc: u64, misses: u64, mut r: Result<u64, Error>) -
 
 fn publish_stats(cpu: &CpuState) {
     let s = cpu.cache.stats();
-    let c = &STATS[cpu.slot];
+    let c = cpu.stats;
     c.blocks_translated.store(s.blocks, Relaxed);
     c.cache_bytes_used.store(u64::from(cpu.cache.used()), Relaxed);
     c.lookup_hits.store(s.hits, Relaxed);
@@ -121,19 +120,25 @@ fn current_segments() -> (u64, u64) {
     (cs & 0xffff, ss & 0xffff)
 }
 
-/// Makes the entry asm resume at `rip` with `rsp` and `rflags` (kernel mode),
-/// through this CPU's iret frame and resume thunk.
-fn resume(cpu: &mut CpuState, regs: &mut Regs, frame: [u64; 5]) {
+/// Makes the entry asm resume with `hw` (kernel mode), through this CPU's
+/// iret frame and resume thunk.
+fn resume(cpu: &mut CpuState, regs: &mut EntryFrame, hw: HwFrame) {
     let at = thunks::IRET_FRAME;
     if let Some(slot) = cpu.thunks.get_mut(at..at + 40) {
-        for (i, word) in frame.iter().enumerate() {
+        for (i, word) in [hw.rip, hw.cs, hw.rflags, hw.rsp, hw.ss].iter().enumerate() {
             slot[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
         }
     }
-    regs.slot = cpu.exec + thunks::RESUME as u64;
+    regs.word = cpu.exec + thunks::RESUME as u64;
 }
 
-fn engine_frame(regs: &Regs, rip: u64, rsp: u64, rflags: u64) -> Frame {
+/// A kernel-mode frame resuming at `rip` on the current segments.
+fn kernel_frame(rip: u64, rflags: u64, rsp: u64) -> HwFrame {
+    let (cs, ss) = current_segments();
+    HwFrame { rip, cs, rflags, rsp, ss }
+}
+
+fn engine_frame(regs: &EntryFrame, rip: u64, rsp: u64, rflags: u64) -> Frame {
     let mut gpr = [0u64; 16];
     gpr[Gpr::Rax as usize] = regs.rax;
     gpr[Gpr::Rcx as usize] = regs.rcx;
@@ -154,7 +159,7 @@ fn engine_frame(regs: &Regs, rip: u64, rsp: u64, rflags: u64) -> Frame {
     Frame { gpr, rip, rflags }
 }
 
-fn store_frame(regs: &mut Regs, f: &Frame) {
+fn store_frame(regs: &mut EntryFrame, f: &Frame) {
     regs.rax = f.get(Gpr::Rax);
     regs.rcx = f.get(Gpr::Rcx);
     regs.rdx = f.get(Gpr::Rdx);
@@ -189,17 +194,17 @@ fn exit_guest_pc(cpu: &CpuState, exit_id: u64, aux: u64) -> Option<u64> {
 
 /// Turns an interrupted code-cache state in `regs` + hardware frame `hw` into
 /// the precise guest state. Returns whether anything was rewritten.
-fn rewrite_interrupted(cpu: &CpuState, regs: &mut Regs, hw: &mut [u64; 5]) -> bool {
-    let rip = hw[0];
+fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) -> bool {
+    let rip = hw.rip;
     let exec = cpu.exec;
     if rip < exec || (rip >= exec + thunks::SIZE as u64 && !cpu.cache.contains(rip)) {
         return false;
     }
-    let stats = &STATS[cpu.slot];
+    let stats = cpu.stats;
     let off = rip - exec;
     let (pc, rsp_adjust) = if off >= thunks::SIZE as u64 {
         let Some(m) = cpu.cache.pc_map(rip) else { return false };
-        let mut f = engine_frame(regs, rip, hw[3], hw[2]);
+        let mut f = engine_frame(regs, rip, hw.rsp, hw.rflags);
         if m.rollback.apply(&mut f, read_stack).is_err() {
             return false;
         }
@@ -210,12 +215,12 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut Regs, hw: &mut [u64; 5]) -> bo
             bump(&stats.rollbacks);
         }
         store_frame(regs, &f);
-        (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw[3]))
-    } else if off == thunks::EXIT as u64 || off == thunks::EXIT as u64 + 1 {
+        (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw.rsp))
+    } else if matches!(off as usize, thunks::EXIT | thunks::EXIT_PUSHFQ | thunks::EXIT_CLI) {
         // Interrupted before the exit thunk's `cli`: the exit frame (and, past
         // the `pushfq`, the flags) is on the stack.
-        let pushed = off - thunks::EXIT as u64;
-        let base = hw[3] + pushed * 8;
+        let pushed = u64::from(off as usize == thunks::EXIT_CLI);
+        let base = hw.rsp + pushed * 8;
         let (Some(id), Some(aux)) = (read_stack(base), read_stack(base + 8)) else { return false };
         let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
         bump(&stats.rollbacks);
@@ -223,78 +228,80 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut Regs, hw: &mut [u64; 5]) -> bo
     } else {
         return false;
     };
-    hw[0] = pc;
-    hw[3] = hw[3].wrapping_add(rsp_adjust);
+    hw.rip = pc;
+    hw.rsp = hw.rsp.wrapping_add(rsp_adjust);
     bump(&stats.pc_rewrites);
     true
 }
 
 /// Handles an entry through the shadow IDT.
-pub(crate) fn on_idt_entry(regs: &mut Regs) {
-    let slot = regs.slot as usize;
-    // SAFETY: this CPU owns `slot` (its IDT's stubs push it), interrupts are off.
-    let Some(cpu) = (unsafe { cpu::get(slot) }) else { return };
-    let above = (regs as *mut Regs).wrapping_add(1).cast::<u64>();
-    // SAFETY: the vector stub pushed the vector right above `Regs`.
-    let vector = unsafe { above.add(IDT_VECTOR_WORD).read() } as usize & 0xff;
-    let hw_at = above.wrapping_add(1 + usize::from(has_error_code(vector)));
-    // SAFETY: the CPU pushed its 5-word frame there.
-    let hw = unsafe { &mut *hw_at.cast::<[u64; 5]>() };
-    let stats = &STATS[slot];
-    bump(&stats.dispatcher_entries);
-    bump(&stats.entries_by_vector[vector]);
-    if hw[1] & 3 == 0 {
+pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
+    // SAFETY: this CPU owns its id (its IDT's stubs push it) and runs the
+    // dispatcher with interrupts off, never nested (see `entry`).
+    let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
+    let vector = (regs.word & 0xff) as usize;
+    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
+    let hw_at = above.wrapping_add(usize::from(regs.word & DESC_ERROR_CODE != 0));
+    // SAFETY: the CPU pushed its frame there, above the error code if any.
+    let hw = unsafe { &mut *hw_at.cast::<HwFrame>() };
+    bump(&cpu.stats.dispatcher_entries);
+    bump(&cpu.stats.entries_by_vector[vector]);
+    if hw.cs & 3 == 0 {
         rewrite_interrupted(cpu, regs, hw);
     }
-    let handler = cpu.handlers[vector];
+    if cpu.is_ist(vector) {
+        // IST handlers (NMI, #DB, #DF, #MC) run natively on their own stacks,
+        // with the frame in place: their nesting rules are keyed by native PCs.
+        regs.word = cpu.handlers.get(vector).copied().unwrap_or(0);
+        return;
+    }
+    let Some(&handler) = cpu.handlers.get(vector) else { return };
     let target = target_for(cpu, handler);
-    let (cs, ss) = current_segments();
-    let rflags = hw[2] & !(RFLAGS_TF | RFLAGS_IF | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC) | 2;
-    resume(cpu, regs, [target, cs, rflags, above.wrapping_add(1) as u64, ss]);
+    let rflags = hw.rflags & !(RFLAGS_TF | RFLAGS_IF | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC) | 2;
+    resume(cpu, regs, kernel_frame(target, rflags, above as u64));
 }
 
 /// Handles an exit from this CPU's code cache.
-pub(crate) fn on_cache_exit(regs: &mut Regs) {
-    let slot = regs.slot as usize;
-    // SAFETY: this CPU owns `slot` (its exit thunk pushes it), interrupts are off.
-    let Some(cpu) = (unsafe { cpu::get(slot) }) else { return };
-    let above = (regs as *mut Regs).wrapping_add(1).cast::<u64>();
-    // SAFETY: the exit thunk pushed the guest flags and the engine's frame there.
-    let (rflags, id, aux) = unsafe {
-        (above.add(EXIT_RFLAGS_WORD).read(), above.add(EXIT_FRAME_WORD).read(), above.add(EXIT_FRAME_WORD + 1).read())
-    };
-    let guest_rsp = above.wrapping_add(EXIT_FRAME_WORD + 2) as u64;
-    bump(&STATS[slot].dispatcher_entries);
-    let (cs, ss) = current_segments();
+pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
+    // SAFETY: this CPU owns its id (its exit thunk pushes it) and runs the
+    // dispatcher with interrupts off, never nested.
+    let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
+    let rflags = regs.word;
+    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
+    // SAFETY: the exit code pushed the engine's two-word frame there.
+    let (id, aux) = unsafe { (above.read(), above.add(1).read()) };
+    let guest_rsp = above.wrapping_add(2) as u64;
+    bump(&cpu.stats.dispatcher_entries);
     match cpu.cache.exit_reason(id, aux) {
         Ok(reason @ ExitReason::DirectMiss { target, .. }) if !runs_natively(cpu, target) => {
             // Like `target_for`, but `resolve` also links the exit.
             let misses = cpu.cache.stats().misses;
             let r = cpu.cache.resolve(&reason, &KernelText).and_then(|c| c.ok_or(Error::NotLinkable));
             let t = settle(cpu, target, misses, r);
-            resume(cpu, regs, [t, cs, rflags, guest_rsp, ss]);
+            resume(cpu, regs, kernel_frame(t, rflags, guest_rsp));
         }
-        Ok(ExitReason::DirectMiss { target, .. }) => resume(cpu, regs, [target, cs, rflags, guest_rsp, ss]),
+        Ok(ExitReason::DirectMiss { target, .. }) => resume(cpu, regs, kernel_frame(target, rflags, guest_rsp)),
         Ok(ExitReason::IndirectMiss { target, .. }) => {
             let t = target_for(cpu, target);
-            resume(cpu, regs, [t, cs, rflags, guest_rsp, ss]);
+            resume(cpu, regs, kernel_frame(t, rflags, guest_rsp));
         }
         Ok(ExitReason::Hook(site)) if site.class == HookClass::IRETQ => {
             // SAFETY: `iretq` is about to pop its 5-word frame at the guest rsp.
-            let mut frame = unsafe { (guest_rsp as *const [u64; 5]).read() };
-            if frame[1] & 3 == 0 {
-                frame[0] = target_for(cpu, frame[0]);
+            let mut frame = unsafe { (guest_rsp as *const HwFrame).read() };
+            if frame.cs & 3 == 0 {
+                frame.rip = target_for(cpu, frame.rip);
             }
             resume(cpu, regs, frame);
         }
         Ok(ExitReason::Hook(site)) => {
             // Only `iretq` is hooked; anything else runs natively from its PC.
-            resume(cpu, regs, [site.pc, cs, rflags, guest_rsp, ss]);
+            resume(cpu, regs, kernel_frame(site.pc, rflags, guest_rsp));
         }
         Err(e) => {
-            pr_crit!("cpu {}: bad exit {:#x}: {}\n", slot, id, e);
+            pr_crit!("cpu {}: bad exit {:#x}: {}\n", cpu.id, id, e);
             // No guest PC is known; resume at a `ud2` so the kernel oopses here.
-            resume(cpu, regs, [cpu.exec + thunks::UD2 as u64, cs, rflags, guest_rsp, ss]);
+            let ud2 = cpu.exec + thunks::UD2 as u64;
+            resume(cpu, regs, kernel_frame(ud2, rflags, guest_rsp));
         }
     }
 }

@@ -3,85 +3,215 @@
 //! Kernel entries into the dispatcher: the common IDT entry, the common exit
 //! from the code cache, and the per-CPU thunks written into each CPU's region.
 //!
-//! Every path saves the interrupted registers in a [`Regs`] on the current
-//! stack, makes sure the kernel GS base is live (the guest may be between
-//! `swapgs` and `iretq`/`sysretq`), switches to this CPU's dispatcher stack
-//! and calls Rust. Rust fills this CPU's iret frame slot and stores the
-//! address of this CPU's resume thunk in `Regs::slot`; the asm restores the
-//! registers and `ret`s into the resume thunk, which loads the iret frame and
-//! runs `iretq`, restoring rip, rsp and rflags in one instruction so that no
-//! interrupt can land half-way through the resume.
+//! The IDT entry first decides whether the dispatcher may run at all: if this
+//! CPU is already inside it (its `busy` word), or the interrupted PC is kdbt's
+//! entry code or a thunk (except the exit thunk's instructions that run with
+//! interrupts on), the event *nests* inside kdbt, and the kernel's own handler
+//! runs at once, natively, with the hardware frame exactly as the CPU pushed
+//! it and no kdbt state touched. Otherwise both entries save the registers in
+//! an [`EntryFrame`] on the current stack, clear DF, make this CPU's kernel GS
+//! base live (the base is compared with the one kdbt recorded for the CPU: a
+//! GS base that user space forged decides nothing), mark the CPU busy, switch
+//! to its dispatcher stack and call Rust. Rust leaves in [`EntryFrame::word`]
+//! where to continue: the resume thunk (which loads rip, rsp and rflags with
+//! one `iretq`, so no interrupt lands half-way through a resume) or, for IST
+//! vectors, the kernel's handler with the frame in place.
+
+use alloc::vec::Vec;
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
 
 use crate::dispatch;
+use crate::idt::VECTORS;
 
-/// Most CPUs kdbt handles; more are refused at enable.
-pub(crate) const MAX_CPUS: usize = 8;
-
-/// Top of each CPU's dispatcher stack, indexed by kdbt's CPU slot. Written at
-/// enable, before any entry can use it.
-#[no_mangle]
-pub(crate) static mut KDBT_DISPATCH_STACKS: [u64; MAX_CPUS] = [0; MAX_CPUS];
-
-/// The registers saved by the entry paths, lowest address first.
+/// Per-CPU words the entry asm reads, indexed by CPU id.
+///
+/// # Invariants
+/// While `thunks` is non-zero, `stack_top` is the top of this CPU's
+/// dispatcher stack and `kernel_gs` its kernel GS base.
 #[repr(C)]
-pub(crate) struct Regs {
-    pub(crate) rax: u64,
-    pub(crate) rbx: u64,
-    pub(crate) rcx: u64,
-    pub(crate) rdx: u64,
-    pub(crate) rsi: u64,
-    pub(crate) rdi: u64,
-    pub(crate) rbp: u64,
-    pub(crate) r8: u64,
-    pub(crate) r9: u64,
-    pub(crate) r10: u64,
-    pub(crate) r11: u64,
-    pub(crate) r12: u64,
-    pub(crate) r13: u64,
-    pub(crate) r14: u64,
-    pub(crate) r15: u64,
-    /// kdbt's CPU slot on entry; the resume thunk's address on return.
-    pub(crate) slot: u64,
+pub(crate) struct SlotInfo {
+    pub(crate) stack_top: AtomicU64,
+    pub(crate) kernel_gs: AtomicU64,
+    /// Execution address of the CPU's thunk page; 0 while it is native.
+    pub(crate) thunks: AtomicU64,
+    /// Non-zero while the CPU runs the dispatcher.
+    pub(crate) busy: AtomicU64,
 }
 
-/// Words above `Regs` on an IDT entry: the vector, then the hardware frame
-/// (error code first for vectors that have one).
-pub(crate) const IDT_VECTOR_WORD: usize = 0;
-/// Words above `Regs` on an exit from the cache: guest rflags, then the
-/// engine's exit frame (exit id, aux), then the guest stack.
-pub(crate) const EXIT_RFLAGS_WORD: usize = 0;
-pub(crate) const EXIT_FRAME_WORD: usize = 1;
+const SLOT_SHIFT: u32 = 5;
+const _: () = assert!(size_of::<SlotInfo>() == 1 << SLOT_SHIFT);
 
-macro_rules! entry_asm {
-    ($name:literal, $handler:literal) => {
+impl SlotInfo {
+    pub(crate) const fn new() -> Self {
+        SlotInfo { stack_top: AtomicU64::new(0), kernel_gs: AtomicU64::new(0), thunks: AtomicU64::new(0), busy: AtomicU64::new(0) }
+    }
+}
+
+/// The `SlotInfo` array, one per possible CPU id (set at load, cleared at unload).
+#[no_mangle]
+static KDBT_SLOTS: AtomicPtr<SlotInfo> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The kernel's handler of each vector, where nested events go.
+#[no_mangle]
+static KDBT_NATIVE_HANDLERS: [AtomicU64; VECTORS] = [const { AtomicU64::new(0) }; VECTORS];
+
+/// Publishes the slot array for the entry asm.
+///
+/// # Safety
+/// `slots` must stay valid (and one entry per CPU id that can enter) until
+/// replaced by a null pointer after every shadow IDT is gone.
+pub(crate) unsafe fn publish_slots(slots: *mut SlotInfo) {
+    KDBT_SLOTS.store(slots, Ordering::Release);
+}
+
+/// Records the kernel's handlers (the same on every CPU).
+pub(crate) fn set_native_handlers(handlers: impl Iterator<Item = u64>) {
+    for (slot, h) in KDBT_NATIVE_HANDLERS.iter().zip(handlers) {
+        slot.store(h, Ordering::Relaxed);
+    }
+}
+
+/// What the entry paths save on the interrupted stack, lowest address first.
+#[repr(C)]
+pub(crate) struct EntryFrame {
+    pub(crate) r15: u64,
+    pub(crate) r14: u64,
+    pub(crate) r13: u64,
+    pub(crate) r12: u64,
+    pub(crate) r11: u64,
+    pub(crate) r10: u64,
+    pub(crate) r9: u64,
+    pub(crate) r8: u64,
+    pub(crate) rbp: u64,
+    pub(crate) rdi: u64,
+    pub(crate) rsi: u64,
+    pub(crate) rbx: u64,
+    pub(crate) rdx: u64,
+    pub(crate) rcx: u64,
+    pub(crate) rax: u64,
+    /// The CPU id the thunk pushed.
+    pub(crate) slot: u64,
+    /// On entry: the vector descriptor (IDT; [`DESC_ERROR_CODE`] | vector) or
+    /// the guest rflags (cache exit). On return: where to continue.
+    pub(crate) word: u64,
+}
+
+/// Vector descriptor bit: the CPU pushed an error code.
+pub(crate) const DESC_ERROR_CODE: u64 = 1 << 8;
+
+/// The interrupt frame the CPU pushes (above the error code, if any).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct HwFrame {
+    pub(crate) rip: u64,
+    pub(crate) cs: u64,
+    pub(crate) rflags: u64,
+    pub(crate) rsp: u64,
+    pub(crate) ss: u64,
+}
+
+/// Offset of the slot word once `rax`, `rcx` and `rdx` are pushed.
+const SLOT_AFTER_3: usize = offset_of!(EntryFrame, slot) - offset_of!(EntryFrame, rdx);
+const _: () = assert!(offset_of!(EntryFrame, r15) == 0);
+const _: () = assert!(offset_of!(EntryFrame, rax) == 14 * 8);
+const _: () = assert!(offset_of!(EntryFrame, word) == offset_of!(EntryFrame, slot) + 8);
+const _: () = assert!(size_of::<EntryFrame>() == 17 * 8);
+const _: () = assert!(size_of::<HwFrame>() == 40);
+
+/// Byte layout of one CPU's thunk page (the start of its region).
+pub(crate) mod thunks {
+    /// 32 bytes per vector stub: `endbr64; push desc; push cpu; jmp idt_common`.
+    pub(crate) const VECTOR_STUB: usize = 32;
+    /// `endbr64; jmp [rip + target]`, the `syscall` entry (MSR_LSTAR).
+    pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
+    /// The 8-byte target of the `syscall` stub.
+    pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 24;
+    /// `endbr64; pushfq; cli; push cpu; jmp exit_common`: the engine's dispatcher entry.
+    pub(crate) const EXIT: usize = SYSCALL + 32;
+    /// The exit thunk's `pushfq` and `cli`: with `EXIT`, where it runs with
+    /// interrupts on (0, 0 and 1 words pushed).
+    pub(crate) const EXIT_PUSHFQ: usize = EXIT + 4;
+    pub(crate) const EXIT_CLI: usize = EXIT + 5;
+    /// `lea rsp, [rip + iret frame]; iretq`.
+    pub(crate) const RESUME: usize = SYSCALL + 64;
+    /// The 40-byte iret frame the resume thunk loads.
+    pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
+    /// A `ud2`, where the dispatcher sends a CPU it cannot resume.
+    pub(crate) const UD2: usize = SYSCALL + 192;
+    /// Bytes of thunks at the start of each region, before the engine's arena.
+    pub(crate) const SIZE: usize = 12 << 10;
+}
+
+macro_rules! dispatch_asm {
+    ($handler:literal) => {
         concat!(
-            ".globl ", $name, "\n",
-            ".type ", $name, ", @function\n",
-            $name, ":\n",
-            "push r15\n push r14\n push r13\n push r12\n push r11\n push r10\n push r9\n push r8\n",
-            "push rbp\n push rdi\n push rsi\n push rdx\n push rcx\n push rbx\n push rax\n",
+            "push rbx\n push rsi\n push rdi\n push rbp\n push r8\n push r9\n push r10\n push r11\n",
+            "push r12\n push r13\n push r14\n push r15\n",
+            "mov rbx, rcx\n",
+            "cld\n",
             "mov r12, rsp\n",
-            // Kernel GS bases are kernel addresses (bit 63 set).
-            "mov ecx, 0xc0000101\n rdmsr\n xor r13d, r13d\n test edx, edx\n js 7f\n",
-            "swapgs\n mov r13d, 1\n",
-            "7:\n mov rax, [r12 + 15*8]\n",
-            "mov rsp, qword ptr [rax*8 + KDBT_DISPATCH_STACKS]\n",
+            "mov ecx, 0xc0000101\n rdmsr\n shl rdx, 32\n or rax, rdx\n",
+            "mov r13, rax\n xor r14d, r14d\n",
+            "cmp rax, [rbx + {kernel_gs}]\n je 4f\n",
+            "mov rax, [rbx + {kernel_gs}]\n mov rdx, rax\n shr rdx, 32\n wrmsr\n mov r14d, 1\n",
+            "4:\n mov qword ptr [rbx + {busy}], 1\n",
+            "mov rsp, [rbx + {stack_top}]\n",
             "mov rdi, r12\n call ", $handler, "\n",
-            "test r13d, r13d\n jz 8f\n swapgs\n",
-            "8:\n mov rsp, r12\n",
-            "pop rax\n pop rbx\n pop rcx\n pop rdx\n pop rsi\n pop rdi\n pop rbp\n",
-            "pop r8\n pop r9\n pop r10\n pop r11\n pop r12\n pop r13\n pop r14\n pop r15\n",
-            "ret\n",
-            ".size ", $name, ", . - ", $name, "\n",
+            "mov qword ptr [rbx + {busy}], 0\n",
+            "test r14d, r14d\n jz 5f\n",
+            "mov ecx, 0xc0000101\n mov rax, r13\n mov rdx, r13\n shr rdx, 32\n wrmsr\n",
+            "5:\n mov rsp, r12\n",
+            "pop r15\n pop r14\n pop r13\n pop r12\n pop r11\n pop r10\n pop r9\n pop r8\n",
+            "pop rbp\n pop rdi\n pop rsi\n pop rbx\n pop rdx\n pop rcx\n pop rax\n",
+            // Drop the slot word; `ret` takes the continuation from `word`.
+            "lea rsp, [rsp + 8]\n ret\n",
         )
     };
 }
 
 core::arch::global_asm!(
     ".pushsection .text",
-    entry_asm!("kdbt_idt_common", "kdbt_dispatch_idt"),
-    entry_asm!("kdbt_exit_common", "kdbt_dispatch_exit"),
+    ".globl kdbt_entry_start",
+    "kdbt_entry_start:",
+    "kdbt_idt_common:",
+    "push rax\n push rcx\n push rdx\n",
+    "mov rcx, [rsp + {slot3}]\n shl rcx, {shift}\n add rcx, [rip + KDBT_SLOTS]\n",
+    // rdx: the hardware frame, above the error code if there is one.
+    "lea rdx, [rsp + {slot3} + 16]\n",
+    "test dword ptr [rsp + {slot3} + 8], {desc_ec}\n jz 1f\n add rdx, 8\n",
+    "1:\n cmp qword ptr [rcx + {busy}], 0\n jne 3f\n",
+    "mov rax, [rdx]\n lea rdx, [rip + kdbt_entry_start]\n cmp rax, rdx\n jb 6f\n",
+    "lea rdx, [rip + kdbt_entry_end]\n cmp rax, rdx\n jb 3f\n",
+    "6:\n sub rax, [rcx + {thunks}]\n",
+    "cmp rax, {thunk_size}\n jae 2f\n",
+    "cmp rax, {exit}\n je 2f\n cmp rax, {exit_pushfq}\n je 2f\n cmp rax, {exit_cli}\n je 2f\n",
+    // Nested: the kernel's handler, with the frame as the CPU left it.
+    "3:\n movzx eax, byte ptr [rsp + {slot3} + 8]\n",
+    "lea rdx, [rip + KDBT_NATIVE_HANDLERS]\n mov rax, [rdx + rax * 8]\n",
+    "mov [rsp + {slot3} + 8], rax\n",
+    "pop rdx\n pop rcx\n pop rax\n lea rsp, [rsp + 8]\n ret\n",
+    "2:\n",
+    dispatch_asm!("kdbt_dispatch_idt"),
+    "kdbt_exit_common:",
+    "push rax\n push rcx\n push rdx\n",
+    "mov rcx, [rsp + {slot3}]\n shl rcx, {shift}\n add rcx, [rip + KDBT_SLOTS]\n",
+    dispatch_asm!("kdbt_dispatch_exit"),
+    ".globl kdbt_entry_end",
+    "kdbt_entry_end:",
     ".popsection",
+    slot3 = const SLOT_AFTER_3,
+    shift = const SLOT_SHIFT,
+    desc_ec = const DESC_ERROR_CODE,
+    busy = const offset_of!(SlotInfo, busy),
+    thunks = const offset_of!(SlotInfo, thunks),
+    kernel_gs = const offset_of!(SlotInfo, kernel_gs),
+    stack_top = const offset_of!(SlotInfo, stack_top),
+    thunk_size = const thunks::SIZE,
+    exit = const thunks::EXIT,
+    exit_pushfq = const thunks::EXIT_PUSHFQ,
+    exit_cli = const thunks::EXIT_CLI,
 );
 
 extern "C" {
@@ -90,84 +220,88 @@ extern "C" {
 }
 
 /// Address of the common IDT entry.
-pub(crate) fn idt_common() -> u64 {
+fn idt_common() -> u64 {
     kdbt_idt_common as usize as u64
 }
 
 /// Address of the common exit from the code cache.
-pub(crate) fn exit_common() -> u64 {
+fn exit_common() -> u64 {
     kdbt_exit_common as usize as u64
 }
 
 /// # Safety
-/// Called only by `kdbt_idt_common`, with `regs` pointing at the frame it built.
+/// Called only by `kdbt_idt_common`, with `frame` pointing at the frame it built.
 #[no_mangle]
-unsafe extern "C" fn kdbt_dispatch_idt(regs: *mut Regs) {
+unsafe extern "C" fn kdbt_dispatch_idt(frame: *mut EntryFrame) {
     // SAFETY: the asm passes its frame, which lives until it returns.
-    unsafe { dispatch::on_idt_entry(&mut *regs) }
+    unsafe { dispatch::on_idt_entry(&mut *frame) }
 }
 
 /// # Safety
-/// Called only by `kdbt_exit_common`, with `regs` pointing at the frame it built.
+/// Called only by `kdbt_exit_common`, with `frame` pointing at the frame it built.
 #[no_mangle]
-unsafe extern "C" fn kdbt_dispatch_exit(regs: *mut Regs) {
+unsafe extern "C" fn kdbt_dispatch_exit(frame: *mut EntryFrame) {
     // SAFETY: the asm passes its frame, which lives until it returns.
-    unsafe { dispatch::on_cache_exit(&mut *regs) }
+    unsafe { dispatch::on_cache_exit(&mut *frame) }
 }
 
-/// Byte layout of one CPU's thunk page (the first page of its region).
-pub(crate) mod thunks {
-    /// 16 bytes per vector stub: `push imm32 vector; push imm8 slot; jmp rel32 idt_common`.
-    pub(crate) const VECTOR_STUB: usize = 16;
-    /// `jmp [rip + slot]`, the `syscall` entry (MSR_LSTAR).
-    pub(crate) const SYSCALL: usize = 4096;
-    /// The 8-byte target of the `syscall` stub.
-    pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 8;
-    /// `pushfq; cli; push imm8 slot; jmp rel32 exit_common`: the engine's dispatcher entry.
-    pub(crate) const EXIT: usize = SYSCALL + 32;
-    /// `lea rsp, [rip + iret frame]; iretq`.
-    pub(crate) const RESUME: usize = SYSCALL + 64;
-    /// The 40-byte iret frame the resume thunk loads.
-    pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
-    /// A `ud2`, where the dispatcher sends a CPU it cannot resume.
-    pub(crate) const UD2: usize = SIZE - 2;
-    /// Bytes of thunks at the start of each region, before the engine's arena.
-    pub(crate) const SIZE: usize = 8192;
+/// Encodes `insns` at page offset `at` (executed at `exec + at`); returns the
+/// end offset, or `None` if they do not fit below `limit` or do not encode.
+fn emit(page: &mut [u8], exec: u64, at: usize, limit: usize, insns: &[Instruction]) -> Option<usize> {
+    let mut enc = Encoder::new(64);
+    let mut pos = at;
+    for insn in insns {
+        let n = enc.encode(insn, exec + pos as u64).ok()?;
+        pos += n;
+    }
+    let bytes = enc.take_buffer();
+    page.get_mut(at..at + bytes.len())?.copy_from_slice(&bytes);
+    (pos <= limit).then_some(pos)
 }
 
-fn rel32(from_end: u64, to: u64) -> Option<[u8; 4]> {
-    let d = to.wrapping_sub(from_end) as i64;
-    i32::try_from(d).ok().map(i32::to_le_bytes)
+fn rip_rel(addr: u64) -> MemoryOperand {
+    MemoryOperand::with_base_displ(Register::RIP, addr as i64)
 }
 
-/// Writes one CPU's thunks into `page` (the first `thunks::SIZE` bytes of its
-/// region, executed at `exec`). Fails if module text is out of rel32 reach.
-pub(crate) fn write_thunks(page: &mut [u8], exec: u64, slot: u8) -> Option<()> {
+/// Writes one CPU's thunks into `page` (executed at `exec`) for CPU `cpu`.
+/// Fails if kdbt's entry code is out of rel32 reach or a thunk outgrows its slot.
+pub(crate) fn write_thunks(page: &mut [u8], exec: u64, cpu: u32, has_error_code: impl Fn(usize) -> bool) -> Option<()> {
     let page = page.get_mut(..thunks::SIZE)?;
     page.fill(0xcc);
-    for vector in 0..256usize {
+    let cpu = i32::try_from(cpu).ok()?;
+    for vector in 0..VECTORS {
         let at = vector * thunks::VECTOR_STUB;
-        let s = page.get_mut(at..at + 12)?;
-        s[0] = 0x68;
-        s[1..5].copy_from_slice(&(vector as u32).to_le_bytes());
-        s[5] = 0x6a;
-        s[6] = slot;
-        s[7] = 0xe9;
-        s[8..12].copy_from_slice(&rel32(exec + at as u64 + 12, idt_common())?);
+        let desc = vector as u64 | if has_error_code(vector) { DESC_ERROR_CODE } else { 0 };
+        let insns = [
+            Instruction::with(Code::Endbr64),
+            Instruction::with1(Code::Pushq_imm32, desc as i32).ok()?,
+            Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
+            Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
+        ];
+        emit(page, exec, at, at + thunks::VECTOR_STUB, &insns)?;
     }
-    let s = page.get_mut(thunks::SYSCALL..thunks::SYSCALL + 6)?;
-    s[..2].copy_from_slice(&[0xff, 0x25]);
-    let disp = (thunks::SYSCALL_TARGET - (thunks::SYSCALL + 6)) as u32;
-    s[2..6].copy_from_slice(&disp.to_le_bytes());
-    let s = page.get_mut(thunks::EXIT..thunks::EXIT + 9)?;
-    s[..4].copy_from_slice(&[0x9c, 0xfa, 0x6a, slot]);
-    s[4] = 0xe9;
-    s[5..9].copy_from_slice(&rel32(exec + thunks::EXIT as u64 + 9, exit_common())?);
-    let s = page.get_mut(thunks::RESUME..thunks::RESUME + 9)?;
-    s[..3].copy_from_slice(&[0x48, 0x8d, 0x25]);
-    let disp = (thunks::IRET_FRAME - (thunks::RESUME + 7)) as u32;
-    s[3..7].copy_from_slice(&disp.to_le_bytes());
-    s[7..9].copy_from_slice(&[0x48, 0xcf]);
-    page.get_mut(thunks::UD2..thunks::UD2 + 2)?.copy_from_slice(&[0x0f, 0x0b]);
+    let syscall = [
+        Instruction::with(Code::Endbr64),
+        Instruction::with1(Code::Jmp_rm64, rip_rel(exec + thunks::SYSCALL_TARGET as u64)).ok()?,
+    ];
+    emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall)?;
+    let mut exit: Vec<Instruction> = Vec::new();
+    exit.try_reserve(5).ok()?;
+    exit.extend([Instruction::with(Code::Endbr64), Instruction::with(Code::Pushfq), Instruction::with(Code::Cli)]);
+    // The entry asm's interrupts-on window of the exit thunk relies on these offsets.
+    let pushfq_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..1])?;
+    let cli_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..2])?;
+    if pushfq_at != thunks::EXIT_PUSHFQ || cli_at != thunks::EXIT_CLI {
+        return None;
+    }
+    exit.push(Instruction::with1(Code::Pushq_imm32, cpu).ok()?);
+    exit.push(Instruction::with_branch(Code::Jmp_rel32_64, exit_common()).ok()?);
+    emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
+    let resume = [
+        Instruction::with2(Code::Lea_r64_m, Register::RSP, rip_rel(exec + thunks::IRET_FRAME as u64)).ok()?,
+        Instruction::with(Code::Iretq),
+    ];
+    emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume)?;
+    emit(page, exec, thunks::UD2, thunks::SIZE, &[Instruction::with(Code::Ud2)])?;
     Some(())
 }

@@ -2,11 +2,11 @@
 
 //! Executable memory for the code caches, within ±2 GB of kernel text.
 //!
-//! `execmem_alloc` and `set_memory_x` are not exported, so the memory is a
-//! large zero-filled executable section of kdbt.ko itself (the module loader
-//! places it in module text, next to the kernel, mapped read-only and
-//! executable). kdbt writes it through a second, writable mapping of the same
-//! pages made with the exported `vmap` (W^X holds per mapping).
+//! `execmem_alloc` and `set_memory_rox` are not exported; the C helpers find
+//! them with `kallsyms_lookup_name` (`helpers.c`) and hand out read-only,
+//! executable pages in the module area, allocated per CPU as it joins
+//! translation. kdbt writes a region through a second, writable mapping of
+//! the same pages made with the exported `vmap` (W^X holds per mapping).
 
 use core::ptr::NonNull;
 use kernel::bindings;
@@ -14,83 +14,97 @@ use kernel::prelude::*;
 
 use crate::ffi;
 
-/// Bytes of the executable section; split evenly between possible CPUs.
-pub(crate) const EXEC_BYTES: usize = 16 << 20;
 const PAGE: usize = 4096;
 
-core::arch::global_asm!(
-    ".pushsection .text.kdbt_exec, \"ax\", @nobits",
-    ".balign 4096",
-    ".globl kdbt_exec_area",
-    "kdbt_exec_area:",
-    ".skip {size}",
-    ".popsection",
-    size = const EXEC_BYTES,
-);
-
-extern "C" {
-    static kdbt_exec_area: [u8; EXEC_BYTES];
+/// Finds the kernel functions behind [`Region::new`]; once, at load.
+pub(crate) fn init() -> Result {
+    // SAFETY: plain call; the helper only stores function addresses.
+    let r = unsafe { ffi::kdbt_resolve_symbols() };
+    if r != 0 {
+        pr_err!("cannot find execmem_alloc/set_memory_rox (needs CONFIG_KPROBES and KALLSYMS)\n");
+        return Err(Error::from_errno(r));
+    }
+    Ok(())
 }
 
-/// The executable area and its writable alias.
+/// One CPU's executable region and its writable alias.
 ///
 /// # Invariants
-/// `alias` maps exactly the `EXEC_BYTES` bytes at `exec_base()` writable, for as
-/// long as this value lives; nothing else writes the area.
-pub(crate) struct ExecMem {
+/// `exec` is `len` bytes of read-only executable memory from
+/// `kdbt_exec_alloc`; `alias` maps the same pages writable; both live until
+/// drop, and nothing else writes the pages.
+pub(crate) struct Region {
+    exec: NonNull<u8>,
     alias: NonNull<u8>,
+    len: usize,
 }
 
-// SAFETY: the alias is plain memory; callers serialise access per CPU region.
-unsafe impl Send for ExecMem {}
-// SAFETY: as above; shared references only hand out disjoint per-CPU regions.
-unsafe impl Sync for ExecMem {}
+// SAFETY: the region is plain memory owned by this value.
+unsafe impl Send for Region {}
+// SAFETY: shared references only read the addresses.
+unsafe impl Sync for Region {}
 
-impl ExecMem {
-    /// Runtime (execution) address of the area.
-    pub(crate) fn exec_base() -> u64 {
-        core::ptr::addr_of!(kdbt_exec_area) as u64
-    }
-
-    /// Maps the area writable.
-    pub(crate) fn new() -> Result<Self> {
-        let npages = EXEC_BYTES / PAGE;
-        let mut pages: KVec<*mut core::ffi::c_void> = KVec::with_capacity(npages, GFP_KERNEL)?;
-        for i in 0..npages {
-            let addr = Self::exec_base() as usize + i * PAGE;
-            // SAFETY: `addr` lies in kdbt.ko's text, which is mapped for the
-            // module's lifetime and backed by ordinary pages.
-            let page = unsafe { bindings::vmalloc_to_page(addr as *const core::ffi::c_void) }.cast::<core::ffi::c_void>();
-            if page.is_null() {
-                return Err(ENOMEM);
+impl Region {
+    /// Allocates `len` bytes (whole pages). Process context; may sleep.
+    pub(crate) fn new(len: usize) -> Result<Self> {
+        let len = len.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
+        // SAFETY: plain call; returns null or `len` bytes of ROX memory.
+        let exec = NonNull::new(unsafe { ffi::kdbt_exec_alloc(len) }.cast::<u8>()).ok_or(ENOMEM)?;
+        let npages = len / PAGE;
+        let mapped = (|| {
+            let mut pages: KVec<*mut core::ffi::c_void> = KVec::with_capacity(npages, GFP_KERNEL)?;
+            for i in 0..npages {
+                // SAFETY: `exec + i * PAGE` lies in the vmalloc'ed region.
+                let page = unsafe { bindings::vmalloc_to_page(exec.as_ptr().add(i * PAGE).cast()) };
+                if page.is_null() {
+                    return Err(ENOMEM);
+                }
+                pages.push(page.cast(), GFP_KERNEL)?;
             }
-            pages.push(page, GFP_KERNEL)?;
+            // SAFETY: `pages` holds `npages` valid page pointers; the mapping
+            // is released in `drop`.
+            let alias = unsafe { ffi::vmap(pages.as_mut_ptr(), npages as u32, ffi::VM_MAP, ffi::PAGE_KERNEL) };
+            NonNull::new(alias.cast::<u8>()).ok_or(ENOMEM)
+        })();
+        match mapped {
+            // INVARIANT: `alias` maps exactly the `len` bytes at `exec`.
+            Ok(alias) => Ok(Self { exec, alias, len }),
+            Err(e) => {
+                // SAFETY: `exec` came from `kdbt_exec_alloc` and is unused.
+                unsafe { ffi::kdbt_exec_free(exec.as_ptr().cast()) };
+                Err(e)
+            }
         }
-        // SAFETY: `pages` holds `npages` valid page pointers; the mapping is
-        // released in `drop`.
-        let alias = unsafe { ffi::vmap(pages.as_mut_ptr(), npages as u32, ffi::VM_MAP, ffi::PAGE_KERNEL) };
-        let alias = NonNull::new(alias.cast::<u8>()).ok_or(ENOMEM)?;
-        Ok(Self { alias })
     }
 
-    /// The writable view of `len` bytes at offset `off` of the area.
+    /// Runtime (execution) address of the region.
+    pub(crate) fn exec(&self) -> u64 {
+        self.exec.as_ptr() as u64
+    }
+
+    /// The writable view, split at `at`.
     ///
     /// # Safety
-    /// No other live slice may overlap `off..off + len`.
-    pub(crate) unsafe fn region(&self, off: usize, len: usize) -> Result<&'static mut [u8]> {
-        if off.checked_add(len).is_none_or(|end| end > EXEC_BYTES) {
+    /// Called at most once per region: the halves must be its only views, and
+    /// must not outlive it.
+    pub(crate) unsafe fn split(&self, at: usize) -> Result<(&'static mut [u8], &'static mut [u8])> {
+        if at > self.len {
             return Err(EINVAL);
         }
-        // SAFETY: in bounds of the alias (checked above); exclusivity is the
-        // caller's contract; the alias outlives every region (`KdbtState` drops
-        // regions before `ExecMem`).
-        Ok(unsafe { core::slice::from_raw_parts_mut(self.alias.as_ptr().add(off), len) })
+        // SAFETY: the alias maps `len` writable bytes; exclusivity and
+        // lifetime are the caller's contract.
+        let all = unsafe { core::slice::from_raw_parts_mut(self.alias.as_ptr(), self.len) };
+        Ok(all.split_at_mut(at))
     }
 }
 
-impl Drop for ExecMem {
+impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: `alias` came from `vmap` in `new` and is unmapped once.
-        unsafe { ffi::vunmap(self.alias.as_ptr().cast()) };
+        // SAFETY: `alias` came from `vmap` and `exec` from `kdbt_exec_alloc`
+        // in `new`; each is released once, in process context.
+        unsafe {
+            ffi::vunmap(self.alias.as_ptr().cast());
+            ffi::kdbt_exec_free(self.exec.as_ptr().cast());
+        }
     }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Exported kernel functions that the 6.12 `bindings` crate does not declare.
+//! Exported kernel functions that the 6.12 `bindings` crate does not declare,
+//! and kdbt's own C helpers (`helpers.c`).
 
 use kernel::bindings;
 
@@ -26,6 +27,19 @@ extern "C" {
         data: *mut core::ffi::c_void,
         cpus: *const bindings::cpumask,
     ) -> i32;
+
+    // helpers.c
+    pub(crate) fn kdbt_control_lock(interruptible: i32) -> i32;
+    pub(crate) fn kdbt_control_unlock();
+    pub(crate) fn kdbt_this_cpu() -> u32;
+    pub(crate) fn kdbt_resolve_symbols() -> i32;
+    pub(crate) fn kdbt_exec_alloc(size: usize) -> *mut core::ffi::c_void;
+    pub(crate) fn kdbt_exec_free(p: *mut core::ffi::c_void);
+    pub(crate) fn kdbt_cpuhp_setup(
+        online: unsafe extern "C" fn(u32) -> i32,
+        offline: unsafe extern "C" fn(u32) -> i32,
+    ) -> i32;
+    pub(crate) fn kdbt_cpuhp_remove(state: i32);
 }
 
 /// `VM_MAP` from `<linux/vmalloc.h>`.
@@ -34,3 +48,5 @@ pub(crate) const VM_MAP: u64 = 0x4;
 pub(crate) const PAGE_KERNEL: u64 = 0x8000_0000_0000_0163;
 /// `MSR_LSTAR`: the 64-bit `syscall` entry point.
 pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
+/// `MSR_GS_BASE`: the live GS base.
+pub(crate) const MSR_GS_BASE: u32 = 0xc000_0101;

@@ -4,138 +4,173 @@
 //!
 //! The dispatcher allocates while the kernel it interrupted may be inside the
 //! kernel's own allocators on the same CPU, so the engine must never re-enter
-//! them: all Rust `alloc` allocations come from one vmalloc'ed arena owned by
-//! kdbt, carved into power-of-two size classes with per-class free lists.
-//! The lock is taken with local interrupts off, so an interrupt handler that
-//! enters the dispatcher on this CPU cannot deadlock against it.
+//! them: every Rust `alloc` allocation comes from memory kdbt vmalloc'ed
+//! beforehand, in process context, managed by `talc` (a coalescing
+//! allocator). The lock is taken with local interrupts off; the dispatcher is
+//! never re-entered (a fault or NMI inside it runs the kernel's handler
+//! natively, see `entry`), so it cannot deadlock on it.
+//!
+//! The heap grows by chunks: one at load (iced-x86's decoder and encoder
+//! tables, built once at load and kept, and process-context use), and one
+//! per CPU that joins translation, sized from its code cache. A CPU's chunk
+//! is given back when translation goes off and nothing is allocated in it.
 
-use core::ptr::{self, NonNull};
+use core::alloc::Layout;
+use core::ptr::NonNull;
 use kernel::alloc::{allocator::Vmalloc, flags, Allocator};
 use kernel::prelude::*;
+use talc::{ErrOnOom, Span, Talc};
 
 use crate::irq::IrqGuard;
 
-/// Smallest block handed out; also the minimum alignment.
-const MIN_CLASS: usize = 4;
-/// Number of size classes: 16 B up to 2^(MIN_CLASS + CLASSES - 1) bytes.
-const CLASSES: usize = 24;
 const PAGE: usize = 4096;
+/// The chunk claimed at load: iced-x86's tables (about 300 KiB) and what
+/// process-context code allocates.
+pub(crate) const BASE_CHUNK: usize = 4 << 20;
+/// Free bytes below which a CPU flushes its cache after a translation: more
+/// than one translation can allocate (docs/engine.md), so an allocation
+/// inside the engine never fails while the heap holds this much.
+pub(crate) const HEADROOM: usize = 192 << 10;
 
-/// A bump-and-free-list arena.
+struct Heap {
+    talc: Talc<ErrOnOom>,
+    in_use: usize,
+    claimed: usize,
+    /// The chunk claimed at load, which stays until unload.
+    base: Option<Chunk>,
+}
+
+// SAFETY: the heap's memory is owned by kdbt and only reached through `HEAP`.
+unsafe impl Send for Heap {}
+
+static HEAP: spin::Mutex<Heap> =
+    spin::Mutex::new(Heap { talc: Talc::new(ErrOnOom), in_use: 0, claimed: 0, base: None });
+
+/// Memory claimed into the heap.
 ///
 /// # Invariants
-/// `base..base+size` is a live vmalloc allocation owned by this heap while
-/// `base` is non-null; `next` lies within it; every free-list node is a block
-/// of its class that was handed out by this heap and freed back.
-struct Arena {
-    base: *mut u8,
+/// `base..base + size` is a live vmalloc allocation of `size` bytes, claimed
+/// into `HEAP`, freed only by [`release`].
+pub(crate) struct Chunk {
+    base: NonNull<u8>,
     size: usize,
-    next: usize,
-    free: [*mut u8; CLASSES],
-    in_use: usize,
+    /// The heap talc made of it.
+    span: Span,
 }
 
-// SAFETY: the arena's raw pointers refer to memory owned by the heap, and all
-// access goes through the `HEAP` mutex.
-unsafe impl Send for Arena {}
+// SAFETY: a chunk is plain memory; it is freed from process context only.
+unsafe impl Send for Chunk {}
+// SAFETY: `Chunk` has no interior mutability.
+unsafe impl Sync for Chunk {}
 
-static HEAP: spin::Mutex<Arena> = spin::Mutex::new(Arena {
-    base: ptr::null_mut(),
-    size: 0,
-    next: 0,
-    free: [ptr::null_mut(); CLASSES],
-    in_use: 0,
-});
-
-fn class_of(size: usize, align: usize) -> Option<usize> {
-    let need = size.max(align).max(1 << MIN_CLASS).checked_next_power_of_two()?;
-    let class = need.trailing_zeros() as usize - MIN_CLASS;
-    (class < CLASSES).then_some(class)
-}
-
-impl Arena {
-    fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
-        let Some(class) = class_of(size, align) else { return ptr::null_mut() };
-        let block = 1usize << (class + MIN_CLASS);
-        let head = self.free[class];
-        if !head.is_null() {
-            // SAFETY: free-list nodes are blocks of this arena that hold the
-            // next pointer in their first word (see `dealloc`).
-            self.free[class] = unsafe { head.cast::<*mut u8>().read() };
-            self.in_use += block;
-            return head;
-        }
-        // Blocks are aligned to their size up to a page, which covers `align`.
-        let start = match self.next.checked_next_multiple_of(block.min(PAGE)) {
-            Some(s) if s.checked_add(block).is_some_and(|end| end <= self.size) => s,
-            _ => return ptr::null_mut(),
-        };
-        self.next = start + block;
-        self.in_use += block;
-        // SAFETY: `start + block <= size`, so the block lies inside the arena.
-        unsafe { self.base.add(start) }
-    }
-
-    /// # Safety
-    /// `p` came from `alloc` of this arena with the same `size` and `align`.
-    unsafe fn dealloc(&mut self, p: *mut u8, size: usize, align: usize) {
-        let Some(class) = class_of(size, align) else { return };
-        // SAFETY: the block is at least 16 bytes and 16-byte aligned, and the
-        // caller gives it back, so it may hold the free-list link.
-        unsafe { p.cast::<*mut u8>().write(self.free[class]) };
-        self.free[class] = p;
-        self.in_use -= 1 << (class + MIN_CLASS);
-    }
-}
-
-/// Allocates the arena. Called once from module init, before any `alloc` use.
-pub(crate) fn init(size: usize) -> Result {
-    let layout = core::alloc::Layout::from_size_align(size, PAGE).map_err(|_| EINVAL)?;
-    let mem = Vmalloc::alloc(layout, flags::GFP_KERNEL).map_err(|_| ENOMEM)?;
+/// Allocates `size` bytes (rounded up to pages) and adds them to the heap.
+/// Process context; may sleep.
+pub(crate) fn grow(size: usize) -> Result<Chunk> {
+    let size = size.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
+    let layout = Layout::from_size_align(size, PAGE).map_err(|_| EINVAL)?;
+    let base = Vmalloc::alloc(layout, flags::GFP_KERNEL).map_err(|_| ENOMEM)?.cast::<u8>();
     let _irq = IrqGuard::new();
     let mut heap = HEAP.lock();
-    *heap = Arena {
-        base: mem.cast::<u8>().as_ptr(),
-        size,
-        next: 0,
-        free: [ptr::null_mut(); CLASSES],
-        in_use: 0,
+    // SAFETY: `base..base + size` is fresh memory this heap now owns.
+    let claimed = unsafe { heap.talc.claim(Span::from_base_size(base.as_ptr(), size)) };
+    let Ok(span) = claimed else {
+        drop(heap);
+        // SAFETY: `base` came from `Vmalloc::alloc` with `layout` and was not claimed.
+        unsafe { Vmalloc::free(base, layout) };
+        return Err(ENOMEM);
     };
+    heap.claimed += size;
+    // INVARIANT: `base` is a live, claimed vmalloc allocation of `size` bytes.
+    Ok(Chunk { base, size, span })
+}
+
+/// Claims the load-time chunk, which also holds talc's own metadata.
+/// Process context, at load.
+pub(crate) fn init() -> Result {
+    let base = grow(BASE_CHUNK)?;
+    let _irq = IrqGuard::new();
+    HEAP.lock().base = Some(base);
     Ok(())
 }
 
-/// Whether more than a quarter of the heap is handed out: the dispatcher then
-/// flushes its cache, which frees the blocks' metadata. Size classes never
-/// give memory back to each other, so the arena carves up to a few times the
-/// peak in use; a quarter keeps that inside the arena.
-pub(crate) fn under_pressure() -> bool {
-    let _irq = IrqGuard::new();
-    let heap = HEAP.lock();
-    heap.in_use > heap.size / 4
+/// Frees all heap memory, at unload: nothing of kdbt runs any more, so what
+/// is still allocated (iced-x86's tables) goes with the module.
+pub(crate) fn exit() {
+    let base = {
+        let _irq = IrqGuard::new();
+        let mut heap = HEAP.lock();
+        heap.talc = Talc::new(ErrOnOom);
+        heap.claimed = 0;
+        heap.in_use = 0;
+        heap.base.take()
+    };
+    free_memory(base);
 }
 
-/// Bytes handed out and bytes ever carved from the arena, for the log.
+/// Gives `chunk` back if nothing is allocated in it; otherwise keeps it (as
+/// memory the heap still uses) and says so. Process context; may sleep.
+pub(crate) fn release(chunk: Chunk) {
+    {
+        let _irq = IrqGuard::new();
+        let mut heap = HEAP.lock();
+        // SAFETY: `chunk.span` is the heap `claim` returned for this chunk.
+        let used = unsafe { heap.talc.get_allocated_span(chunk.span) };
+        if !used.is_empty() {
+            pr_err!("heap: a chunk still holds {} bytes; leaking it\n", used.size());
+            return;
+        }
+        // SAFETY: as above; nothing is allocated in it, so it may go entirely.
+        unsafe { heap.talc.truncate(chunk.span, Span::empty()) };
+        heap.claimed -= chunk.size;
+    }
+    free_memory(Some(chunk));
+}
+
+fn free_memory(chunk: Option<Chunk>) {
+    let Some(c) = chunk else { return };
+    if let Ok(layout) = Layout::from_size_align(c.size, PAGE) {
+        // SAFETY: `c.base` came from `Vmalloc::alloc` with this layout in
+        // `grow`, and the heap no longer refers to it.
+        unsafe { Vmalloc::free(c.base, layout) };
+    }
+}
+
+/// Whether the heap has less than [`HEADROOM`] free bytes.
+pub(crate) fn low() -> bool {
+    let _irq = IrqGuard::new();
+    let heap = HEAP.lock();
+    heap.claimed.saturating_sub(heap.in_use) < HEADROOM
+}
+
+/// Bytes handed out and bytes claimed, for statistics and the log.
 pub(crate) fn usage() -> (usize, usize) {
     let _irq = IrqGuard::new();
     let heap = HEAP.lock();
-    (heap.in_use, heap.next)
+    (heap.in_use, heap.claimed)
 }
 
-/// Frees the arena. Called from module exit, after every `alloc` user is gone.
-pub(crate) fn exit() {
+fn alloc(layout: Layout) -> *mut u8 {
     let _irq = IrqGuard::new();
     let mut heap = HEAP.lock();
-    if let Some(base) = NonNull::new(heap.base) {
-        let layout = core::alloc::Layout::from_size_align(heap.size, PAGE);
-        if let Ok(layout) = layout {
-            // SAFETY: `base` came from `Vmalloc::alloc` with this layout in
-            // `init`, and nothing uses the arena any more.
-            unsafe { Vmalloc::free(base, layout) };
+    // SAFETY: talc's contract: any non-zero-size layout (`alloc` never asks for zero).
+    match unsafe { heap.talc.malloc(layout) } {
+        Ok(p) => {
+            heap.in_use += layout.size();
+            p.as_ptr()
         }
-        heap.base = ptr::null_mut();
-        heap.size = 0;
-        heap.next = 0;
+        Err(()) => core::ptr::null_mut(),
     }
+}
+
+/// # Safety
+/// `p` was allocated by this heap with `layout` and is not used any more.
+unsafe fn free(p: *mut u8, layout: Layout) {
+    let Some(p) = NonNull::new(p) else { return };
+    let _irq = IrqGuard::new();
+    let mut heap = HEAP.lock();
+    // SAFETY: the caller's contract.
+    unsafe { heap.talc.free(p, layout) };
+    heap.in_use -= layout.size();
 }
 
 // The allocator shim that `alloc` links against. With no final Rust link step
@@ -149,8 +184,10 @@ static __rust_alloc_error_handler_should_panic: u8 = 0;
 
 #[no_mangle]
 extern "C" fn __rust_alloc(size: usize, align: usize) -> *mut u8 {
-    let _irq = IrqGuard::new();
-    HEAP.lock().alloc(size, align)
+    match Layout::from_size_align(size, align) {
+        Ok(l) if size != 0 => alloc(l),
+        _ => core::ptr::null_mut(),
+    }
 }
 
 #[no_mangle]
@@ -158,7 +195,7 @@ extern "C" fn __rust_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     let p = __rust_alloc(size, align);
     if !p.is_null() {
         // SAFETY: `p` points to at least `size` freshly allocated bytes.
-        unsafe { ptr::write_bytes(p, 0, size) };
+        unsafe { core::ptr::write_bytes(p, 0, size) };
     }
     p
 }
@@ -167,30 +204,31 @@ extern "C" fn __rust_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// The `alloc` crate's contract: `p` was allocated with `size` and `align`.
 #[no_mangle]
 unsafe extern "C" fn __rust_dealloc(p: *mut u8, size: usize, align: usize) {
-    let _irq = IrqGuard::new();
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { HEAP.lock().dealloc(p, size, align) }
+    if let Ok(l) = Layout::from_size_align(size, align) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { free(p, l) };
+    }
 }
 
 /// # Safety
 /// The `alloc` crate's contract: `p` was allocated with `old` and `align`.
 #[no_mangle]
 unsafe extern "C" fn __rust_realloc(p: *mut u8, old: usize, align: usize, new: usize) -> *mut u8 {
-    if class_of(old, align) == class_of(new, align) {
-        return p;
-    }
     let q = __rust_alloc(new, align);
     if !q.is_null() {
         // SAFETY: both blocks are live, distinct and at least `min(old, new)` long.
-        unsafe { ptr::copy_nonoverlapping(p, q, old.min(new)) };
+        unsafe { core::ptr::copy_nonoverlapping(p, q, old.min(new)) };
         // SAFETY: forwarded from the caller's contract.
         unsafe { __rust_dealloc(p, old, align) };
     }
     q
 }
 
+/// Reached only if an allocation fails outside the engine's fallible paths:
+/// the engine reserves before it allocates, and the dispatcher flushes while
+/// [`HEADROOM`] is still free, so this is a kdbt bug, reported as one.
 #[no_mangle]
 extern "C" fn __rust_alloc_error_handler(size: usize, _align: usize) -> ! {
-    let (in_use, carved) = usage();
-    panic!("kdbt: private heap exhausted allocating {size} bytes ({in_use} in use, {carved} carved)");
+    let (in_use, claimed) = usage();
+    panic!("kdbt: heap exhausted allocating {size} bytes ({in_use} in use of {claimed})");
 }

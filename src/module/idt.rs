@@ -3,6 +3,7 @@
 //! The shadow IDT: a copy of the kernel's IDT whose gates enter kdbt's
 //! per-CPU vector stubs, and the `sidt`/`lidt` that install and remove it.
 
+use alloc::vec::Vec;
 use core::arch::asm;
 
 /// Gates in an x86-64 IDT.
@@ -71,16 +72,19 @@ pub(crate) unsafe fn lidt(d: &Descriptor) {
     unsafe { asm!("lidt [{}]", in(reg) d, options(nostack, preserves_flags)) };
 }
 
-/// Reads the kernel's IDT (the read-only alias `sidt` reports).
+/// Reads the kernel's IDT (the read-only alias `sidt` reports), `VECTORS`
+/// gates (absent ones zero).
 ///
 /// # Safety
 /// `d` must be what `sidt` returned on this CPU.
-pub(crate) unsafe fn read_table(d: &Descriptor) -> [Gate; VECTORS] {
-    let mut gates = [Gate::default(); VECTORS];
+pub(crate) unsafe fn read_table(d: &Descriptor) -> Option<Vec<Gate>> {
+    let mut gates = Vec::new();
+    gates.try_reserve_exact(VECTORS).ok()?;
+    gates.resize(VECTORS, Gate::default());
     let n = ((usize::from(d.limit) + 1) / core::mem::size_of::<Gate>()).min(VECTORS);
     // SAFETY: the IDT register names `n` readable gates at `base`.
     unsafe { core::ptr::copy_nonoverlapping(d.base as *const Gate, gates.as_mut_ptr(), n) };
-    gates
+    Some(gates)
 }
 
 /// Vectors whose exception pushes an error code.

@@ -9,7 +9,7 @@
 //! `alloc`), `stats` + `sysfs` (the user interface). Translation itself is
 //! the `kdbt_engine` crate.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 
@@ -34,37 +34,26 @@ module! {
     license: "GPL",
 }
 
-/// Size of kdbt's private heap (see `heap`).
-const HEAP_BYTES: usize = 192 << 20;
+/// kdbt's own text, which always runs natively (set at load).
+static NATIVE_START: AtomicU64 = AtomicU64::new(0);
+static NATIVE_END: AtomicU64 = AtomicU64::new(0);
 
-/// What the sysfs handlers need while the module is loaded.
-pub(crate) struct Shared {
-    pub(crate) exec: execmem::ExecMem,
-    /// kdbt's own text (including the code caches), which always runs natively.
-    pub(crate) native: cpu::NativeRange,
+/// kdbt's own text: the knobs, the stop_machine and hotplug callbacks and the
+/// dispatcher itself, which the dispatcher never translates.
+pub(crate) fn native_range() -> cpu::NativeRange {
+    cpu::NativeRange { start: NATIVE_START.load(Ordering::Relaxed), end: NATIVE_END.load(Ordering::Relaxed) }
 }
 
-static SHARED: AtomicPtr<Shared> = AtomicPtr::new(core::ptr::null_mut());
-
-/// Runs `f` with the module's shared state; `ENODEV` while it is going away.
-pub(crate) fn with_module<R>(f: impl FnOnce(&Shared) -> Result<R>) -> Result<R> {
-    let p = SHARED.load(Ordering::Acquire);
-    // SAFETY: `SHARED` points to the module's `Shared` from init until exit
-    // clears it, and exit first removes the sysfs files that call this.
-    match unsafe { p.as_ref() } {
-        Some(s) => f(s),
-        None => Err(ENODEV),
-    }
-}
-
+/// Declared in the order they are torn down.
 struct Kdbt {
     sysfs: Option<sysfs::Sysfs>,
-    shared: Option<KBox<Shared>>,
+    hotplug: Option<control::Hotplug>,
+    table: Option<KBox<cpu::Table>>,
 }
 
 impl kernel::Module for Kdbt {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        heap::init(HEAP_BYTES)?;
+        heap::init()?;
         let r = Self::start(module);
         if r.is_err() {
             heap::exit();
@@ -76,15 +65,15 @@ impl kernel::Module for Kdbt {
 impl Kdbt {
     fn start(module: &'static ThisModule) -> Result<Self> {
         selftest::decode_kernel_function()?;
+        execmem::init()?;
         // SAFETY: `module` is this live module; its text layout is fixed once loaded.
         let text = unsafe { &(*module.as_ptr()).mem[bindings::mod_mem_type_MOD_TEXT as usize] };
-        let start = text.base as u64;
-        let native = cpu::NativeRange { start, end: start + u64::from(text.size) };
-        let mut shared = KBox::new(Shared { exec: execmem::ExecMem::new()?, native }, GFP_KERNEL)?;
-        SHARED.store(&mut *shared, Ordering::Release);
-        let mut this = Kdbt { sysfs: None, shared: Some(shared) };
+        NATIVE_START.store(text.base as u64, Ordering::Relaxed);
+        NATIVE_END.store(text.base as u64 + u64::from(text.size), Ordering::Relaxed);
+        let mut this = Kdbt { sysfs: None, hotplug: None, table: Some(cpu::Table::new()?) };
+        this.hotplug = Some(control::Hotplug::register()?);
         this.sysfs = Some(sysfs::Sysfs::new()?);
-        pr_info!("loaded\n");
+        pr_info!("loaded (heap: {} KiB in use)\n", heap::usage().0 >> 10);
         Ok(this)
     }
 }
@@ -93,12 +82,13 @@ impl Drop for Kdbt {
     fn drop(&mut self) {
         // Sysfs removal waits for running handlers, so no knob runs after it.
         self.sysfs = None;
-        if let Err(e) = control::disable() {
+        if let Err(e) = control::disable_at_unload() {
             pr_err!("disable at unload failed: {:?}\n", e);
         }
-        SHARED.store(core::ptr::null_mut(), Ordering::Release);
-        self.shared = None;
+        self.hotplug = None;
+        let blocks = stats::total(|s| &s.blocks_translated);
+        self.table = None;
         heap::exit();
-        pr_info!("unloaded ({} blocks translated while loaded)\n", stats::total(|s| &s.blocks_translated));
+        pr_info!("unloaded ({} blocks translated while loaded)\n", blocks);
     }
 }

@@ -5,7 +5,7 @@
 //! compare them with `objdump` of the same function in `vmlinux`.
 
 use alloc::vec::Vec;
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderOptions, Encoder, Instruction};
 use kernel::prelude::*;
 
 /// Instructions decoded from the start of the function.
@@ -36,6 +36,18 @@ pub(crate) fn decode_kernel_function() -> Result {
         let n = hex_bytes(&bytes[off..off + instr.len()], &mut hex);
         let text = core::str::from_utf8(&hex[..n]).unwrap_or("?");
         pr_info!("decode kfree {:#x} {} {:?}\n", instr.ip(), text, instr.mnemonic());
+    }
+    // Encoding them back must give the same bytes. This also builds iced-x86's
+    // encoder tables now, in the heap's load-time chunk, where they stay.
+    let mut encoder = Encoder::new(64);
+    for instr in &instrs {
+        encoder.encode(instr, instr.ip()).map_err(|_| EINVAL)?;
+    }
+    let encoded = encoder.take_buffer();
+    let decoded_len: usize = instrs.iter().map(Instruction::len).sum();
+    if encoded.get(..) != bytes.get(..decoded_len) {
+        pr_err!("iced-x86 does not encode kfree's instructions back to their bytes\n");
+        return Err(EINVAL);
     }
     Ok(())
 }

@@ -6,7 +6,6 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::entry::MAX_CPUS;
 use crate::idt::VECTORS;
 
 /// One CPU's counters.
@@ -22,22 +21,27 @@ pub(crate) struct CpuStats {
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
-#[allow(clippy::declare_interior_mutable_const)]
-const CPU_ZERO: CpuStats = CpuStats {
-    blocks_translated: ZERO,
-    cache_bytes_used: ZERO,
-    dispatcher_entries: ZERO,
-    lookup_hits: ZERO,
-    lookup_misses: ZERO,
-    pc_rewrites: ZERO,
-    rollbacks: ZERO,
-    flushes: ZERO,
-    entries_by_vector: [ZERO; VECTORS],
-};
+impl CpuStats {
+    pub(crate) const fn new() -> Self {
+        const ZERO: AtomicU64 = AtomicU64::new(0);
+        CpuStats {
+            blocks_translated: ZERO,
+            cache_bytes_used: ZERO,
+            dispatcher_entries: ZERO,
+            lookup_hits: ZERO,
+            lookup_misses: ZERO,
+            pc_rewrites: ZERO,
+            rollbacks: ZERO,
+            flushes: ZERO,
+            entries_by_vector: [ZERO; VECTORS],
+        }
+    }
+}
 
-pub(crate) static STATS: [CpuStats; MAX_CPUS] = [CPU_ZERO; MAX_CPUS];
+/// Every CPU id's counters (empty before load and after unload).
+pub(crate) fn all() -> &'static [CpuStats] {
+    crate::cpu::table().map_or(&[], |t| t.stats.as_slice())
+}
 
 /// The scalar statistics, by sysfs file name.
 pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 8] = [
@@ -57,5 +61,5 @@ pub(crate) fn bump(c: &AtomicU64) {
 
 /// Sum of one counter over all CPUs.
 pub(crate) fn total(f: impl Fn(&CpuStats) -> &AtomicU64) -> u64 {
-    STATS.iter().map(|s| f(s).load(Relaxed)).sum()
+    all().iter().map(|s| f(s).load(Relaxed)).sum()
 }

@@ -13,8 +13,7 @@ use kernel::bindings;
 use kernel::prelude::*;
 
 use crate::control;
-use crate::entry::MAX_CPUS;
-use crate::stats::{CpuStats, SCALARS, STATS};
+use crate::stats::{self, CpuStats, SCALARS};
 
 type Show = unsafe extern "C" fn(*mut bindings::kobject, *mut bindings::kobj_attribute, *mut u8) -> isize;
 type Store =
@@ -37,15 +36,15 @@ const STAT_NAMES: [&CStr; NSTATS] = [
 // sysfs keeps pointers to attributes and groups for as long as they are
 // registered, so they live in statics, written once in `Sysfs::new` before
 // registration.
-static mut KNOBS: [bindings::kobj_attribute; 3] = [const { zeroed_attr() }; 3];
-static mut KNOB_PTRS: [*mut bindings::attribute; 4] = [ptr::null_mut(); 4];
+static mut KNOBS: [bindings::kobj_attribute; 4] = [const { zeroed_attr() }; 4];
+static mut KNOB_PTRS: [*mut bindings::attribute; 5] = [ptr::null_mut(); 5];
 static mut KNOB_GROUP: bindings::attribute_group = const { zeroed_group() };
 static mut STAT_ATTRS: [bindings::kobj_attribute; NSTATS] = [const { zeroed_attr() }; NSTATS];
 static mut STAT_PTRS: [*mut bindings::attribute; NSTATS + 1] = [ptr::null_mut(); NSTATS + 1];
 static mut STAT_GROUP: bindings::attribute_group = const { zeroed_group() };
 
-/// The per-CPU stats directories, to tell which CPU a `show` is for.
-static CPU_DIRS: [AtomicPtr<bindings::kobject>; MAX_CPUS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS];
+/// The `stats` directory, to tell totals from a CPU's `show`.
+static STATS_DIR: AtomicPtr<bindings::kobject> = AtomicPtr::new(ptr::null_mut());
 
 const fn zeroed_attr() -> bindings::kobj_attribute {
     // SAFETY: an all-zero `kobj_attribute` is valid (null name and callbacks).
@@ -114,7 +113,7 @@ unsafe extern "C" fn enabled_store(
 ) -> isize {
     let r = match parse(buf, count) {
         Ok(0) => control::disable(),
-        Ok(1) => crate::with_module(|m| control::enable(&m.exec, m.native)),
+        Ok(1) => control::enable(crate::native_range()),
         _ => Err(EINVAL),
     };
     store_result(r, count)
@@ -146,14 +145,22 @@ unsafe extern "C" fn cache_kb_store(
     store_result(parse(buf, count).and_then(control::set_cache_kb), count)
 }
 
+unsafe extern "C" fn heap_show(_: *mut bindings::kobject, _: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
+    emit(buf, |p| writeln!(p, "{}", crate::heap::usage().0))
+}
+
 unsafe extern "C" fn stat_show(kobj: *mut bindings::kobject, attr: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
     let base = ptr::addr_of_mut!(STAT_ATTRS).cast::<bindings::kobj_attribute>();
     // SAFETY: `attr` is one of `STAT_ATTRS` (only they have this callback).
     let index = unsafe { attr.offset_from(base) } as usize;
-    let cpu = CPU_DIRS.iter().position(|d| d.load(Relaxed) == kobj);
-    let cpus: &[CpuStats] = match cpu {
-        Some(c) => &STATS[c..=c],
-        None => &STATS[..],
+    let all = stats::all();
+    let cpus: &[CpuStats] = if kobj == STATS_DIR.load(Relaxed) {
+        all
+    } else {
+        // SAFETY: every other directory with this group is a `stats/cpuN`
+        // kobject created in `Sysfs::new` with its CPU id as its name.
+        let id = unsafe { cpu_of(kobj) };
+        id.and_then(|i| all.get(i..=i)).unwrap_or(&[])
     };
     if let Some((_, field)) = SCALARS.get(index) {
         let v: u64 = cpus.iter().map(|s| field(s).load(Relaxed)).sum();
@@ -168,6 +175,16 @@ unsafe extern "C" fn stat_show(kobj: *mut bindings::kobject, attr: *mut bindings
         }
         Ok(())
     })
+}
+
+/// The CPU id of a `cpuN` directory.
+///
+/// # Safety
+/// `kobj` must be a live kobject.
+unsafe fn cpu_of(kobj: *mut bindings::kobject) -> Option<usize> {
+    // SAFETY: a live kobject has a valid name (the caller's contract).
+    let name = unsafe { CStr::from_ptr((*kobj).name.cast()) };
+    name.to_str().ok()?.strip_prefix("cpu")?.parse().ok()
 }
 
 fn attr(name: &'static CStr, mode: u16, show: Option<Show>, store: Option<Store>) -> bindings::kobj_attribute {
@@ -219,6 +236,7 @@ impl Sysfs {
             knobs[0] = attr(c"enabled", 0o644, Some(enabled_show), Some(enabled_store));
             knobs[1] = attr(c"flush", 0o200, None, Some(flush_store));
             knobs[2] = attr(c"cache_kb", 0o644, Some(cache_kb_show), Some(cache_kb_store));
+            knobs[3] = attr(c"heap_bytes_used", 0o444, Some(heap_show), None);
             let ptrs = &mut *ptr::addr_of_mut!(KNOB_PTRS);
             for (p, k) in ptrs.iter_mut().zip(knobs.iter_mut()) {
                 *p = &mut k.attr;
@@ -236,10 +254,9 @@ impl Sysfs {
         let root = create_dir(c"kdbt", unsafe { bindings::kernel_kobj }, ptr::addr_of!(KNOB_GROUP))?;
         let mut this = Sysfs { root, stats: ptr::null_mut(), cpus: KVec::new() };
         this.stats = create_dir(c"stats", root, ptr::addr_of!(STAT_GROUP))?;
-        // SAFETY: `nr_cpu_ids` is read-only after boot.
-        let ids = (unsafe { bindings::nr_cpu_ids } as usize).min(MAX_CPUS);
-        for id in 0..ids {
-            let mut name = [0u8; 8];
+        STATS_DIR.store(this.stats, Relaxed);
+        for id in 0..crate::cpu::ids() {
+            let mut name = [0u8; 12];
             let n = {
                 let mut w = NameBuf { buf: &mut name, len: 0 };
                 let _ = write!(w, "cpu{}", id);
@@ -248,14 +265,13 @@ impl Sysfs {
             let cname = CStr::from_bytes_with_nul(&name[..=n]).map_err(|_| EINVAL)?;
             let k = create_dir(cname, this.stats, ptr::addr_of!(STAT_GROUP))?;
             this.cpus.push(k, GFP_KERNEL)?;
-            CPU_DIRS[id].store(k, Relaxed);
         }
         Ok(this)
     }
 }
 
 struct NameBuf<'a> {
-    buf: &'a mut [u8; 8],
+    buf: &'a mut [u8; 12],
     len: usize,
 }
 
@@ -273,9 +289,7 @@ impl Write for NameBuf<'_> {
 
 impl Drop for Sysfs {
     fn drop(&mut self) {
-        for d in &CPU_DIRS {
-            d.store(ptr::null_mut(), Relaxed);
-        }
+        STATS_DIR.store(ptr::null_mut(), Relaxed);
         for &k in self.cpus.iter().rev() {
             // SAFETY: created in `new`; removal waits for running callbacks.
             unsafe { bindings::kobject_put(k) };

@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* kdbt's C helpers, called from Rust (declared again in ffi.rs). */
+#ifndef KDBT_HELPERS_H
+#define KDBT_HELPERS_H
+
+#include <linux/types.h>
+
+int kdbt_control_lock(int interruptible);
+void kdbt_control_unlock(void);
+unsigned int kdbt_this_cpu(void);
+int kdbt_resolve_symbols(void);
+void *kdbt_exec_alloc(size_t size);
+void kdbt_exec_free(void *p);
+int kdbt_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int));
+void kdbt_cpuhp_remove(int state);
+
+#endif
