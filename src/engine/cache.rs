@@ -8,7 +8,6 @@
 //! 64 + 16*entries   fragments, each 8-byte aligned: body, exit stubs, literals
 //! ```
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::config::Config;
@@ -83,7 +82,9 @@ pub struct CodeCache<A> {
     cursor: u32,
     generation: u32,
     pub(crate) fragments: Vec<Fragment>,
-    by_guest: BTreeMap<u64, u32>,
+    /// Live fragments' ids sorted by guest PC (one per guest PC): exact lookups and the
+    /// predecessor query of `cache_pc_for` by binary search.
+    by_guest: Vec<u32>,
     pub(crate) exits: Vec<LinkStub>,
     pub(crate) stats: Stats,
     scratch: Scratch,
@@ -111,11 +112,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             cursor: code_start,
             generation: 0,
             fragments: Vec::new(),
-            by_guest: BTreeMap::new(),
+            by_guest: Vec::new(),
             exits: Vec::new(),
             stats: Stats::default(),
-            scratch: Scratch::default(),
+            scratch: Scratch::new(),
         };
+        cache.scratch.reserve()?;
+        crate::decode::warm_up(&mut cache.scratch.encoded);
         cache.write_u64(DISPATCHER_SLOT_OFFSET, cfg.dispatcher);
         cache.clear_table();
         Ok(cache)
@@ -149,6 +152,27 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Bytes of the code area in use.
     pub fn used(&self) -> u32 {
         self.cursor - self.code_start
+    }
+
+    /// Heap bytes the cache holds: every structure's capacity times its element size
+    /// (fragment records and their PC maps, exits, the guest-PC index, translation
+    /// buffers). Not counted: iced's one-time tables (see `docs/engine.md`).
+    pub fn metadata_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let per_fragment: usize = self
+            .fragments
+            .iter()
+            .map(|f| {
+                f.entries.capacity() * size_of::<PcEntry>()
+                    + f.return_sites.capacity() * size_of::<(u32, u64)>()
+                    + f.incoming.capacity() * 4
+            })
+            .sum();
+        self.fragments.capacity() * size_of::<Fragment>()
+            + per_fragment
+            + self.by_guest.capacity() * 4
+            + self.exits.capacity() * size_of::<LinkStub>()
+            + self.scratch.heap_bytes()
     }
 
     /// Bytes of the code area.
@@ -223,9 +247,23 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.generation
     }
 
+    fn guest_pc_of(&self, id: u32) -> u64 {
+        self.fragments
+            .get(id as usize)
+            .map_or(u64::MAX, |f| f.guest_pc)
+    }
+
+    /// Position of guest `pc` in `by_guest`: `Ok` if present, `Err` where to insert it.
+    fn guest_index(&self, pc: u64) -> Result<usize, usize> {
+        self.by_guest
+            .binary_search_by(|&id| self.guest_pc_of(id).cmp(&pc))
+    }
+
     pub(crate) fn remove_guest(&mut self, pc: u64, id: FragmentId) {
-        if self.by_guest.get(&pc) == Some(&id.0) {
-            self.by_guest.remove(&pc);
+        if let Ok(i) = self.guest_index(pc) {
+            if self.by_guest.get(i) == Some(&id.0) {
+                self.by_guest.remove(i);
+            }
         }
     }
 
@@ -240,11 +278,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// The live fragment starting at guest `pc`, if translated.
     pub fn lookup(&self, pc: u64) -> Option<FragmentId> {
-        self.by_guest.get(&pc).map(|&i| FragmentId(i))
+        let i = self.guest_index(pc).ok()?;
+        self.by_guest.get(i).map(|&id| FragmentId(id))
     }
 
     /// The fragment for guest `pc`, translating the block if needed (a dispatcher lookup,
-    /// counted in [`Stats`]). On `CacheFull` nothing changed: flush and retry.
+    /// counted in [`Stats`]). On `CacheFull` or `OutOfMemory` nothing changed: flush and
+    /// retry.
     pub fn translate(&mut self, pc: u64, mem: &dyn GuestMemory) -> Result<FragmentId, Error> {
         self.stats.lookups += 1;
         if let Some(id) = self.lookup(pc) {
@@ -271,6 +311,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
         };
+        self.scratch.reserve()?;
         let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
         let result = self.place(pc, start, first_exit, layout.base, &built);
         self.scratch.code = built.bytes;
@@ -306,6 +347,30 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                 })
             }
         };
+        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull {
+            needed: size,
+            available: 0,
+        })?;
+        let slot = match self.guest_index(pc) {
+            Ok(_) => return Err(Error::UnknownFragment),
+            Err(slot) => slot,
+        };
+        // Every allocation first: on failure nothing has changed.
+        let oom = |_| Error::OutOfMemory;
+        let mut entries = Vec::new();
+        entries
+            .try_reserve_exact(built.entries.len())
+            .map_err(oom)?;
+        let mut return_sites = Vec::new();
+        return_sites
+            .try_reserve_exact(built.return_sites.len())
+            .map_err(oom)?;
+        self.exits.try_reserve(built.exits.len()).map_err(oom)?;
+        self.fragments.try_reserve(1).map_err(oom)?;
+        self.by_guest.try_reserve(1).map_err(oom)?;
+        entries.extend_from_slice(&built.entries);
+        return_sites.extend_from_slice(&built.return_sites);
+
         let dst = self
             .arena
             .as_mut()
@@ -315,11 +380,6 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                 available: arena_len.saturating_sub(self.cursor),
             })?;
         dst.copy_from_slice(&built.bytes);
-
-        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull {
-            needed: size,
-            available: 0,
-        })?;
         for x in &built.exits {
             self.exits.push(LinkStub {
                 kind: x.kind,
@@ -333,14 +393,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             guest_len: built.guest_len,
             start,
             code_end: built.code_end,
-            entries: built.entries.clone(),
-            return_sites: built.return_sites.clone(),
+            entries,
+            return_sites,
             first_exit,
             n_exits: u32::try_from(built.exits.len()).unwrap_or(0),
             incoming: Vec::new(),
             live: true,
         });
-        self.by_guest.insert(pc, id);
+        self.by_guest.insert(slot, id);
         self.cursor = end;
         self.table_insert(pc, base);
         self.stats.blocks += 1;
@@ -449,12 +509,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// rollback is needed). `pc` must be a guest instruction boundary. `None`: translate a
     /// new fragment at `pc` with [`Self::translate`].
     pub fn cache_pc_for(&self, pc: u64) -> Option<u64> {
-        if let Some(&i) = self.by_guest.get(&pc) {
-            let f = self.fragments.get(i as usize)?;
-            return Some(self.exec_base.wrapping_add(u64::from(f.start)));
-        }
-        let (_, &i) = self.by_guest.range(..pc).next_back()?;
-        let f = self.fragments.get(i as usize)?;
+        let before = match self.guest_index(pc) {
+            Ok(i) => {
+                let f = self.fragments.get(*self.by_guest.get(i)? as usize)?;
+                return Some(self.exec_base.wrapping_add(u64::from(f.start)));
+            }
+            Err(i) => i.checked_sub(1)?,
+        };
+        let f = self.fragments.get(*self.by_guest.get(before)? as usize)?;
         if pc >= f.guest_pc.wrapping_add(f.guest_len) {
             return None;
         }

@@ -5,8 +5,6 @@
 //! run the fragment is the caller's concern (the kernel glue patches with the other CPUs
 //! quiesced or relies on the aligned-store atomicity it guarantees).
 
-use alloc::vec::Vec;
-
 use crate::cache::{CodeCache, FragmentId, LinkStub};
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind};
@@ -41,6 +39,9 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             return Ok(());
         }
         let start = f.start;
+        if let Some(f) = self.fragments.get_mut(to.0 as usize) {
+            f.incoming.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+        }
         self.unlink(exit)?;
         self.patch_branch(field, start);
         if let Some(x) = self.exits.get_mut(exit.index as usize) {
@@ -75,18 +76,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.exits.get(exit.index as usize)?.linked.map(FragmentId)
     }
 
-    /// Exits currently linked to fragment `id`.
-    pub fn incoming(&self, id: FragmentId) -> Vec<ExitId> {
+    /// Exits currently linked to fragment `id` (none for an unknown id).
+    pub fn incoming(&self, id: FragmentId) -> impl Iterator<Item = ExitId> + '_ {
         let generation = self.generation();
         self.fragments
             .get(id.0 as usize)
-            .map(|f| {
-                f.incoming
-                    .iter()
-                    .map(|&index| ExitId { index, generation })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map_or(&[][..], |f| &f.incoming[..])
+            .iter()
+            .map(move |&index| ExitId { index, generation })
     }
 
     /// Removes fragment `id` from use: unlinks every exit into it and out of it, and drops
@@ -99,9 +96,15 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             .get(id.0 as usize)
             .ok_or(Error::UnknownFragment)?;
         let generation = self.generation();
-        let incoming: Vec<u32> = f.incoming.clone();
         let (first, n, pc) = (f.first_exit, f.n_exits, f.guest_pc);
-        for index in incoming.into_iter().chain(first..first.saturating_add(n)) {
+        while let Some(index) = self
+            .fragments
+            .get_mut(id.0 as usize)
+            .and_then(|f| f.incoming.pop())
+        {
+            self.unlink(ExitId { index, generation })?;
+        }
+        for index in first..first.saturating_add(n) {
             self.unlink(ExitId { index, generation })?;
         }
         self.table_remove(pc);
