@@ -10,13 +10,14 @@ use std::cell::Cell;
 use kdbt_engine::{CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory};
 
 /// Fails this thread's allocations once `BUDGET` bytes have been handed out (when set), and
-/// tracks this thread's bytes in use and their peak.
+/// counts this thread's allocations and tracks its bytes in use and their peak.
 struct Limited;
 
 thread_local! {
     static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
     static IN_USE: Cell<usize> = const { Cell::new(0) };
     static PEAK: Cell<usize> = const { Cell::new(0) };
+    static CALLS: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: every call is forwarded to `System` unchanged, or fails with null.
@@ -29,6 +30,7 @@ unsafe impl GlobalAlloc for Limited {
             }
             BUDGET.with(|b| b.set(Some(left - size)));
         }
+        CALLS.with(|c| c.set(c.get() + 1));
         // SAFETY: forwarded with the caller's layout.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
@@ -132,4 +134,32 @@ fn a_cache_whose_buffers_cannot_be_reserved_is_not_created() {
         CodeCache::new(arena, 0x1_0000_0000, kernel_config())
     });
     assert!(matches!(r, Err(Error::OutOfMemory)));
+}
+
+#[test]
+fn a_translation_that_grows_no_metadata_vector_allocates_nothing() {
+    let Some((addr, text)) = busybox() else {
+        eprintln!("no /bin/busybox: skipped");
+        return;
+    };
+    let mut cache = CodeCache::new(vec![0u8; 8 << 20], 0x1_0000_0000, kernel_config()).unwrap();
+    let mem = SliceMemory::new(addr, &text);
+    let (mut pc, mut quiet) = (addr, 0);
+    while pc < addr + text.len() as u64 {
+        let (bytes, guest) = (cache.metadata_bytes(), cache.stats().guest_bytes);
+        let calls = CALLS.with(|c| c.get());
+        PEAK.with(|p| p.set(IN_USE.with(|u| u.get())));
+        let r = cache.translate(pc, &mem);
+        let allocs = CALLS.with(|c| c.get()) - calls;
+        let transient = PEAK.with(|p| p.get()) - IN_USE.with(|u| u.get());
+        if cache.metadata_bytes() == bytes {
+            assert_eq!((allocs, transient), (0, 0), "at {pc:#x}: {r:?}");
+            quiet += 1;
+        }
+        pc += match r {
+            Ok(_) => (cache.stats().guest_bytes - guest).max(1),
+            Err(_) => 1,
+        };
+    }
+    assert!(quiet > 1000, "{quiet} translations without growth");
 }

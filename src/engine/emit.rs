@@ -35,6 +35,8 @@ pub(crate) struct Scratch {
     pub fixups: Vec<Fixup>,
     pub exits: Vec<ExitSpec>,
     pub return_sites: Vec<(u32, u64)>,
+    /// The fragment's metadata stream (`meta.rs`).
+    pub meta: Vec<u8>,
     /// iced's encoder output, handed to it with room for one instruction.
     pub encoded: Vec<u8>,
     /// iced's instruction info (used registers), created once by [`Scratch::reserve`]
@@ -80,6 +82,7 @@ impl Scratch {
             fixups: Vec::new(),
             exits: Vec::new(),
             return_sites: Vec::new(),
+            meta: Vec::new(),
             encoded: Vec::new(),
             info: None,
         }
@@ -95,6 +98,7 @@ impl Scratch {
         reserve(&mut self.fixups, MAX_SMALL)?;
         reserve(&mut self.exits, MAX_SMALL)?;
         reserve(&mut self.return_sites, MAX_SMALL)?;
+        reserve(&mut self.meta, MAX_FRAGMENT)?;
         reserve(&mut self.encoded, MAX_INSN + 1)?;
         if self.info.is_none() {
             self.info = Some(InstructionInfoFactory::new());
@@ -112,6 +116,7 @@ impl Scratch {
             + self.fixups.capacity() * size_of::<Fixup>()
             + self.exits.capacity() * size_of::<ExitSpec>()
             + self.return_sites.capacity() * size_of::<(u32, u64)>()
+            + self.meta.capacity()
             + self.encoded.capacity()
     }
 }

@@ -28,6 +28,7 @@ mod hooks;
 mod ibl;
 mod link;
 mod memory;
+mod meta;
 mod pcmap;
 mod stats;
 mod translate;
