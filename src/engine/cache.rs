@@ -8,7 +8,6 @@
 //! 64 + 16*entries   fragments, each 8-byte aligned: body, exit stubs, literals
 //! ```
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::config::Config;
@@ -16,7 +15,8 @@ use crate::emit::Scratch;
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind, ExitReason};
 use crate::memory::GuestMemory;
-use crate::pcmap::{self, EntryKind, PcEntry, PcMapping, RipSource};
+use crate::meta::{self, Exit, Header, Prev, Shape, Stream};
+use crate::pcmap::{EntryKind, PcMapping, RipSource, Rollback};
 use crate::stats::Stats;
 use crate::translate::{self, Built, Layout};
 
@@ -33,37 +33,43 @@ const FRAGMENT_ALIGN: u32 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FragmentId(pub u32);
 
-/// Metadata of one fragment.
+/// No fragment / no exit (end of an incoming list).
+pub(crate) const NONE: u32 = u32::MAX;
+/// Bit of `Fragment::first_exit` set once the fragment is invalidated (exit ids are 31-bit).
+const DEAD: u32 = 1 << 31;
+
+/// Heap record of one fragment; the rest of its metadata (PC map, exits, return sites) is
+/// the stream at arena offset `meta` (see `meta.rs`).
 ///
 /// # Invariants
-/// `start + size` is within the arena's code area; `entries` are sorted and cover
-/// `[0, code_end)`; exits `first_exit .. first_exit + n_exits` belong to this fragment.
+/// `start` is within the arena's code area; `meta` follows the fragment's literals; exits
+/// `first_exit .. first_exit + n_exits` (stream header) belong to this fragment; `incoming`
+/// heads the list, threaded through `CodeCache::next_incoming`, of exits linked to it.
 pub(crate) struct Fragment {
     pub guest_pc: u64,
-    pub guest_len: u64,
     /// Arena offset of the first byte.
     pub start: u32,
-    /// Fragment-relative end of executable code.
-    pub code_end: u32,
-    pub entries: Vec<PcEntry>,
-    pub return_sites: Vec<(u32, u64)>,
+    /// Arena offset of the metadata stream.
+    pub meta: u32,
+    /// Id of the first exit; [`DEAD`] set once invalidated (no longer found by guest PC,
+    /// its code still maps back).
     pub first_exit: u32,
-    pub n_exits: u32,
-    /// Exits currently linked to this fragment.
-    pub incoming: Vec<u32>,
-    /// False once invalidated: no longer found by guest PC, its code still maps back.
-    pub live: bool,
+    /// First exit linked to this fragment, or [`NONE`].
+    pub incoming: u32,
 }
 
-/// One exit of a fragment (DynamoRIO's linkstub).
-pub(crate) struct LinkStub {
-    pub kind: ExitKind,
-    /// Arena offset of the body branch's rel32 field (direct exits).
-    pub patch: Option<u32>,
-    /// Arena offset of the exit stub (direct exits).
-    pub stub: Option<u32>,
-    /// Fragment the branch currently jumps to.
-    pub linked: Option<u32>,
+impl Fragment {
+    pub fn live(&self) -> bool {
+        self.first_exit & DEAD == 0
+    }
+
+    pub fn first_exit(&self) -> u32 {
+        self.first_exit & !DEAD
+    }
+
+    pub fn kill(&mut self) {
+        self.first_exit |= DEAD;
+    }
 }
 
 /// A code cache over arena `A` (the writable view of memory that executes at `exec_base`).
@@ -71,9 +77,9 @@ pub(crate) struct LinkStub {
 /// # Invariants
 /// The arena's dispatcher slot and lookup table are initialised; every lookup-table entry
 /// either is empty (its guest PC's low bits differ from its index) or maps a live fragment's
-/// guest PC to its entry; `fragments` are sorted by `start`; every linked body branch jumps
-/// to the start of a live fragment whose `incoming` lists it, every other direct branch
-/// jumps to its own exit stub.
+/// guest PC to its entry; `fragments` are sorted by `start` and by first exit; every linked
+/// body branch jumps to the start of a live fragment whose incoming list holds it, every
+/// other direct branch jumps to its own exit stub (so the code itself records the links).
 pub struct CodeCache<A> {
     arena: A,
     arena_len: usize,
@@ -83,8 +89,13 @@ pub struct CodeCache<A> {
     cursor: u32,
     generation: u32,
     pub(crate) fragments: Vec<Fragment>,
-    by_guest: BTreeMap<u64, u32>,
-    pub(crate) exits: Vec<LinkStub>,
+    /// Live fragments' ids sorted by guest PC (one per guest PC): exact lookups and the
+    /// predecessor query of `cache_pc_for` by binary search.
+    by_guest: Vec<u32>,
+    /// Per exit: the next exit on the incoming list it is on ([`NONE`] ends it).
+    pub(crate) next_incoming: Vec<u32>,
+    /// Distinct rollback shapes of the PC maps.
+    shapes: Vec<Shape>,
     pub(crate) stats: Stats,
     scratch: Scratch,
 }
@@ -111,11 +122,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             cursor: code_start,
             generation: 0,
             fragments: Vec::new(),
-            by_guest: BTreeMap::new(),
-            exits: Vec::new(),
+            by_guest: Vec::new(),
+            next_incoming: Vec::new(),
+            shapes: Vec::new(),
             stats: Stats::default(),
-            scratch: Scratch::default(),
+            scratch: Scratch::new(),
         };
+        cache.scratch.reserve()?;
+        crate::decode::warm_up(&mut cache.scratch.encoded);
         cache.write_u64(DISPATCHER_SLOT_OFFSET, cfg.dispatcher);
         cache.clear_table();
         Ok(cache)
@@ -149,6 +163,18 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Bytes of the code area in use.
     pub fn used(&self) -> u32 {
         self.cursor - self.code_start
+    }
+
+    /// Heap bytes the cache holds: every structure's capacity times its element size
+    /// (fragment records, exits' incoming links, the guest-PC index, rollback shapes,
+    /// translation buffers). Not counted: iced's one-time tables (see `docs/engine.md`).
+    pub fn metadata_bytes(&self) -> usize {
+        use core::mem::size_of;
+        self.fragments.capacity() * size_of::<Fragment>()
+            + self.by_guest.capacity() * 4
+            + self.next_incoming.capacity() * 4
+            + self.shapes.capacity() * size_of::<Shape>()
+            + self.scratch.heap_bytes()
     }
 
     /// Bytes of the code area.
@@ -223,9 +249,23 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.generation
     }
 
+    fn guest_pc_of(&self, id: u32) -> u64 {
+        self.fragments
+            .get(id as usize)
+            .map_or(u64::MAX, |f| f.guest_pc)
+    }
+
+    /// Position of guest `pc` in `by_guest`: `Ok` if present, `Err` where to insert it.
+    fn guest_index(&self, pc: u64) -> Result<usize, usize> {
+        self.by_guest
+            .binary_search_by(|&id| self.guest_pc_of(id).cmp(&pc))
+    }
+
     pub(crate) fn remove_guest(&mut self, pc: u64, id: FragmentId) {
-        if self.by_guest.get(&pc) == Some(&id.0) {
-            self.by_guest.remove(&pc);
+        if let Ok(i) = self.guest_index(pc) {
+            if self.by_guest.get(i) == Some(&id.0) {
+                self.by_guest.remove(i);
+            }
         }
     }
 
@@ -240,11 +280,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// The live fragment starting at guest `pc`, if translated.
     pub fn lookup(&self, pc: u64) -> Option<FragmentId> {
-        self.by_guest.get(&pc).map(|&i| FragmentId(i))
+        let i = self.guest_index(pc).ok()?;
+        self.by_guest.get(i).map(|&id| FragmentId(id))
     }
 
     /// The fragment for guest `pc`, translating the block if needed (a dispatcher lookup,
-    /// counted in [`Stats`]). On `CacheFull` nothing changed: flush and retry.
+    /// counted in [`Stats`]). On `CacheFull` or `OutOfMemory` nothing changed: flush and
+    /// retry.
     pub fn translate(&mut self, pc: u64, mem: &dyn GuestMemory) -> Result<FragmentId, Error> {
         self.stats.lookups += 1;
         if let Some(id) = self.lookup(pc) {
@@ -261,7 +303,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             .checked_add(FRAGMENT_ALIGN - 1)
             .map(|c| c & !(FRAGMENT_ALIGN - 1))
             .unwrap_or(u32::MAX);
-        let first_exit = u32::try_from(self.exits.len()).map_err(|_| Error::CacheFull {
+        let first_exit = u32::try_from(self.next_incoming.len()).map_err(|_| Error::CacheFull {
             needed: 0,
             available: 0,
         })?;
@@ -271,8 +313,12 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
         };
+        self.scratch.reserve()?;
         let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
-        let result = self.place(pc, start, first_exit, layout.base, &built);
+        let mut stream = core::mem::take(&mut self.scratch.meta);
+        let result = meta::encode(pc, &built, &mut self.shapes, &mut stream)
+            .and_then(|()| self.place(pc, start, first_exit, layout.base, &built, &stream));
+        self.scratch.meta = stream;
         self.scratch.code = built.bytes;
         self.scratch.entries = built.entries;
         self.scratch.exits = built.exits;
@@ -280,7 +326,8 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         result
     }
 
-    /// Copies a built fragment to arena offset `start` and records its metadata.
+    /// Copies a built fragment and its metadata stream to arena offset `start` and
+    /// records it.
     fn place(
         &mut self,
         pc: u64,
@@ -288,8 +335,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         first_exit: u32,
         base: u64,
         built: &Built,
+        stream: &[u8],
     ) -> Result<FragmentId, Error> {
-        let size = u32::try_from(built.bytes.len()).unwrap_or(u32::MAX);
+        let code = u32::try_from(built.bytes.len()).unwrap_or(u32::MAX);
+        let size = code.saturating_add(u32::try_from(stream.len()).unwrap_or(u32::MAX));
         let arena_len = u32::try_from(self.arena_len).unwrap_or(u32::MAX);
         if size > self.capacity() {
             return Err(Error::FragmentTooLarge {
@@ -297,50 +346,44 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                 capacity: self.capacity(),
             });
         }
+        let full = Error::CacheFull {
+            needed: size,
+            available: arena_len.saturating_sub(self.cursor),
+        };
         let end = match start.checked_add(size) {
             Some(end) if end <= arena_len => end,
-            _ => {
-                return Err(Error::CacheFull {
-                    needed: size,
-                    available: arena_len.saturating_sub(self.cursor),
-                })
-            }
+            _ => return Err(full),
         };
+        let id = u32::try_from(self.fragments.len()).map_err(|_| full)?;
+        let slot = match self.guest_index(pc) {
+            Ok(_) => return Err(Error::UnknownFragment),
+            Err(slot) => slot,
+        };
+        // Every allocation first: on failure nothing has changed. Pools grow by a quarter
+        // (not doubling), so their spare capacity stays small next to the cache.
+        grow(&mut self.next_incoming, built.exits.len())?;
+        grow(&mut self.fragments, 1)?;
+        grow(&mut self.by_guest, 1)?;
+
         let dst = self
             .arena
             .as_mut()
             .get_mut(start as usize..end as usize)
-            .ok_or(Error::CacheFull {
-                needed: size,
-                available: arena_len.saturating_sub(self.cursor),
-            })?;
-        dst.copy_from_slice(&built.bytes);
-
-        let id = u32::try_from(self.fragments.len()).map_err(|_| Error::CacheFull {
-            needed: size,
-            available: 0,
-        })?;
-        for x in &built.exits {
-            self.exits.push(LinkStub {
-                kind: x.kind,
-                patch: x.patch.and_then(|p| start.checked_add(p)),
-                stub: x.stub.and_then(|s| start.checked_add(s)),
-                linked: None,
-            });
+            .ok_or(full)?;
+        let (code_dst, meta_dst) = dst.split_at_mut(code as usize);
+        code_dst.copy_from_slice(&built.bytes);
+        meta_dst.copy_from_slice(stream);
+        for _ in &built.exits {
+            self.next_incoming.push(NONE);
         }
         self.fragments.push(Fragment {
             guest_pc: pc,
-            guest_len: built.guest_len,
             start,
-            code_end: built.code_end,
-            entries: built.entries.clone(),
-            return_sites: built.return_sites.clone(),
+            meta: start.saturating_add(code),
             first_exit,
-            n_exits: u32::try_from(built.exits.len()).unwrap_or(0),
-            incoming: Vec::new(),
-            live: true,
+            incoming: NONE,
         });
-        self.by_guest.insert(pc, id);
+        self.by_guest.insert(slot, id);
         self.cursor = end;
         self.table_insert(pc, base);
         self.stats.blocks += 1;
@@ -356,13 +399,43 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.fragment_entry(id)
     }
 
+    /// The metadata stream of fragment `f` (bytes from its start to the arena's end).
+    pub(crate) fn stream(&self, f: &Fragment) -> Stream<'_> {
+        let bytes = self.arena.as_ref().get(f.meta as usize..).unwrap_or(&[]);
+        Stream::new(f.guest_pc, bytes)
+    }
+
+    pub(crate) fn header(&self, f: &Fragment) -> Option<Header> {
+        self.stream(f).header()
+    }
+
+    /// The fragment owning exit `index`, and the exit (offsets made arena offsets).
+    pub(crate) fn exit(&self, index: u32) -> Option<(u32, Exit)> {
+        let i = self
+            .fragments
+            .partition_point(|f| f.first_exit() <= index)
+            .checked_sub(1)?;
+        let f = self.fragments.get(i)?;
+        let mut s = self.stream(f);
+        let h = s.header()?;
+        let local = index - f.first_exit();
+        if local >= h.n_exits {
+            return None;
+        }
+        for _ in 0..local {
+            s.exit()?;
+        }
+        let mut x = s.exit()?;
+        x.patch = x.patch.and_then(|p| f.start.checked_add(p));
+        x.stub = x.stub.and_then(|p| f.start.checked_add(p));
+        Some((u32::try_from(i).ok()?, x))
+    }
+
     /// Decodes the dispatcher frame's exit id and aux value.
     pub fn exit_reason(&self, exit_id: u64, aux: u64) -> Result<ExitReason, Error> {
-        let index = u32::try_from(exit_id).map_err(|_| Error::UnknownExit { id: exit_id })?;
-        let x = self
-            .exits
-            .get(index as usize)
-            .ok_or(Error::UnknownExit { id: exit_id })?;
+        let unknown = Error::UnknownExit { id: exit_id };
+        let index = u32::try_from(exit_id).map_err(|_| unknown)?;
+        let (_, x) = self.exit(index).ok_or(unknown)?;
         Ok(match x.kind {
             ExitKind::Direct { target } => ExitReason::DirectMiss {
                 exit: ExitId {
@@ -408,14 +481,17 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     pub fn flush(&mut self) {
         self.fragments.clear();
         self.by_guest.clear();
-        self.exits.clear();
+        self.next_incoming.clear();
+        self.shapes.clear();
         self.cursor = self.code_start;
         self.generation = self.generation.wrapping_add(1);
         self.clear_table();
         self.stats.flushes += 1;
     }
 
-    fn fragment_at(&self, cache_pc: u64) -> Option<(&Fragment, u32)> {
+    /// The fragment whose code contains `cache_pc`, its stream positioned after the header,
+    /// the header, and the fragment-relative offset.
+    fn fragment_at(&self, cache_pc: u64) -> Option<(Stream<'_>, Header, u32)> {
         let off = u32::try_from(cache_pc.checked_sub(self.exec_base)?).ok()?;
         let idx = self
             .fragments
@@ -423,25 +499,57 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             .checked_sub(1)?;
         let f = self.fragments.get(idx)?;
         let rel = off.saturating_sub(f.start);
-        (rel < f.code_end).then_some((f, rel))
+        let mut s = self.stream(f);
+        let h = s.header()?;
+        (rel < h.code_end).then_some((s, h, rel))
     }
 
     /// The PC map: for an address inside translated code (an interrupted `rip`), the guest
     /// instruction it belongs to and the rollback giving the precise guest state. `None`
-    /// outside fragment code (table, literals, padding, unused space).
+    /// outside fragment code (table, literals, metadata, padding, unused space).
     pub fn pc_map(&self, cache_pc: u64) -> Option<PcMapping> {
-        let (f, rel) = self.fragment_at(cache_pc)?;
-        pcmap::lookup(&f.entries, rel)
+        let (mut s, _, rel) = self.fragment_at(cache_pc)?;
+        s.r.pos = 0;
+        let (_, n) = s.skip_to_entries()?;
+        let mut prev = Prev::new(s.pc);
+        let mut found = None;
+        for _ in 0..n {
+            let e = s.entry(&mut prev, &self.shapes)?;
+            if e.off > rel {
+                break;
+            }
+            found = Some(e);
+        }
+        let e = found?;
+        Some(match e.kind {
+            EntryKind::Copy => {
+                let pc = e.guest_pc.wrapping_add(u64::from(rel - e.off));
+                PcMapping {
+                    insn_pc: pc,
+                    rollback: Rollback::at(pc),
+                }
+            }
+            EntryKind::Fixed(rollback) => PcMapping {
+                insn_pc: e.guest_pc,
+                rollback,
+            },
+        })
     }
 
     /// Fast policy: the guest return address for a code-cache return address pushed by a
     /// translated `call`.
     pub fn return_site(&self, cache_pc: u64) -> Option<u64> {
-        let (f, rel) = self.fragment_at(cache_pc)?;
-        f.return_sites
-            .iter()
-            .find(|(off, _)| *off == rel)
-            .map(|&(_, guest)| guest)
+        let (mut s, _, rel) = self.fragment_at(cache_pc)?;
+        s.r.pos = 0;
+        s.skip_to_sites()?;
+        for _ in 0..s.r.u()? {
+            let off = s.r.u32()?;
+            let guest = s.pc.wrapping_add(s.r.s()?);
+            if off == rel {
+                return Some(guest);
+            }
+        }
+        None
     }
 
     /// Reverse map: a runtime address at which execution can resume for guest instruction
@@ -449,17 +557,33 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// rollback is needed). `pc` must be a guest instruction boundary. `None`: translate a
     /// new fragment at `pc` with [`Self::translate`].
     pub fn cache_pc_for(&self, pc: u64) -> Option<u64> {
-        if let Some(&i) = self.by_guest.get(&pc) {
-            let f = self.fragments.get(i as usize)?;
-            return Some(self.exec_base.wrapping_add(u64::from(f.start)));
-        }
-        let (_, &i) = self.by_guest.range(..pc).next_back()?;
-        let f = self.fragments.get(i as usize)?;
-        if pc >= f.guest_pc.wrapping_add(f.guest_len) {
+        let before = match self.guest_index(pc) {
+            Ok(i) => {
+                let f = self.fragments.get(*self.by_guest.get(i)? as usize)?;
+                return Some(self.exec_base.wrapping_add(u64::from(f.start)));
+            }
+            Err(i) => i.checked_sub(1)?,
+        };
+        let f = self.fragments.get(*self.by_guest.get(before)? as usize)?;
+        let mut s = self.stream(f);
+        let (h, n) = s.skip_to_entries()?;
+        if pc >= f.guest_pc.wrapping_add(h.guest_len) {
             return None;
         }
-        for (n, e) in f.entries.iter().enumerate() {
-            let next_off = f.entries.get(n + 1).map_or(f.code_end, |x| x.off);
+        let mut prev = Prev::new(f.guest_pc);
+        let mut cur = if n > 0 {
+            Some(s.entry(&mut prev, &self.shapes)?)
+        } else {
+            None
+        };
+        for i in 0..n {
+            let e = cur?;
+            let next = if i + 1 < n {
+                Some(s.entry(&mut prev, &self.shapes)?)
+            } else {
+                None
+            };
+            let next_off = next.map_or(h.code_end, |x| x.off);
             let rel = match e.kind {
                 EntryKind::Copy => {
                     let len = u64::from(next_off.saturating_sub(e.off));
@@ -480,7 +604,17 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                         .wrapping_add(rel),
                 );
             }
+            cur = next;
         }
         None
     }
+}
+
+/// Reserves room for `n` more elements, growing by at least a quarter of the length.
+fn grow<T>(v: &mut Vec<T>, n: usize) -> Result<(), Error> {
+    if v.capacity() - v.len() >= n {
+        return Ok(());
+    }
+    let more = n.max(v.len() / 4).max(64);
+    v.try_reserve_exact(more).map_err(|_| Error::OutOfMemory)
 }

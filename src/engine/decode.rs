@@ -24,8 +24,9 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Reads up to [`WINDOW`] bytes at `pc` into `buf` (reused; on the heap because the
-    /// kernel stack is small). On error the buffer is lost (the next fetch allocates anew).
+    /// Reads up to [`WINDOW`] bytes at `pc` into `buf` (reused, reserved by the caller with
+    /// room for [`WINDOW`] bytes; on the heap because the kernel stack is small). On error the
+    /// buffer is lost (the next translation reserves it anew, fallibly).
     pub fn fetch(mem: &dyn GuestMemory, pc: u64, mut buf: Vec<u8>) -> Result<Window, Error> {
         buf.resize(WINDOW, 0);
         let len = mem
@@ -78,6 +79,19 @@ impl Window {
             _ => Error::GuestMemory { pc: ip },
         }
     }
+}
+
+/// Decodes and encodes one instruction, so that iced builds its decoder and encoder tables
+/// (one-time allocations behind `lazy_static`) now rather than in the first translation.
+pub(crate) fn warm_up(buf: &mut Vec<u8>) {
+    let mut decoder = Decoder::with_ip(64, &[0x90], 0, DecoderOptions::NONE);
+    let nop = decoder.decode();
+    let mut encoder = iced_x86::Encoder::new(64);
+    buf.clear();
+    encoder.set_buffer(core::mem::take(buf));
+    let _ = encoder.encode(&nop, 0);
+    *buf = encoder.take_buffer();
+    buf.clear();
 }
 
 /// Decodes a block's instructions one after the other (one iced decoder per block).

@@ -46,6 +46,9 @@ pub enum Error {
     UnknownFragment,
     /// The exit is not a direct exit, so it cannot be linked.
     NotLinkable,
+    /// A heap allocation for the cache's metadata failed; nothing was changed. Like
+    /// `CacheFull`: flush (which frees nothing but makes the metadata reusable) and retry.
+    OutOfMemory,
 }
 
 impl fmt::Display for Error {
@@ -71,6 +74,7 @@ impl fmt::Display for Error {
             Error::UnknownExit { id } => write!(f, "unknown exit id {id}"),
             Error::UnknownFragment => write!(f, "unknown fragment"),
             Error::NotLinkable => write!(f, "exit is not a direct exit"),
+            Error::OutOfMemory => write!(f, "out of memory for code-cache metadata"),
         }
     }
 }

@@ -171,8 +171,8 @@ impl Builder<'_> {
                     );
                     let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, near)
                         .map_err(|_| size_err)?;
-                    if let Ok(bytes) = self.encode(&load, pc) {
-                        self.e.bytes(&bytes);
+                    if self.reaches(abs) && self.encode(&load, pc).is_ok() {
+                        self.e.bytes(&self.enc);
                         return Ok(());
                     }
                     self.e.mov_imm64(Gpr::Rax, abs);
@@ -180,8 +180,8 @@ impl Builder<'_> {
                         MemoryOperand::new(Register::RAX, Register::None, 1, 0, 0, false, seg);
                     let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, far)
                         .map_err(|_| size_err)?;
-                    let bytes = self.encode(&load, pc)?;
-                    self.e.bytes(&bytes);
+                    self.encode(&load, pc)?;
+                    self.e.bytes(&self.enc);
                     return Ok(());
                 }
                 let index = insn.memory_index();
@@ -197,8 +197,8 @@ impl Builder<'_> {
                     MemoryOperand::new(base, index, insn.memory_index_scale(), disp, 1, false, seg);
                 let load = Instruction::with2(Code::Mov_r64_rm64, Register::RAX, mem)
                     .map_err(|_| size_err)?;
-                let bytes = self.encode(&load, pc)?;
-                self.e.bytes(&bytes);
+                self.encode(&load, pc)?;
+                self.e.bytes(&self.enc);
                 Ok(())
             }
             _ => Err(size_err),

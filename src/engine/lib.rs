@@ -8,7 +8,8 @@
 //! (`kdbt-host`) and the kernel module; `docs/engine.md` describes it for both.
 //!
 //! - [`CodeCache`]: arena, inline lookup table, fragments, linking ([`CodeCache::link`]),
-//!   flushing, dispatch helpers ([`CodeCache::exit_reason`], [`CodeCache::resolve`]).
+//!   flushing, the dispatcher step ([`CodeCache::dispatch`] with an [`Embedder`]) and its
+//!   parts ([`CodeCache::exit_reason`], [`CodeCache::resolve`]).
 //! - [`CodeCache::pc_map`] + [`Rollback::apply`]: precise guest state at any address of
 //!   translated code.
 //! - [`Config`]: call/ret policy, red zone, dispatcher address, hooked instruction classes.
@@ -21,6 +22,7 @@ extern crate alloc;
 mod cache;
 mod config;
 mod decode;
+mod dispatch;
 mod emit;
 mod error;
 mod exit;
@@ -28,12 +30,14 @@ mod hooks;
 mod ibl;
 mod link;
 mod memory;
+mod meta;
 mod pcmap;
 mod stats;
 mod translate;
 
 pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
 pub use config::{CallRetPolicy, Config, IblSize};
+pub use dispatch::{Dispatch, Embedder, Step};
 pub use error::{Error, Unsupported};
 pub use exit::{
     ExitId, ExitReason, HookSite, IndirectKind, AUX_OFFSET, EXIT_ID_OFFSET, FRAME_SIZE,

@@ -3,13 +3,21 @@
 //!
 //! A link rewrites one rel32 field (4 bytes, written at once). Linking while other CPUs
 //! run the fragment is the caller's concern (the kernel glue patches with the other CPUs
-//! quiesced or relies on the aligned-store atomicity it guarantees).
+//! quiesced or relies on the aligned-store atomicity it guarantees). The code records
+//! where an exit is linked (its rel32 points at its stub or at a fragment start); each
+//! fragment heads a singly-linked list, through `next_incoming`, of the exits linked to it.
+//! Nothing here allocates.
 
-use alloc::vec::Vec;
-
-use crate::cache::{CodeCache, FragmentId, LinkStub};
+use crate::cache::{CodeCache, FragmentId, NONE};
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind};
+
+/// A direct exit's patchable branch: arena offsets of its rel32 field and its stub.
+struct Branch {
+    target: u64,
+    field: u32,
+    stub: u32,
+}
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     fn patch_branch(&mut self, field: u32, target_off: u32) {
@@ -17,54 +25,120 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.write_u32(field as usize, rel as u32);
     }
 
-    fn linkstub(&self, exit: ExitId) -> Result<&LinkStub, Error> {
-        let id = u64::from(exit.index);
-        self.exits
-            .get(exit.index as usize)
-            .ok_or(Error::UnknownExit { id })
+    fn branch(&self, exit: ExitId) -> Result<Branch, Error> {
+        let (_, x) = self.exit(exit.index).ok_or(Error::UnknownExit {
+            id: u64::from(exit.index),
+        })?;
+        match (x.kind, x.patch, x.stub) {
+            (ExitKind::Direct { target }, Some(field), Some(stub)) => Ok(Branch {
+                target,
+                field,
+                stub,
+            }),
+            _ => Err(Error::NotLinkable),
+        }
+    }
+
+    /// Arena offset the rel32 field at `field` jumps to.
+    fn branch_target(&self, field: u32) -> Option<u32> {
+        let bytes = self
+            .arena()
+            .as_ref()
+            .get(field as usize..field as usize + 4)?;
+        let rel = i32::from_le_bytes(bytes.try_into().ok()?);
+        u32::try_from(i64::from(field) + 4 + i64::from(rel)).ok()
+    }
+
+    /// The fragment starting at arena offset `start`.
+    fn fragment_starting_at(&self, start: u32) -> Option<u32> {
+        let i = self.fragments.partition_point(|f| f.start < start);
+        let f = self.fragments.get(i)?;
+        (f.start == start).then_some(u32::try_from(i).ok()?)
+    }
+
+    fn linked(&self, b: &Branch) -> Option<u32> {
+        let to = self.branch_target(b.field)?;
+        if to == b.stub {
+            return None;
+        }
+        self.fragment_starting_at(to)
     }
 
     /// Links direct exit `exit` to fragment `to`, which must start at the exit's target.
     pub fn link(&mut self, exit: ExitId, to: FragmentId) -> Result<(), Error> {
-        let x = self.linkstub(exit)?;
-        let (ExitKind::Direct { target }, Some(field)) = (x.kind, x.patch) else {
-            return Err(Error::NotLinkable);
-        };
+        let b = self.branch(exit)?;
         let f = self
             .fragments
             .get(to.0 as usize)
             .ok_or(Error::UnknownFragment)?;
-        if !f.live || f.guest_pc != target {
+        if !f.live() || f.guest_pc != b.target {
             return Err(Error::UnknownFragment);
         }
-        if x.linked == Some(to.0) {
+        if self.linked(&b) == Some(to.0) {
             return Ok(());
         }
         let start = f.start;
         self.unlink(exit)?;
-        self.patch_branch(field, start);
-        if let Some(x) = self.exits.get_mut(exit.index as usize) {
-            x.linked = Some(to.0);
+        self.patch_branch(b.field, start);
+        let head = self
+            .fragments
+            .get(to.0 as usize)
+            .map_or(NONE, |f| f.incoming);
+        if let Some(next) = self.next_incoming.get_mut(exit.index as usize) {
+            *next = head;
         }
         if let Some(f) = self.fragments.get_mut(to.0 as usize) {
-            f.incoming.push(exit.index);
+            f.incoming = exit.index;
         }
         self.stats.links += 1;
         Ok(())
     }
 
+    /// Takes exit `index` off fragment `to`'s incoming list (if it is on it).
+    fn remove_incoming(&mut self, to: u32, index: u32) {
+        let after = self
+            .next_incoming
+            .get(index as usize)
+            .copied()
+            .unwrap_or(NONE);
+        let Some(head) = self.fragments.get(to as usize).map(|f| f.incoming) else {
+            return;
+        };
+        if head == index {
+            if let Some(f) = self.fragments.get_mut(to as usize) {
+                f.incoming = after;
+            }
+            return;
+        }
+        // Bounded by the number of exits, so a corrupt list cannot loop forever.
+        let mut at = head;
+        for _ in 0..self.next_incoming.len() {
+            let Some(&next) = self.next_incoming.get(at as usize) else {
+                return;
+            };
+            if next == index {
+                if let Some(n) = self.next_incoming.get_mut(at as usize) {
+                    *n = after;
+                }
+                return;
+            }
+            at = next;
+        }
+    }
+
     /// Restores exit `exit`'s branch to its exit stub (no-op when not linked).
     pub fn unlink(&mut self, exit: ExitId) -> Result<(), Error> {
-        let x = self.linkstub(exit)?;
-        let (Some(to), Some(field), Some(stub)) = (x.linked, x.patch, x.stub) else {
+        let b = match self.branch(exit) {
+            Err(Error::NotLinkable) => return Ok(()),
+            r => r?,
+        };
+        let Some(to) = self.linked(&b) else {
             return Ok(());
         };
-        self.patch_branch(field, stub);
-        if let Some(x) = self.exits.get_mut(exit.index as usize) {
-            x.linked = None;
-        }
-        if let Some(f) = self.fragments.get_mut(to as usize) {
-            f.incoming.retain(|&i| i != exit.index);
+        self.patch_branch(b.field, b.stub);
+        self.remove_incoming(to, exit.index);
+        if let Some(next) = self.next_incoming.get_mut(exit.index as usize) {
+            *next = NONE;
         }
         self.stats.unlinks += 1;
         Ok(())
@@ -72,21 +146,27 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Whether direct exit `exit` is currently linked, and to which fragment.
     pub fn linked_to(&self, exit: ExitId) -> Option<FragmentId> {
-        self.exits.get(exit.index as usize)?.linked.map(FragmentId)
+        let b = self.branch(exit).ok()?;
+        self.linked(&b).map(FragmentId)
     }
 
-    /// Exits currently linked to fragment `id`.
-    pub fn incoming(&self, id: FragmentId) -> Vec<ExitId> {
+    /// Exits currently linked to fragment `id` (none for an unknown id).
+    pub fn incoming(&self, id: FragmentId) -> impl Iterator<Item = ExitId> + '_ {
         let generation = self.generation();
-        self.fragments
+        let mut at = self
+            .fragments
             .get(id.0 as usize)
-            .map(|f| {
-                f.incoming
-                    .iter()
-                    .map(|&index| ExitId { index, generation })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map_or(NONE, |f| f.incoming);
+        let mut left = self.next_incoming.len();
+        core::iter::from_fn(move || {
+            if at == NONE || left == 0 {
+                return None;
+            }
+            left -= 1;
+            let index = at;
+            at = self.next_incoming.get(at as usize).copied().unwrap_or(NONE);
+            Some(ExitId { index, generation })
+        })
     }
 
     /// Removes fragment `id` from use: unlinks every exit into it and out of it, and drops
@@ -99,15 +179,32 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             .get(id.0 as usize)
             .ok_or(Error::UnknownFragment)?;
         let generation = self.generation();
-        let incoming: Vec<u32> = f.incoming.clone();
-        let (first, n, pc) = (f.first_exit, f.n_exits, f.guest_pc);
-        for index in incoming.into_iter().chain(first..first.saturating_add(n)) {
+        let (first, pc) = (f.first_exit(), f.guest_pc);
+        let n = self.header(f).map_or(0, |h| h.n_exits);
+        // Each unlink takes the head off the list; bounded in case of a corrupt list.
+        for _ in 0..self.next_incoming.len() {
+            let head = self
+                .fragments
+                .get(id.0 as usize)
+                .map_or(NONE, |f| f.incoming);
+            if head == NONE {
+                break;
+            }
+            self.unlink(ExitId {
+                index: head,
+                generation,
+            })?;
+            if self.fragments.get(id.0 as usize).map(|f| f.incoming) == Some(head) {
+                self.remove_incoming(id.0, head);
+            }
+        }
+        for index in first..first.saturating_add(n) {
             self.unlink(ExitId { index, generation })?;
         }
         self.table_remove(pc);
         self.remove_guest(pc, id);
         if let Some(f) = self.fragments.get_mut(id.0 as usize) {
-            f.live = false;
+            f.kill();
         }
         Ok(())
     }

@@ -201,25 +201,3 @@ pub(crate) struct PcEntry {
     pub guest_pc: u64,
     pub kind: EntryKind,
 }
-
-/// Looks up `off` (fragment-relative, below the fragment's code end) in a fragment's
-/// entries, which are sorted by `off`.
-pub(crate) fn lookup(entries: &[PcEntry], off: u32) -> Option<PcMapping> {
-    let idx = entries.partition_point(|e| e.off <= off).checked_sub(1)?;
-    let e = entries.get(idx)?;
-    Some(match e.kind {
-        EntryKind::Copy => {
-            let pc = e
-                .guest_pc
-                .wrapping_add(u64::from(off.saturating_sub(e.off)));
-            PcMapping {
-                insn_pc: pc,
-                rollback: Rollback::at(pc),
-            }
-        }
-        EntryKind::Fixed(rollback) => PcMapping {
-            insn_pc: e.guest_pc,
-            rollback,
-        },
-    })
-}

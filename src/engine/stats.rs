@@ -28,6 +28,9 @@ pub struct Stats {
     pub misses: u64,
     /// Flushes of the whole cache.
     pub flushes: u64,
+    /// Dispatcher steps ([`crate::CodeCache::dispatch`]) that left a guest PC to run
+    /// natively because it could not be translated.
+    pub native_fallbacks: u64,
 }
 
 impl Stats {
@@ -43,5 +46,6 @@ impl Stats {
         self.hits = self.hits.wrapping_add(other.hits);
         self.misses = self.misses.wrapping_add(other.misses);
         self.flushes = self.flushes.wrapping_add(other.flushes);
+        self.native_fallbacks = self.native_fallbacks.wrapping_add(other.native_fallbacks);
     }
 }

@@ -13,7 +13,7 @@ use iced_x86::{
 
 use crate::config::{CallRetPolicy, Config};
 use crate::decode::{Window, MAX_BLOCK_INSNS};
-use crate::emit::{Emitter, Label, Scratch};
+use crate::emit::{push_within, Emitter, Label, Scratch, MAX_FRAGMENT};
 use crate::error::{Error, Unsupported};
 use crate::exit::{ExitKind, HookSite, IndirectKind};
 use crate::hooks::{self, After, HookClass};
@@ -117,6 +117,9 @@ pub(crate) struct Builder<'c> {
     pub e: Emitter,
     pub exits: Vec<ExitSpec>,
     pub return_sites: Vec<(u32, u64)>,
+    /// iced's encoder output (reserved room for one instruction).
+    pub enc: Vec<u8>,
+    pub info: Option<InstructionInfoFactory>,
 }
 
 /// Translates the guest block at `pc`.
@@ -149,6 +152,8 @@ fn build_from(
         e: Emitter::new(layout.base, scratch),
         exits: core::mem::take(&mut scratch.exits),
         return_sites: core::mem::take(&mut scratch.return_sites),
+        enc: core::mem::take(&mut scratch.encoded),
+        info: scratch.info.take(),
     };
     let mut ip = pc;
     let mut count = 0u32;
@@ -209,13 +214,14 @@ impl Builder<'_> {
     }
 
     pub(crate) fn add_exit(&mut self, kind: ExitKind, insn_pc: u64, patch: Option<u32>) -> usize {
-        self.exits.push(ExitSpec {
+        let exit = ExitSpec {
             kind,
             insn_pc,
             patch,
             stub: None,
-        });
-        self.exits.len() - 1
+        };
+        self.e.overflow |= !push_within(&mut self.exits, exit);
+        self.exits.len().saturating_sub(1)
     }
 
     /// `jmp rel32` to a direct exit towards `target`.
@@ -228,11 +234,25 @@ impl Builder<'_> {
         self.e.jmp_label(Label::Stub(i));
     }
 
-    pub(crate) fn encode(&self, insn: &Instruction, pc: u64) -> Result<Vec<u8>, Error> {
+    /// Encodes `insn` at the current address into `self.enc`. iced's output goes to the
+    /// reserved buffer (an instruction never outgrows it); only a failure allocates (iced
+    /// formats an error message, freed at once), so callers check reach beforehand.
+    pub(crate) fn encode(&mut self, insn: &Instruction, pc: u64) -> Result<(), Error> {
         let mut enc = Encoder::new(64);
-        enc.encode(insn, self.e.here())
-            .map_err(|_| Error::Encode { pc })?;
-        Ok(enc.take_buffer())
+        let mut buf = core::mem::take(&mut self.enc);
+        buf.clear();
+        enc.set_buffer(buf);
+        let r = enc.encode(insn, self.e.here());
+        self.enc = enc.take_buffer();
+        r.map(|_| ()).map_err(|_| Error::Encode { pc })
+    }
+
+    /// Whether a RIP-relative reference to `target` from an instruction starting here
+    /// reaches with a rel32, whatever the instruction's length (1 to 15 bytes).
+    pub(crate) fn reaches(&self, target: u64) -> bool {
+        let here = self.e.here();
+        let fits = |next: u64| i32::try_from(target.wrapping_sub(next) as i64).is_ok();
+        fits(here.wrapping_add(1)) && fits(here.wrapping_add(15))
     }
 
     /// Translates one instruction; `Ok(true)` when it ended the fragment.
@@ -386,11 +406,14 @@ impl Builder<'_> {
                 what: Unsupported::EipRelative,
             });
         }
+        if !self.reaches(insn.ip_rel_memory_address()) {
+            return self.far_rip(insn);
+        }
         match self.encode(insn, pc) {
-            Ok(bytes) if bytes.len() == insn.len() => self.e.copy_insn(pc, &bytes),
-            Ok(bytes) => {
+            Ok(()) if self.enc.len() == insn.len() => self.e.copy_insn(pc, &self.enc),
+            Ok(()) => {
                 self.e.map(pc, Rollback::at(pc));
-                self.e.bytes(&bytes);
+                self.e.bytes(&self.enc);
             }
             Err(_) => self.far_rip(insn)?,
         }
@@ -410,11 +433,9 @@ impl Builder<'_> {
     fn far_rip(&mut self, insn: &Instruction) -> Result<(), Error> {
         let pc = insn.ip();
         let next = insn.next_ip();
-        // Rare (RIP-relative operands out of reach): the info factory is built only here.
-        let mut factory = InstructionInfoFactory::new();
-        let info = factory.info(insn);
         let mut used = [false; 16];
-        for r in info.used_registers() {
+        let factory = self.info.as_mut().ok_or(Error::Encode { pc })?;
+        for r in factory.info(insn).used_registers() {
             if let Some(g) = gpr_of(r.register().full_register()) {
                 if let Some(u) = used.get_mut(usize::from(g.num())) {
                     *u = true;
@@ -450,8 +471,8 @@ impl Builder<'_> {
         self.e.push(scratch);
         self.e.map(pc, rb(slot, rz + 8, RipSource::Guest(pc)));
         self.e.mov_imm64(scratch, insn.ip_rel_memory_address());
-        let bytes = self.encode(&rewritten, pc)?;
-        self.e.bytes(&bytes);
+        self.encode(&rewritten, pc)?;
+        self.e.bytes(&self.enc);
         self.e.map(pc, rb(slot, rz + 8, RipSource::Guest(next)));
         self.e.pop(scratch);
         self.e.map(pc, rb([None; 3], rz, RipSource::Guest(next)));
@@ -477,13 +498,16 @@ impl Builder<'_> {
             self.e.jcc_label(cc, Label::Stub(i));
         } else if insn.is_jcx_short() || insn.is_loop() || insn.is_loopcc() {
             // rel8-only branches: `jrcxz T; jmp fall; T: jmp taken`.
-            let mut bytes = Vec::from(w.insn_bytes(insn));
+            let mut bytes = [0u8; 15];
+            let src = w.insn_bytes(insn);
+            let bytes = bytes.get_mut(..src.len()).ok_or(Error::Encode { pc })?;
+            bytes.copy_from_slice(src);
             match bytes.last_mut() {
                 Some(rel8) => *rel8 = 5,
                 None => return Err(Error::Encode { pc }),
             }
             self.e.map(pc, Rollback::at(pc));
-            self.e.bytes(&bytes);
+            self.e.bytes(bytes);
             self.e.map(pc, Rollback::at(next));
             self.exit_jmp(pc, next);
             self.e.map(pc, Rollback::at(target));
@@ -525,7 +549,8 @@ impl Builder<'_> {
     /// Fast policy: the code after a call into the cache continues at the guest return
     /// address; this is the code-cache return address.
     fn return_site(&mut self, pc: u64, next: u64) {
-        self.return_sites.push((self.off32(), next));
+        let site = (self.off32(), next);
+        self.e.overflow |= !push_within(&mut self.return_sites, site);
         self.e.map(pc, Rollback::at(next));
         self.exit_jmp(pc, next);
     }
@@ -559,6 +584,8 @@ impl Builder<'_> {
         self.e.recycle(scratch);
         scratch.exits = self.exits;
         scratch.return_sites = self.return_sites;
+        scratch.encoded = self.enc;
+        scratch.info = self.info;
     }
 
     fn finish(
@@ -567,7 +594,6 @@ impl Builder<'_> {
         guest_insns: u32,
         scratch: &mut Scratch,
     ) -> Result<Built, Error> {
-        let mut stub_offsets = Vec::with_capacity(self.exits.len());
         for i in 0..self.exits.len() {
             let Some(exit) = self.exits.get(i).copied() else {
                 break;
@@ -580,9 +606,8 @@ impl Builder<'_> {
                     if let Some(x) = self.exits.get_mut(i) {
                         x.stub = u32::try_from(off).ok();
                     }
-                    stub_offsets.push(off);
                 }
-                ExitKind::Indirect { .. } | ExitKind::Hook(_) => stub_offsets.push(usize::MAX),
+                ExitKind::Indirect { .. } | ExitKind::Hook(_) => {}
             }
         }
         let code_end = self.off32();
@@ -590,17 +615,28 @@ impl Builder<'_> {
             self.e.bytes(&[0xcc]);
         }
         let literal_base = self.e.off();
-        if self.e.resolve(&stub_offsets, literal_base).is_none() {
+        for i in 0..self.e.literals.len() {
+            let lit = self.e.literals.get(i).copied().unwrap_or(0);
+            self.e.bytes(&lit.to_le_bytes());
+        }
+        if self.e.overflow {
+            let needed = u32::try_from(self.e.off()).unwrap_or(u32::MAX);
+            self.recycle(scratch);
+            return Err(Error::FragmentTooLarge {
+                needed: needed.max(MAX_FRAGMENT as u32 + 1),
+                capacity: MAX_FRAGMENT as u32,
+            });
+        }
+        if self.e.resolve(&self.exits, literal_base).is_none() {
             let pc = self.layout.base;
             self.recycle(scratch);
             return Err(Error::Encode { pc });
         }
-        let mut bytes = core::mem::take(&mut self.e.code);
-        for lit in &self.e.literals {
-            bytes.extend_from_slice(&lit.to_le_bytes());
-        }
+        let bytes = core::mem::take(&mut self.e.code);
         let entries = core::mem::take(&mut self.e.entries);
         self.e.recycle(scratch);
+        scratch.encoded = self.enc;
+        scratch.info = self.info;
         Ok(Built {
             bytes,
             code_end,

@@ -3,12 +3,14 @@
 //! capture mapping faults back through the engine's PC map. It is the user-space
 //! counterpart of the kernel glue and uses the engine's API the same way.
 
+mod corpus;
 mod exec;
 mod memory;
 mod runtime;
 mod signals;
 mod trampoline;
 
+pub use corpus::text_section;
 pub use exec::ExecMemory;
 pub use memory::ProcessMemory;
 pub use runtime::{HookAction, HookFn, Options, Placement, RunError, Runtime};

@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::ptr;
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Error, ExitReason, Frame, Gpr, HookClass, HookSite, IblSize,
-    PcMapping,
+    CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, Frame, Gpr, GuestMemory,
+    HookClass, HookSite, IblSize, PcMapping, Step,
 };
 
 use crate::exec::ExecMemory;
@@ -188,20 +188,26 @@ impl Runtime {
     /// Runs the function at guest address `entry` under translation with up to six
     /// integer arguments; returns its `rax`.
     pub fn run(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
-        let pc = match self.cache.entry(entry, &self.mem) {
-            Err(Error::CacheFull { .. }) => {
-                self.cache.flush();
-                self.cache.entry(entry, &self.mem)
+        // No guest stack is live yet: a flush is safe under either policy.
+        let mut env = Env {
+            mem: &self.mem,
+            may_flush: true,
+        };
+        let pc = match self.cache.dispatch(Step::Enter { pc: entry }, &mut env) {
+            Ok(Dispatch::Run { cache_pc }) => cache_pc,
+            Ok(Dispatch::Native { error: None, .. }) => entry,
+            Ok(Dispatch::Native {
+                error: Some(error), ..
+            })
+            | Err(error) => {
+                let state = Frame {
+                    rip: entry,
+                    ..Frame::default()
+                };
+                return Err(RunError::Untranslatable { state, error });
             }
-            r => r,
-        }
-        .map_err(|error| RunError::Untranslatable {
-            state: Frame {
-                rip: entry,
-                ..Frame::default()
-            },
-            error,
-        })?;
+            Ok(Dispatch::Hook(_)) => return Err(RunError::Engine(Error::NotLinkable)),
+        };
         self.enter(pc, args)
     }
 
@@ -281,57 +287,65 @@ impl Runtime {
     fn dispatch(&mut self, frame: &mut DispatchFrame) -> u64 {
         let red_zone = u64::from(self.cache.config().red_zone);
         let guest_rsp = (frame as *const DispatchFrame as u64) + 16 * 8 + 16 + red_zone;
-        let reason = match self.cache.exit_reason(frame.exit_id, frame.aux) {
-            Ok(r) => r,
-            Err(e) => return self.abort(frame, RunError::Engine(e)),
+        let mut step = Step::Exit {
+            exit_id: frame.exit_id,
+            aux: frame.aux,
         };
-        let target = match reason {
-            ExitReason::IndirectMiss { target, .. }
-                if target == kdbt_host_return as *const () as u64 =>
-            {
-                return target
-            }
-            ExitReason::Hook(HookSite { class, pc, next_pc }) => {
-                let mut state = guest_frame(frame, guest_rsp, pc);
-                let action = match self.hook.as_mut() {
-                    Some(h) => h(class, pc, next_pc, &mut state),
-                    None => HookAction::Stop,
-                };
-                match action {
-                    HookAction::Resume(to) => {
-                        state.set(Gpr::Rsp, guest_rsp);
-                        set_guest_frame(frame, &state);
-                        to
-                    }
-                    HookAction::Stop => return self.abort(frame, RunError::HookStop { state }),
-                }
-            }
-            ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => {
-                target
-            }
-        };
-        let mut flushed = false;
         loop {
-            let resolved = match reason {
-                ExitReason::Hook(_) => self.cache.entry(target, &self.mem).map(Some),
-                _ => self.cache.resolve(&reason, &self.mem),
+            // Transparent stacks hold no cache addresses, so a flush mid-run is safe.
+            let mut env = Env {
+                mem: &self.mem,
+                may_flush: self.cache.config().policy == CallRetPolicy::Transparent,
             };
-            match resolved {
-                Ok(Some(pc)) => return pc,
-                Ok(None) => return self.abort(frame, RunError::Engine(Error::NotLinkable)),
-                // Transparent stacks hold no cache addresses, so a flush mid-run is safe.
-                Err(Error::CacheFull { .. })
-                    if !flushed && self.cache.config().policy == CallRetPolicy::Transparent =>
-                {
-                    self.cache.flush();
-                    flushed = true;
-                }
-                Err(error) => {
-                    let state = guest_frame(frame, guest_rsp, target);
+            match self.cache.dispatch(step, &mut env) {
+                Ok(Dispatch::Run { cache_pc }) => return cache_pc,
+                Ok(Dispatch::Native { pc, error: None }) => return pc,
+                Ok(Dispatch::Native {
+                    pc,
+                    error: Some(error),
+                }) => {
+                    let state = guest_frame(frame, guest_rsp, pc);
                     return self.abort(frame, RunError::Untranslatable { state, error });
                 }
+                Ok(Dispatch::Hook(HookSite { class, pc, next_pc })) => {
+                    let mut state = guest_frame(frame, guest_rsp, pc);
+                    let action = match self.hook.as_mut() {
+                        Some(h) => h(class, pc, next_pc, &mut state),
+                        None => HookAction::Stop,
+                    };
+                    match action {
+                        HookAction::Resume(to) => {
+                            state.set(Gpr::Rsp, guest_rsp);
+                            set_guest_frame(frame, &state);
+                            step = Step::Enter { pc: to };
+                        }
+                        HookAction::Stop => return self.abort(frame, RunError::HookStop { state }),
+                    }
+                }
+                Err(e) => return self.abort(frame, RunError::Engine(e)),
             }
         }
+    }
+}
+
+/// What the runtime decides for the engine's dispatcher step.
+struct Env<'m> {
+    mem: &'m ProcessMemory,
+    may_flush: bool,
+}
+
+impl<A> Embedder<A> for Env<'_> {
+    fn memory(&self) -> &dyn GuestMemory {
+        self.mem
+    }
+
+    /// The return into `enter`'s trampoline leaves guest code.
+    fn runs_natively(&self, pc: u64) -> bool {
+        pc == kdbt_host_return as *const () as u64
+    }
+
+    fn may_flush(&self) -> bool {
+        self.may_flush
     }
 }
 

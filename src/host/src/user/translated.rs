@@ -5,7 +5,7 @@ use super::fsbase::FsSwitch;
 use super::guest::Guest;
 use super::switch::{self, GuestContext, RED_ZONE};
 use super::syscall::{GuestOs, Outcome};
-use kdbt_engine::{CallRetPolicy, CodeCache, Config, Error, ExitReason, FragmentId, HookClass, IblSize, Stats, TABLE_OFFSET};
+use kdbt_engine::{CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, FragmentId, GuestMemory, HookClass, IblSize, Stats, Step, TABLE_OFFSET};
 use kdbt_host::{ExecMemory, ProcessMemory};
 use std::fmt;
 
@@ -44,7 +44,7 @@ impl Report {
     pub fn to_bytes(self) -> Vec<u8> {
         let s = &self.engine;
         [self.from_cache, self.emulated, self.dispatches, s.blocks, s.guest_insns, s.guest_bytes, s.cache_bytes,
-         s.links, s.unlinks, s.lookups, s.hits, s.misses, s.flushes]
+         s.links, s.unlinks, s.lookups, s.hits, s.misses, s.flushes, s.native_fallbacks]
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect()
@@ -52,12 +52,12 @@ impl Report {
 
     pub fn from_bytes(b: &[u8]) -> Option<Report> {
         let w: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        let &[from_cache, emulated, dispatches, blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes] =
+        let &[from_cache, emulated, dispatches, blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes, native_fallbacks] =
             &w[..]
         else {
             return None;
         };
-        let engine = Stats { blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes };
+        let engine = Stats { blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes, native_fallbacks };
         Some(Report { from_cache, emulated, dispatches, engine })
     }
 }
@@ -100,27 +100,61 @@ struct Translator {
     insns: Vec<u64>,
 }
 
+/// What kdbt-user decides for the engine's dispatcher step.
+struct Env<'m> {
+    mem: &'m ProcessMemory,
+    /// Transparent stacks hold only guest addresses, so a full cache may be flushed.
+    may_flush: bool,
+    links: bool,
+    flushed: bool,
+}
+
+impl Embedder<ExecMemory> for Env<'_> {
+    fn memory(&self) -> &dyn GuestMemory {
+        self.mem
+    }
+
+    fn may_flush(&self) -> bool {
+        self.may_flush
+    }
+
+    fn links(&self) -> bool {
+        self.links
+    }
+
+    fn flushed(&mut self, _cache: &mut CodeCache<ExecMemory>) {
+        self.flushed = true;
+    }
+}
+
 impl Translator {
-    /// The fragment for guest `pc`, translated if needed. A full cache is flushed once
-    /// under Transparent (its stacks hold only guest addresses).
-    fn fragment(&mut self, pc: u64) -> Result<FragmentId, Error> {
+    /// One dispatcher step towards guest `target` (the step's destination): where to
+    /// resume and the fragment entered, translated if needed.
+    fn enter(&mut self, step: Step, target: u64) -> Result<(u64, FragmentId), Error> {
         let before = self.cache.stats().guest_insns;
-        let id = match self.cache.translate(pc, &self.mem) {
-            Err(Error::CacheFull { .. }) if self.cache.config().policy == CallRetPolicy::Transparent => {
-                self.cache.flush();
-                self.insns.clear();
-                self.cache.translate(pc, &self.mem)?
-            }
-            other => other?,
+        let mut env = Env {
+            mem: &self.mem,
+            may_flush: self.cache.config().policy == CallRetPolicy::Transparent,
+            links: self.transitions == Transitions::Linked,
+            flushed: false,
         };
+        let pc = match self.cache.dispatch(step, &mut env)? {
+            Dispatch::Run { cache_pc } => cache_pc,
+            Dispatch::Native { error: Some(e), .. } => return Err(e),
+            Dispatch::Native { error: None, .. } | Dispatch::Hook(_) => return Err(Error::NotLinkable),
+        };
+        if env.flushed {
+            self.insns.clear();
+        }
+        let id = self.cache.lookup(target).ok_or(Error::UnknownFragment)?;
         if id.0 as usize == self.insns.len() {
             self.insns.push(self.cache.stats().guest_insns - before);
         }
         if self.transitions == Transitions::Counted {
-            // `translate` (re)inserts `pc` into the lookup table on a miss and on a hit.
-            self.empty_table_slot(pc);
+            // `translate` (re)inserts `target` into the lookup table on a miss and on a hit.
+            self.empty_table_slot(target);
         }
-        Ok(id)
+        Ok((pc, id))
     }
 
     /// Keeps indirect branches to `pc` missing in the inline lookup, using the table layout
@@ -144,23 +178,6 @@ impl Translator {
             unsafe { table.add(idx as usize * 2).read_volatile() == !idx }
         })
     }
-
-    /// Where to resume after `reason`, and the fragment entered.
-    fn resolve(&mut self, reason: &ExitReason) -> Result<(u64, FragmentId), Error> {
-        let (target, link) = match *reason {
-            ExitReason::DirectMiss { exit, target } => (target, Some(exit)),
-            ExitReason::IndirectMiss { target, .. } => (target, None),
-            ExitReason::Hook(site) => (site.next_pc, None),
-        };
-        let id = self.fragment(target)?;
-        if let (Some(exit), Transitions::Linked) = (link, self.transitions) {
-            // A flush since the exit was taken makes its id stale: then it stays unlinked.
-            if exit.generation == self.cache.generation() {
-                self.cache.link(exit, id)?;
-            }
-        }
-        Ok((self.cache.fragment_entry(id)?, id))
-    }
 }
 
 /// Runs `guest` under translation with `policy` until it exits; returns its exit status
@@ -178,13 +195,9 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
     let mut os = GuestOs::new(&guest.image);
     let mut report = Report::default();
 
-    let first = t.fragment(guest.image.entry).map_err(RunError::Engine)?;
-    *ctx.frame() = switch::GuestFrame {
-        rsp: guest.rsp,
-        rflags: INITIAL_RFLAGS,
-        pc: t.cache.fragment_entry(first).map_err(RunError::Engine)?,
-        ..Default::default()
-    };
+    let entry = guest.image.entry;
+    let (pc, first) = t.enter(Step::Enter { pc: entry }, entry).map_err(RunError::Engine)?;
+    *ctx.frame() = switch::GuestFrame { rsp: guest.rsp, rflags: INITIAL_RFLAGS, pc, ..Default::default() };
     let counted = transitions == Transitions::Counted;
     let mut entered = first;
     loop {
@@ -198,6 +211,10 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
         report.dispatches += 1;
         let f = ctx.frame();
         let reason = t.cache.exit_reason(f.exit_id, f.aux).map_err(RunError::Engine)?;
+        let (mut step, mut target) = (Step::Exit { exit_id: f.exit_id, aux: f.aux }, 0);
+        if let ExitReason::DirectMiss { target: to, .. } | ExitReason::IndirectMiss { target: to, .. } = reason {
+            target = to;
+        }
         if let ExitReason::Hook(site) = reason {
             if site.class != HookClass::SYSCALL {
                 return Err(RunError::UnexpectedHook { class: site.class, pc: site.pc });
@@ -221,10 +238,11 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
                     f.rax = ret;
                     f.rcx = site.next_pc;
                     f.r11 = f.rflags;
+                    (step, target) = (Step::Enter { pc: site.next_pc }, site.next_pc);
                 }
             }
         }
-        let (pc, id) = t.resolve(&reason).map_err(RunError::Engine)?;
+        let (pc, id) = t.enter(step, target).map_err(RunError::Engine)?;
         ctx.frame().pc = pc;
         entered = id;
     }
@@ -236,8 +254,8 @@ mod tests {
 
     #[test]
     fn a_report_survives_the_trip_through_the_pipe() {
-        let engine = Stats { blocks: 2, guest_insns: 3, guest_bytes: 4, cache_bytes: 5, links: 6, unlinks: 7, lookups: 8, hits: 9, misses: 10, flushes: 11 };
-        let r = Report { from_cache: 1 << 40, emulated: 12, dispatches: 13, engine };
+        let engine = Stats { blocks: 2, guest_insns: 3, guest_bytes: 4, cache_bytes: 5, links: 6, unlinks: 7, lookups: 8, hits: 9, misses: 10, flushes: 11, native_fallbacks: 12 };
+        let r = Report { from_cache: 1 << 40, emulated: 13, dispatches: 14, engine };
         assert_eq!(Report::from_bytes(&r.to_bytes()), Some(r));
         assert_eq!(Report::from_bytes(&r.to_bytes()[8..]), None, "a short report is rejected");
     }

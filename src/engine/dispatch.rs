@@ -1,0 +1,125 @@
+//! One dispatch step: lookup → translate → link → flush-and-retry, the same for the kernel
+//! dispatcher and the user-space runtimes, which supply what differs through [`Embedder`].
+
+use crate::cache::CodeCache;
+use crate::error::Error;
+use crate::exit::{ExitId, ExitReason, HookSite};
+use crate::memory::GuestMemory;
+
+/// What the dispatcher was entered for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Run guest `pc` from the cache: an interrupt handler, a hook's resume PC, a first
+    /// entry.
+    Enter { pc: u64 },
+    /// Translated code left through an exit: the exit id and aux value of its frame.
+    Exit { exit_id: u64, aux: u64 },
+}
+
+/// Where the dispatcher resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// At this code-cache address.
+    Run { cache_pc: u64 },
+    /// Natively at guest `pc`: the embedder wants it native (`error: None`), or it could
+    /// not be translated even after the flush-and-retry (`Some`, counted in
+    /// [`crate::Stats::native_fallbacks`]).
+    Native { pc: u64, error: Option<Error> },
+    /// A hooked instruction (guest state before it): the caller emulates it, then
+    /// dispatches `Step::Enter` at the resume PC.
+    Hook(HookSite),
+}
+
+/// What the code that embeds a cache decides for it.
+pub trait Embedder<A> {
+    /// Guest code bytes.
+    fn memory(&self) -> &dyn GuestMemory;
+
+    /// Whether guest `pc` must run natively (e.g. the embedder's own code).
+    fn runs_natively(&self, _pc: u64) -> bool {
+        false
+    }
+
+    /// Asked after a translation added a block: whether to flush anyway (the heap runs
+    /// short).
+    fn under_pressure(&self, _cache: &CodeCache<A>) -> bool {
+        false
+    }
+
+    /// Whether the cache may be flushed now (not under the Fast policy while stacks hold
+    /// cache return addresses). When not, a full cache is a native fallback.
+    fn may_flush(&self) -> bool {
+        true
+    }
+
+    /// Whether to link a direct exit to its target's fragment (false: every transition
+    /// comes back to the dispatcher, e.g. to count executed instructions exactly).
+    fn links(&self) -> bool {
+        true
+    }
+
+    /// The cache was just flushed (fragment and exit ids of before are stale): re-create
+    /// what must always be translated (e.g. the syscall entry). Nothing flushes again
+    /// during this step, so a translation here that fails stays failed.
+    fn flushed(&mut self, _cache: &mut CodeCache<A>) {}
+}
+
+impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
+    /// One dispatcher step. `Err` only for an exit id that names no current exit (no guest
+    /// PC is known then). See `docs/engine.md` for the contract.
+    pub fn dispatch<E: Embedder<A>>(&mut self, step: Step, env: &mut E) -> Result<Dispatch, Error> {
+        let (pc, exit) = match step {
+            Step::Enter { pc } => (pc, None),
+            Step::Exit { exit_id, aux } => match self.exit_reason(exit_id, aux)? {
+                ExitReason::Hook(site) => return Ok(Dispatch::Hook(site)),
+                ExitReason::DirectMiss { exit, target } => (target, Some(exit)),
+                ExitReason::IndirectMiss { target, .. } => (target, None),
+            },
+        };
+        if env.runs_natively(pc) {
+            return Ok(Dispatch::Native { pc, error: None });
+        }
+        Ok(self.settle(pc, exit, env))
+    }
+
+    /// Translates (or finds) `pc`, flushing and retrying once when the cache is full, the
+    /// heap failed, or the embedder reports pressure after a translation; links `exit` to
+    /// the result unless a flush made it stale.
+    fn settle<E: Embedder<A>>(&mut self, pc: u64, exit: Option<ExitId>, env: &mut E) -> Dispatch {
+        let blocks = self.stats.blocks;
+        let mut r = self.translate(pc, env.memory());
+        let full = matches!(r, Err(Error::CacheFull { .. } | Error::OutOfMemory));
+        let pressed = r.is_ok() && self.stats.blocks != blocks && env.under_pressure(self);
+        if (full || pressed) && env.may_flush() {
+            self.flush();
+            env.flushed(self);
+            r = self.translate(pc, env.memory());
+        }
+        let id = match r {
+            Ok(id) => id,
+            Err(error) => {
+                self.stats.native_fallbacks += 1;
+                return Dispatch::Native {
+                    pc,
+                    error: Some(error),
+                };
+            }
+        };
+        let current = |x: &ExitId| x.generation == self.generation() && env.links();
+        if let Some(exit) = exit.filter(current) {
+            // Cannot fail for a current direct exit and its target's fragment; if it did,
+            // the exit would just stay unlinked.
+            let _ = self.link(exit, id);
+        }
+        match self.fragment_entry(id) {
+            Ok(cache_pc) => Dispatch::Run { cache_pc },
+            Err(error) => {
+                self.stats.native_fallbacks += 1;
+                Dispatch::Native {
+                    pc,
+                    error: Some(error),
+                }
+            }
+        }
+    }
+}
