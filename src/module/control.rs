@@ -26,9 +26,10 @@ use crate::irq::IrqGuard;
 pub(crate) const MIN_CACHE_KB: usize = 2048;
 /// Largest per-CPU cache, in KiB.
 pub(crate) const MAX_CACHE_KB: usize = 64 << 10;
-const DEFAULT_CACHE_KB: usize = 4096;
-/// Heap per CPU beyond its metadata budget (equal to its cache size): its
-/// dispatcher stack, shadow IDT and state, and the translation headroom.
+const DEFAULT_CACHE_KB: usize = 8192;
+/// Heap per CPU beyond its metadata budget (half its cache size; the engine
+/// needs under 0.4 heap bytes per cache byte, docs/engine.md): its dispatcher
+/// stack, shadow IDT and state, and the translation headroom.
 const CPU_HEAP_EXTRA: usize = (64 << 10) + heap::HEADROOM;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -162,7 +163,7 @@ unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
 fn build_cpu(session: &mut Session, id: usize) -> Result {
     let slot = session.chunks.as_mut_slice().get_mut(id).ok_or(ENODEV)?;
     if slot.is_none() {
-        *slot = Some(heap::grow(session.setup.cache_bytes + CPU_HEAP_EXTRA)?);
+        *slot = Some(heap::grow(session.setup.cache_bytes / 2 + CPU_HEAP_EXTRA)?);
     }
     cpu::publish(CpuState::new(id, &session.setup)?).map_err(|_| EEXIST)
 }

@@ -18,7 +18,7 @@ use crate::idt::{self, Gate, VECTORS};
 use crate::stats::CpuStats;
 
 /// Smallest arena that gets the large inline lookup table.
-const LARGE_IBL_MIN_ARENA: usize = 2 << 20;
+const LARGE_IBL_MIN_ARENA: usize = 4 << 20;
 
 /// Bytes of each dispatcher stack.
 pub(crate) const STACK_BYTES: usize = 32 << 10;
@@ -146,13 +146,10 @@ impl CpuState {
     }
 
     /// Points this CPU's `syscall` stub at the translation of the kernel's
-    /// syscall entry, translating it if needed (after a flush, say).
+    /// syscall entry, translating it if needed.
     pub(crate) fn retarget_syscall(&mut self) {
         let target = crate::dispatch::target_for(self, self.syscall_entry);
-        let at = thunks::SYSCALL_TARGET;
-        if let Some(slot) = self.thunks.get_mut(at..at + 8) {
-            slot.copy_from_slice(&target.to_le_bytes());
-        }
+        crate::dispatch::set_syscall_target(self.thunks, target);
     }
 
     /// Puts this CPU under translation. Runs on the CPU itself, interrupts off.

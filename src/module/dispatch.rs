@@ -12,13 +12,15 @@
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use kdbt_engine::{Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryFault, RipSource};
+use kdbt_engine::{
+    CodeCache, Dispatch, Embedder, Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryFault, RipSource, Step,
+};
 use kernel::prelude::*;
 
-use crate::cpu::{self, CpuState};
+use crate::cpu::{self, CpuState, NativeRange};
 use crate::entry::{thunks, EntryFrame, HwFrame, DESC_ERROR_CODE};
 use crate::ffi;
-use crate::stats::bump;
+use crate::stats::{bump, CpuStats};
 
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
@@ -55,40 +57,69 @@ impl GuestMemory for KernelText {
 
 static NATIVE_WARNINGS: AtomicU32 = AtomicU32::new(0);
 
-/// Whether kdbt runs guest `pc` natively: its own text, so that it never
-/// translates the code that manages the caches.
-fn runs_natively(cpu: &CpuState, pc: u64) -> bool {
-    pc >= cpu.native.start && pc < cpu.native.end
+/// What the engine's dispatch step needs from one CPU's kernel side.
+struct Env<'a> {
+    native: NativeRange,
+    syscall_entry: u64,
+    thunks: &'a mut [u8],
+    stats: &'static CpuStats,
 }
 
-/// Whether to flush this CPU's cache after a lookup or translation: the
-/// cache is full, or the heap runs short after a translation (only those
-/// allocate) and this CPU holds a fair share of it (a CPU with a near-empty
-/// cache flushing would free nothing).
-fn needs_flush<T>(cpu: &CpuState, r: &Result<T, Error>, translated: bool) -> bool {
-    matches!(r, Err(Error::CacheFull { .. }))
-        || (translated && cpu.cache.used() > cpu.cache.capacity() / 8 && crate::heap::low())
-}
-
-/// Finishes a lookup-or-translate of guest `pc` that returned `r` (the
-/// engine's miss count was `misses` before it): flushes and translates `pc`
-/// again if needed, publishes the statistics, and falls back to running `pc`
-/// natively when the engine cannot translate it.
-fn settle(cpu: &mut CpuState, pc: u64, misses: u64, mut r: Result<u64, Error>) -> u64 {
-    if needs_flush(cpu, &r, cpu.cache.stats().misses != misses) {
-        cpu.flush();
-        r = cpu.cache.entry(pc, &KernelText);
+impl Embedder<&'static mut [u8]> for Env<'_> {
+    fn memory(&self) -> &dyn GuestMemory {
+        &KernelText
     }
+
+    /// kdbt's own text, so that it never translates the code that manages the caches.
+    fn runs_natively(&self, pc: u64) -> bool {
+        pc >= self.native.start && pc < self.native.end
+    }
+
+    /// The heap runs short and this CPU holds a fair share of it (a CPU with a
+    /// near-empty cache flushing would free nothing).
+    fn under_pressure(&self, cache: &CodeCache<&'static mut [u8]>) -> bool {
+        cache.used() > cache.capacity() / 8 && crate::heap::low()
+    }
+
+    fn flushed(&mut self, cache: &mut CodeCache<&'static mut [u8]>) {
+        bump(&self.stats.flushes);
+        let target = cache.entry(self.syscall_entry, &KernelText).unwrap_or(self.syscall_entry);
+        set_syscall_target(self.thunks, target);
+    }
+}
+
+/// Points the `syscall` stub in `thunks` at `target`: the translation of the
+/// kernel's syscall entry, which the stub must always reach.
+pub(crate) fn set_syscall_target(thunks: &mut [u8], target: u64) {
+    let at = thunks::SYSCALL_TARGET;
+    if let Some(slot) = thunks.get_mut(at..at + 8) {
+        slot.copy_from_slice(&target.to_le_bytes());
+    }
+}
+
+/// Runs the engine's dispatch step for this CPU and publishes its statistics.
+fn step(cpu: &mut CpuState, step: Step) -> Result<Dispatch, Error> {
+    let CpuState { cache, thunks, native, syscall_entry, stats, .. } = cpu;
+    let mut env = Env { native: *native, syscall_entry: *syscall_entry, thunks, stats };
+    let r = cache.dispatch(step, &mut env);
     publish_stats(cpu);
-    match r {
-        Ok(c) => c,
-        Err(e) => {
-            // Bounded: a stream of these would flood the log from the dispatcher.
-            if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
-                pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.id, pc, e);
+    r
+}
+
+/// Where to run a dispatched guest PC: its translation, or the PC itself.
+fn run_at(cpu: &CpuState, d: Dispatch) -> Option<u64> {
+    match d {
+        Dispatch::Run { cache_pc } => Some(cache_pc),
+        Dispatch::Native { pc, error } => {
+            if let Some(e) = error {
+                // Bounded: a stream of these would flood the log from the dispatcher.
+                if NATIVE_WARNINGS.fetch_add(1, Relaxed) < 32 {
+                    pr_warn!("cpu {}: running {:#x} natively: {}\n", cpu.id, pc, e);
+                }
             }
-            pc
+            Some(pc)
         }
+        Dispatch::Hook(_) => None,
     }
 }
 
@@ -99,18 +130,17 @@ fn publish_stats(cpu: &CpuState) {
     c.cache_bytes_used.store(u64::from(cpu.cache.used()), Relaxed);
     c.lookup_hits.store(s.hits, Relaxed);
     c.lookup_misses.store(s.misses, Relaxed);
+    c.native_fallbacks.store(s.native_fallbacks, Relaxed);
 }
 
 /// The code-cache PC to run guest `pc` at on this CPU, translating it if
 /// needed; `pc` itself (run natively) for kdbt's own text and for code the
 /// engine cannot translate.
 pub(crate) fn target_for(cpu: &mut CpuState, pc: u64) -> u64 {
-    if runs_natively(cpu, pc) {
-        return pc;
+    match step(cpu, Step::Enter { pc }) {
+        Ok(d) => run_at(cpu, d).unwrap_or(pc),
+        Err(_) => pc,
     }
-    let misses = cpu.cache.stats().misses;
-    let r = cpu.cache.entry(pc, &KernelText);
-    settle(cpu, pc, misses, r)
 }
 
 fn current_segments() -> (u64, u64) {
@@ -272,36 +302,26 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
     let (id, aux) = unsafe { (above.read(), above.add(1).read()) };
     let guest_rsp = above.wrapping_add(2) as u64;
     bump(&cpu.stats.dispatcher_entries);
-    match cpu.cache.exit_reason(id, aux) {
-        Ok(reason @ ExitReason::DirectMiss { target, .. }) if !runs_natively(cpu, target) => {
-            // Like `target_for`, but `resolve` also links the exit.
-            let misses = cpu.cache.stats().misses;
-            let r = cpu.cache.resolve(&reason, &KernelText).and_then(|c| c.ok_or(Error::NotLinkable));
-            let t = settle(cpu, target, misses, r);
-            resume(cpu, regs, kernel_frame(t, rflags, guest_rsp));
-        }
-        Ok(ExitReason::DirectMiss { target, .. }) => resume(cpu, regs, kernel_frame(target, rflags, guest_rsp)),
-        Ok(ExitReason::IndirectMiss { target, .. }) => {
-            let t = target_for(cpu, target);
-            resume(cpu, regs, kernel_frame(t, rflags, guest_rsp));
-        }
-        Ok(ExitReason::Hook(site)) if site.class == HookClass::IRETQ => {
+    let hw = match step(cpu, Step::Exit { exit_id: id, aux }) {
+        Ok(Dispatch::Hook(site)) if site.class == HookClass::IRETQ => {
             // SAFETY: `iretq` is about to pop its 5-word frame at the guest rsp.
             let mut frame = unsafe { (guest_rsp as *const HwFrame).read() };
             if frame.cs & 3 == 0 {
                 frame.rip = target_for(cpu, frame.rip);
             }
-            resume(cpu, regs, frame);
+            frame
         }
-        Ok(ExitReason::Hook(site)) => {
-            // Only `iretq` is hooked; anything else runs natively from its PC.
-            resume(cpu, regs, kernel_frame(site.pc, rflags, guest_rsp));
+        // Only `iretq` is hooked; anything else would run natively from its PC.
+        Ok(Dispatch::Hook(site)) => kernel_frame(site.pc, rflags, guest_rsp),
+        Ok(d) => {
+            let pc = run_at(cpu, d).unwrap_or(cpu.exec + thunks::UD2 as u64);
+            kernel_frame(pc, rflags, guest_rsp)
         }
         Err(e) => {
             pr_crit!("cpu {}: bad exit {:#x}: {}\n", cpu.id, id, e);
             // No guest PC is known; resume at a `ud2` so the kernel oopses here.
-            let ud2 = cpu.exec + thunks::UD2 as u64;
-            resume(cpu, regs, kernel_frame(ud2, rflags, guest_rsp));
+            kernel_frame(cpu.exec + thunks::UD2 as u64, rflags, guest_rsp)
         }
-    }
+    };
+    resume(cpu, regs, hw);
 }

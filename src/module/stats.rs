@@ -18,6 +18,7 @@ pub(crate) struct CpuStats {
     pub(crate) pc_rewrites: AtomicU64,
     pub(crate) rollbacks: AtomicU64,
     pub(crate) flushes: AtomicU64,
+    pub(crate) native_fallbacks: AtomicU64,
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
@@ -33,6 +34,7 @@ impl CpuStats {
             pc_rewrites: ZERO,
             rollbacks: ZERO,
             flushes: ZERO,
+            native_fallbacks: ZERO,
             entries_by_vector: [ZERO; VECTORS],
         }
     }
@@ -44,7 +46,7 @@ pub(crate) fn all() -> &'static [CpuStats] {
 }
 
 /// The scalar statistics, by sysfs file name.
-pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 8] = [
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 9] = [
     ("blocks_translated", |s| &s.blocks_translated),
     ("cache_bytes_used", |s| &s.cache_bytes_used),
     ("dispatcher_entries", |s| &s.dispatcher_entries),
@@ -53,6 +55,7 @@ pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 8] = [
     ("pc_rewrites", |s| &s.pc_rewrites),
     ("rollbacks", |s| &s.rollbacks),
     ("flushes", |s| &s.flushes),
+    ("native_fallbacks", |s| &s.native_fallbacks),
 ];
 
 pub(crate) fn bump(c: &AtomicU64) {

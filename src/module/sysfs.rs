@@ -30,6 +30,7 @@ const STAT_NAMES: [&CStr; NSTATS] = [
     c"pc_rewrites",
     c"rollbacks",
     c"flushes",
+    c"native_fallbacks",
     c"entries_by_vector",
 ];
 
