@@ -179,3 +179,47 @@ fn dispatcher_hit_puts_an_evicted_target_back_in_the_lookup_table() {
         "the hit re-inserted A"
     );
 }
+
+#[test]
+fn invalidate_range_drops_exactly_the_fragments_overlapping_it() {
+    // BASE: nop; nop; jmp BASE+0x10 | BASE+0x10: nop; jmp BASE+0x20 | BASE+0x20: ret
+    let mut code = vec![0x90u8; 0x21];
+    code[0..4].copy_from_slice(&[0x90, 0x90, 0xeb, 0x0c]);
+    code[0x10..0x13].copy_from_slice(&[0x90, 0xeb, 0x0d]);
+    code[0x20] = 0xc3;
+    let mem = SliceMemory::new(BASE, &code);
+    let mut cache = cache();
+    for pc in [BASE, BASE + 0x10, BASE + 0x20] {
+        cache.translate(pc, &mem).expect("translate");
+    }
+    // One byte inside the first block (not its start) and nothing of the others.
+    assert_eq!(cache.invalidate_range(BASE + 1, BASE + 2), Ok(1));
+    assert_eq!(cache.lookup(BASE), None);
+    assert!(cache.lookup(BASE + 0x10).is_some() && cache.lookup(BASE + 0x20).is_some());
+    // A range between blocks touches none; one covering both remaining drops both.
+    assert_eq!(cache.invalidate_range(BASE + 0x13, BASE + 0x20), Ok(0));
+    assert_eq!(cache.invalidate_range(BASE + 0x12, BASE + 0x21), Ok(2));
+    assert!(cache.lookup(BASE + 0x10).is_none() && cache.lookup(BASE + 0x20).is_none());
+    // Invalidated code is translated again on next use.
+    assert!(cache.translate(BASE, &mem).is_ok());
+}
+
+#[test]
+fn debug_register_writes_are_a_hook_class_of_their_own() {
+    // mov dr7, rax ; ret
+    let code = [0x0f, 0x23, 0xf8, 0xc3];
+    let mem = SliceMemory::new(BASE, &code);
+    let cfg = Config {
+        hooks: HookClass::MOV_DR,
+        ..*cache().config()
+    };
+    let mut hooked = CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache");
+    hooked.translate(BASE, &mem).expect("mov dr7");
+    match hooked.exit_reason(0, 0).expect("exit 0") {
+        ExitReason::Hook(site) => assert_eq!(
+            (site.class, site.pc, site.next_pc),
+            (HookClass::MOV_DR, BASE, BASE + 3)
+        ),
+        other => panic!("{other:?}"),
+    }
+}

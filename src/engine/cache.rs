@@ -278,6 +278,20 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         Ok(self.exec_base.wrapping_add(u64::from(f.start)))
     }
 
+    /// Position in the guest-PC index of the first fragment at or after guest `pc`.
+    pub(crate) fn guest_position(&self, pc: u64) -> usize {
+        self.guest_index(pc).unwrap_or_else(|i| i)
+    }
+
+    /// Live fragments by ascending guest PC, from index position `from`.
+    pub(crate) fn guests_from(&self, from: usize) -> impl Iterator<Item = (u64, FragmentId)> + '_ {
+        self.by_guest
+            .get(from..)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|&id| Some((self.fragments.get(id as usize)?.guest_pc, FragmentId(id))))
+    }
+
     /// The live fragment starting at guest `pc`, if translated.
     pub fn lookup(&self, pc: u64) -> Option<FragmentId> {
         let i = self.guest_index(pc).ok()?;

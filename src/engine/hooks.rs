@@ -45,6 +45,9 @@ bitflags! {
         /// returns to user mode need no help: it halves the dispatcher entries per
         /// interrupt. Ignored when `IRETQ` itself is hooked.
         const IRETQ_TO_KERNEL = 1 << 15;
+        /// `mov drN, reg`: a debug-register write. For a kernel, which must learn of
+        /// hardware execute breakpoints (they never fire on translated code).
+        const MOV_DR = 1 << 16;
     }
 }
 
@@ -88,6 +91,7 @@ pub(crate) fn special(insn: &Instruction) -> Option<Special> {
         Code::Int_imm8 => (HookClass::INT_N, After::MaybeNext),
         Code::Ud2 => (HookClass::UD2, After::MaybeNext),
         Code::Syscall => (HookClass::SYSCALL, After::MaybeNext),
+        Code::Mov_dr_r64 | Code::Mov_dr_r32 => (HookClass::MOV_DR, After::Next),
         _ => return None,
     };
     Some(Special { class, after })

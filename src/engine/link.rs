@@ -208,4 +208,32 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         }
         Ok(())
     }
+
+    /// Invalidates (see [`Self::invalidate`]) every live fragment whose guest code
+    /// overlaps `start..end`: guest code there changed, or must not run from the cache.
+    /// Returns how many were invalidated.
+    pub fn invalidate_range(&mut self, start: u64, end: u64) -> Result<u32, Error> {
+        let mut n = 0;
+        while let Some(id) = self.first_overlapping(start, end) {
+            self.invalidate(id)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The first live fragment (by guest PC) whose guest code overlaps `start..end`.
+    fn first_overlapping(&self, start: u64, end: u64) -> Option<FragmentId> {
+        // A block holds at most MAX_BLOCK_INSNS instructions of at most 15 bytes.
+        let reach = (crate::decode::MAX_BLOCK_INSNS * 15) as u64;
+        let from = self.guest_position(start.saturating_sub(reach));
+        self.guests_from(from)
+            .take_while(|&(pc, _)| pc < end)
+            .find(|&(pc, id)| {
+                self.fragments
+                    .get(id.0 as usize)
+                    .and_then(|f| self.header(f))
+                    .is_some_and(|h| pc.wrapping_add(h.guest_len) > start)
+            })
+            .map(|(_, id)| id)
+    }
 }
