@@ -49,6 +49,9 @@ pub(crate) struct CpuState {
     pub(crate) syscall_entry: u64,
     pub(crate) native: NativeRange,
     pub(crate) stats: &'static CpuStats,
+    /// Guest PCs of the hardware execute breakpoints armed on this CPU: they
+    /// run natively, where the CPU can see them.
+    pub(crate) exec_breakpoints: [Option<u64>; 4],
     pub(crate) original_idt: idt::Descriptor,
     pub(crate) original_lstar: u64,
     _stack: Vec<u64>,
@@ -78,7 +81,7 @@ impl CpuState {
             policy: CallRetPolicy::Transparent,
             red_zone: 0,
             dispatcher: exec + thunks::EXIT as u64,
-            hooks: HookClass::IRETQ_TO_KERNEL,
+            hooks: HookClass::IRETQ_TO_KERNEL | HookClass::MOV_DR,
             // The large lookup table (1 MiB) pays off once the cache can spare it:
             // with the small one, most indirect branches of the kernel miss.
             ibl: if arena.len() >= LARGE_IBL_MIN_ARENA { IblSize::Large } else { IblSize::Small },
@@ -116,6 +119,7 @@ impl CpuState {
                 syscall_entry: setup.syscall_entry,
                 native: setup.native,
                 stats,
+                exec_breakpoints: [None; 4],
                 original_idt: idt::Descriptor::default(),
                 original_lstar: 0,
                 _stack: stack,
@@ -159,6 +163,7 @@ impl CpuState {
         slot.kernel_gs.store(idt::rdmsr(crate::ffi::MSR_GS_BASE), Ordering::Relaxed);
         slot.busy.store(0, Ordering::Relaxed);
         slot.thunks.store(self.exec, Ordering::Release);
+        self.exec_breakpoints = crate::debugreg::exec_breakpoints();
         self.original_idt = idt::sidt();
         self.original_lstar = idt::rdmsr(crate::ffi::MSR_LSTAR);
         let d = idt::Descriptor { limit: (VECTORS * 16 - 1) as u16, base: self.idt.as_ptr() as u64 };

@@ -15,10 +15,12 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use kdbt_engine::{
     CodeCache, Dispatch, Embedder, Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryFault, RipSource, Step,
 };
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kernel::prelude::*;
 
 use crate::cpu::{self, CpuState, NativeRange};
 use crate::entry::{thunks, EntryFrame, HwFrame, DESC_ERROR_CODE};
+use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
 
@@ -60,6 +62,7 @@ static NATIVE_WARNINGS: AtomicU32 = AtomicU32::new(0);
 /// What the engine's dispatch step needs from one CPU's kernel side.
 struct Env<'a> {
     native: NativeRange,
+    exec_breakpoints: [Option<u64>; 4],
     syscall_entry: u64,
     thunks: &'a mut [u8],
     stats: &'static CpuStats,
@@ -70,9 +73,10 @@ impl Embedder<&'static mut [u8]> for Env<'_> {
         &KernelText
     }
 
-    /// kdbt's own text, so that it never translates the code that manages the caches.
+    /// kdbt's own text, so that it never translates the code that manages the
+    /// caches, and armed hardware execute breakpoints, so that they fire.
     fn runs_natively(&self, pc: u64) -> bool {
-        pc >= self.native.start && pc < self.native.end
+        (pc >= self.native.start && pc < self.native.end) || self.exec_breakpoints.contains(&Some(pc))
     }
 
     /// The heap runs short and this CPU holds a fair share of it (a CPU with a
@@ -99,8 +103,8 @@ pub(crate) fn set_syscall_target(thunks: &mut [u8], target: u64) {
 
 /// Runs the engine's dispatch step for this CPU and publishes its statistics.
 fn step(cpu: &mut CpuState, step: Step) -> Result<Dispatch, Error> {
-    let CpuState { cache, thunks, native, syscall_entry, stats, .. } = cpu;
-    let mut env = Env { native: *native, syscall_entry: *syscall_entry, thunks, stats };
+    let CpuState { cache, thunks, native, syscall_entry, stats, exec_breakpoints, .. } = cpu;
+    let mut env = Env { native: *native, exec_breakpoints: *exec_breakpoints, syscall_entry: *syscall_entry, thunks, stats };
     let r = cache.dispatch(step, &mut env);
     publish_stats(cpu);
     r
@@ -264,6 +268,56 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
     true
 }
 
+/// The guest value of 64-bit register `r` in `regs`.
+fn gpr(regs: &EntryFrame, r: Register) -> Option<u64> {
+    Some(match r {
+        Register::RAX => regs.rax,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RBX => regs.rbx,
+        Register::RBP => regs.rbp,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        Register::R8 => regs.r8,
+        Register::R9 => regs.r9,
+        Register::R10 => regs.r10,
+        Register::R11 => regs.r11,
+        Register::R12 => regs.r12,
+        Register::R13 => regs.r13,
+        Register::R14 => regs.r14,
+        Register::R15 => regs.r15,
+        _ => return None,
+    })
+}
+
+/// Performs the hooked `mov drN, reg` at guest `pc` for the kernel, and stops
+/// translating code at any execute breakpoint it arms. `false` if the
+/// instruction is not one kdbt can perform (the caller runs it natively).
+fn emulate_mov_dr(cpu: &mut CpuState, regs: &EntryFrame, pc: u64) -> bool {
+    let mut bytes = [0u8; 15];
+    let Ok(n) = KernelText.read(pc, &mut bytes) else { return false };
+    let insn = Decoder::with_ip(64, &bytes[..n], pc, DecoderOptions::NONE).decode();
+    if insn.code() != Code::Mov_dr_r64 {
+        return false;
+    }
+    let (Some(dr), Some(value)) = (debugreg::number(insn.op0_register()), gpr(regs, insn.op1_register())) else {
+        return false;
+    };
+    // SAFETY: this is the write the translated kernel is executing.
+    if !unsafe { debugreg::write(dr, value) } {
+        return false;
+    }
+    let armed = debugreg::exec_breakpoints();
+    for a in armed.iter().flatten() {
+        if !cpu.exec_breakpoints.contains(&Some(*a)) {
+            // Translations of that instruction would never fire it.
+            let _ = cpu.cache.invalidate_range(*a, a.wrapping_add(1));
+        }
+    }
+    cpu.exec_breakpoints = armed;
+    true
+}
+
 /// Handles an entry through the shadow IDT.
 pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
     // SAFETY: this CPU owns its id (its IDT's stubs push it) and runs the
@@ -311,7 +365,11 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
             }
             frame
         }
-        // Only `iretq` is hooked; anything else would run natively from its PC.
+        Ok(Dispatch::Hook(site)) if site.class == HookClass::MOV_DR => {
+            let pc = if emulate_mov_dr(cpu, regs, site.pc) { target_for(cpu, site.next_pc) } else { site.pc };
+            kernel_frame(pc, rflags, guest_rsp)
+        }
+        // No other class is hooked; anything else would run natively from its PC.
         Ok(Dispatch::Hook(site)) => kernel_frame(site.pc, rflags, guest_rsp),
         Ok(d) => {
             let pc = run_at(cpu, d).unwrap_or(cpu.exec + thunks::UD2 as u64);

@@ -15,6 +15,7 @@ use kernel::prelude::*;
 
 mod control;
 mod cpu;
+mod debugreg;
 mod dispatch;
 mod entry;
 mod execmem;
