@@ -1,20 +1,47 @@
 #!/bin/sh
 # KTAP runner: every tests/vm/t-*.sh is one test case. A case passes when it
 # exits 0, is skipped when it exits 4; its output becomes KTAP diagnostics.
+# kdbt_test.only=NAME[,NAME...] on the kernel command line runs only those
+# cases (names without t- and .sh), in their usual order; a name that
+# matches no case is reported as a failed case of that name.
 cd /kdbt/tests
-set -- t-*.sh
+only=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in kdbt_test.only=*) only="${arg#kdbt_test.only=}" ;; esac
+done
+selected=
+missing=
+if [ -n "$only" ]; then
+    for want in $(echo "$only" | tr ',' ' '); do
+        [ -f "t-$want.sh" ] || missing="$missing $want"
+    done
+    for t in t-*.sh; do
+        name="${t#t-}"; name="${name%.sh}"
+        case ",$only," in *",$name,"*) selected="$selected $t" ;; esac
+    done
+else
+    selected="$(echo t-*.sh)"
+fi
+set -- $selected
 echo "TAP version 13"
-echo "1..$#"
+echo "1..$(( $# + $(echo $missing | wc -w) ))"
 n=0
 for t in "$@"; do
     n=$((n + 1))
     name="${t#t-}"; name="${name%.sh}"
+    start=$(cut -d' ' -f1 /proc/uptime)
     sh "$t" >/tmp/out.$n 2>&1
     rc=$?
     sed 's/^/# /' /tmp/out.$n
+    echo "# $name took $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s"
     case $rc in
         0) echo "ok $n $name" ;;
         4) echo "ok $n $name # SKIP" ;;
         *) echo "not ok $n $name # exit $rc" ;;
     esac
+done
+for name in $missing; do
+    n=$((n + 1))
+    echo "# no test case t-$name.sh"
+    echo "not ok $n $name # no such test"
 done
