@@ -38,12 +38,20 @@ def main():
     lines = text.splitlines()
     results = []  # (ok, name, detail)
 
-    plan, seen = None, {}
+    plan, seen, diag = None, {}, []
     for line in lines:
         if m := re.match(r"^1\.\.(\d+)$", line):
             plan = int(m.group(1))
         elif m := re.match(r"^(ok|not ok) (\d+) (\S+)(.*)$", line):
-            seen[int(m.group(2))] = (m.group(1) == "ok", m.group(3), m.group(4).strip())
+            ok = m.group(1) == "ok"
+            # A failed case's detail: its FAIL lines and its last diagnostics.
+            detail = [m.group(4).strip()]
+            if not ok:
+                detail += [d for d in diag[:-12] if d.startswith("# FAIL")] + diag[-12:]
+            seen[int(m.group(2))] = (ok, m.group(3), "\n".join(detail))
+            diag = []
+        elif line.startswith("# "):
+            diag.append(line)
     if "TAP version 13" not in lines or plan is None:
         results.append((False, "ktap_plan", "no 'TAP version 13' and plan in the console log"))
     else:

@@ -32,6 +32,16 @@ for t in "$@"; do
     start=$(cut -d' ' -f1 /proc/uptime)
     sh "$t" >/tmp/out.$n 2>&1
     rc=$?
+    # Whatever a failed case left behind must not fail the next ones.
+    for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+        [ -f "$c" ] && [ "$(cat "$c")" != 1 ] && { echo "runner: $c was 0 after $name" >>/tmp/out.$n; echo 1 > "$c"; }
+    done
+    touch /tmp/stop-load # ends a leftover start_load loop (lib.sh)
+    if [ -d /sys/module/kdbt ]; then
+        echo "runner: kdbt still loaded after $name: disabling, unloading" >>/tmp/out.$n
+        echo 0 > /sys/kernel/kdbt/enabled; rmmod kdbt
+    fi
+    [ -d /sys/module/kdbt_edge ] && { echo "runner: unloading kdbt_edge" >>/tmp/out.$n; rmmod kdbt_edge; }
     sed 's/^/# /' /tmp/out.$n
     echo "# $name took $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s"
     case $rc in

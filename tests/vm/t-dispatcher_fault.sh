@@ -20,15 +20,20 @@ printf 'module .text %#x, .text.kdbt_edge %#x, kdbt_edge_fn %#x, page end %#x (%
 [ $((sec + 4096)) -eq $end ] || fail "kdbt_edge_fn does not end at the end of .text.kdbt_edge"
 # The vmalloc area holding the module text: the page after the function
 # must be its guard page (vmallocinfo sizes include the guard page).
-area=$(awk -v a=$text '{ split($1, r, "-"); s = r[1]; e = r[2]; print s, e }' /proc/vmallocinfo |
+# vmallocinfo prints %pK addresses: real ones to root with kptr_restrict 1.
+kr=$(cat /proc/sys/kernel/kptr_restrict)
+echo 1 > /proc/sys/kernel/kptr_restrict
+cp /proc/vmallocinfo /tmp/vmallocinfo
+echo "$kr" > /proc/sys/kernel/kptr_restrict
+area=$(awk -v a=$text '{ split($1, r, "-"); s = r[1]; e = r[2]; print s, e }' /tmp/vmallocinfo |
     while read -r s e; do
         [ $((s)) -le $text ] && [ $text -lt $((e)) ] && { echo "$s $e"; break; }
     done)
 [ -n "$area" ] || fail "no /proc/vmallocinfo area holds the module text"
 set -- $area
-grep "^$1-" /proc/vmallocinfo
+grep "^$1-" /tmp/vmallocinfo
 [ $(($2 - 4096)) -eq $end ] || fail "the page after kdbt_edge_fn ($(printf %#x $end)) is not the guard page of $1-$2"
-awk -v e=$(printf %x $end) '{ split($1, r, "-"); if (r[1] == "0x" e) { print "mapped: " $0; bad = 1 } } END { exit bad }' /proc/vmallocinfo ||
+awk -v e=$(printf %x $end) '{ split($1, r, "-"); if (r[1] == "0x" e) { print "mapped: " $0; bad = 1 } } END { exit bad }' /tmp/vmallocinfo ||
     fail "another vmalloc area starts right after kdbt_edge_fn"
 echo "the page after kdbt_edge_fn is unmapped (guard page of $1-$2)"
 
