@@ -30,19 +30,20 @@ for t in "$@"; do
     n=$((n + 1))
     name="${t#t-}"; name="${name%.sh}"
     start=$(cut -d' ' -f1 /proc/uptime)
-    sh "$t" >/tmp/out.$n 2>&1
-    rc=$?
+    # Diagnostics go to the console as they come: a case that kills the
+    # kernel still shows how far it got.
+    { sh "$t" 2>&1; echo $? > /tmp/rc.$n; } | sed 's/^/# /'
+    rc=$(cat /tmp/rc.$n)
     # Whatever a failed case left behind must not fail the next ones.
     for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
-        [ -f "$c" ] && [ "$(cat "$c")" != 1 ] && { echo "runner: $c was 0 after $name" >>/tmp/out.$n; echo 1 > "$c"; }
+        [ -f "$c" ] && [ "$(cat "$c")" != 1 ] && { echo "# runner: $c was 0 after $name"; echo 1 > "$c"; }
     done
     touch /tmp/stop-load # ends a leftover start_load loop (lib.sh)
     if [ -d /sys/module/kdbt ]; then
-        echo "runner: kdbt still loaded after $name: disabling, unloading" >>/tmp/out.$n
+        echo "# runner: kdbt still loaded after $name: disabling, unloading"
         echo 0 > /sys/kernel/kdbt/enabled; rmmod kdbt
     fi
-    [ -d /sys/module/kdbt_edge ] && { echo "runner: unloading kdbt_edge" >>/tmp/out.$n; rmmod kdbt_edge; }
-    sed 's/^/# /' /tmp/out.$n
+    [ -d /sys/module/kdbt_edge ] && { echo "# runner: unloading kdbt_edge"; rmmod kdbt_edge; }
     echo "# $name took $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s"
     case $rc in
         0) echo "ok $n $name" ;;
