@@ -42,6 +42,7 @@ for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp2max64}; do
     log="$KDBT_BUILD/vm/test-console-$pass.log"
     rm -f "$log"
     append="${KDBT_APPEND:-} kdbt_test.cpus=${smp%%,*}"
+    case "$smp" in *maxcpus=*) append="$append kdbt_test.possible=${smp##*maxcpus=}" ;; esac
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
     echo "== vm pass: $pass (-smp $smp -m $mem${only:+, tests $only})"
