@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the guest initramfs: busybox-static, kdbt.ko, the VM tests, /init.
+# Builds the guest initramfs: busybox-static, kdbt.ko, the VM tests, the test
+# kernel modules (scripts/test-modules.sh, in /kdbt/modules), /init.
 # usage: initramfs.sh KO OUT.cpio
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -9,7 +10,7 @@ ko="$1"; out="$2"
 command -v cpio >/dev/null || die "cpio missing: install the Debian package cpio (make setup)"
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,kdbt/tests,kdbt/bench}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,kdbt/tests,kdbt/bench,kdbt/modules}
 cp /bin/busybox "$root/bin/busybox"
 for app in $(/bin/busybox --list); do
     [ -e "$root/bin/$app" ] || ln -s busybox "$root/bin/$app"
@@ -21,5 +22,7 @@ cp "$KDBT_ROOT/tests/vm/init" "$root/init"
 progs="$("$here/guest-progs.sh")"
 mkdir -p "$root/kdbt/bin"
 cp -r "$progs/." "$root/kdbt/bin/"
+mods="$("$here/test-modules.sh")"
+cp "$mods"/*.ko "$root/kdbt/modules/"
 chmod +x "$root/init" "$root"/kdbt/tests/*.sh
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"

@@ -1,26 +1,56 @@
 #!/usr/bin/env bash
 # Runs the VM suite (tests/vm) in the guest and judges it on the host:
 # KTAP results, plan, kernel errors in the console log, timeout, and the
-# decode check against objdump. The suite runs twice, in two boots: with the
-# default code-cache size, and with every test's cache at the smallest size
-# the module allows. Prints KTAP-style results and one count line
-# "vm: N passed, N failed" over both passes.
+# decode check against objdump. One boot per pass:
+#   default    -smp 2, the whole suite, default code-cache size
+#   mincache   -smp 2, the whole suite, every test's cache at the smallest
+#              size the module allows
+#   smp1, smp4, smp8, smp2max64
+#              -smp 1 / 4 / 8 / "2,maxcpus=64" (64 possible CPUs, 2 online),
+#              the reduced suite $REDUCED (kdbt_test.only=...): CPUs online,
+#              the workloads translated at the default cache size identical
+#              to native, enable/disable under load, CPU hotplug
+# Prints KTAP-style results named <pass>/<check> and one count line
+# "vm: N passed, N failed" over all passes.
+# KDBT_PASSES="default smp4" runs only those passes; KDBT_TESTS=a,b runs only
+# those tests (names without t- and .sh) in every pass, e.g.
+#   KDBT_PASSES=default KDBT_TESTS=hostile_gsbase bash scripts/vm-test.sh
+# KDBT_VM_TIMEOUT: per boot (default 900 s for the whole suite, 600 s for a
+# reduced one).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 # The module's minimum cache_kb (control::MIN_CACHE_KB); t-smallest_cache
 # checks that one KiB less is refused, so the two cannot drift apart.
 MIN_CACHE_KB=2048
+REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug
 vmlinux="$("$here/kernel.sh")/vmlinux"
 passed=0; failed=0
-for pass in default mincache; do
+for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp2max64}; do
+    smp=2; mem=1G; only=; limit=900
+    case "$pass" in
+        default) ;;
+        mincache) ;;
+        smp1) smp=1 ;;
+        smp4) smp=4 ;;
+        smp8) smp=8; mem=2G ;;
+        smp2max64) smp=2,maxcpus=64 ;;
+        *) echo "not ok - $pass/known_pass"; echo "    unknown pass '$pass'"; failed=$((failed + 1)); continue ;;
+    esac
+    case "$pass" in smp*) only=$REDUCED; limit=600 ;; esac
+    only="${KDBT_TESTS:-$only}"
     log="$KDBT_BUILD/vm/test-console-$pass.log"
     rm -f "$log"
-    append="${KDBT_APPEND:-}"
+    append="${KDBT_APPEND:-} kdbt_test.cpus=${smp%%,*}"
+    case "$smp" in *maxcpus=*) append="$append kdbt_test.possible=${smp##*maxcpus=}" ;; esac
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
-    echo "== vm pass: $pass"
-    KDBT_APPEND="$append" KDBT_QUIET=1 "$here/vm.sh" test "$log" "${KDBT_VM_TIMEOUT:-900}"
+    [ -n "$only" ] && append="$append kdbt_test.only=$only"
+    echo "== vm pass: $pass (-smp $smp -m $mem${only:+, tests $only})"
+    t0=$(date +%s)
+    KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 \
+        "$here/vm.sh" test "$log" "${KDBT_VM_TIMEOUT:-$limit}"
     rc=$?
+    echo "== vm pass: $pass took $(( $(date +%s) - t0 )) s"
     out="$(python3 "$here/judge-vm.py" "$log" "$vmlinux" "$rc" "$pass")"
     echo "$out" | grep -v '^vm: '
     read -r p f < <(echo "$out" | sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Boots the test kernel in QEMU (TCG, 2 vCPUs, serial console) with the
-# initramfs, in the given guest mode, and keeps the whole console log.
+# Boots the test kernel in QEMU (TCG, serial console) with the initramfs, in
+# the given guest mode, and keeps the whole console log.
 # usage: vm.sh MODE LOG [TIMEOUT_SECONDS] [extra qemu args...]
+# KDBT_SMP: QEMU's -smp value (default 2; e.g. 8, or 2,maxcpus=64 for CPUs
+# that can be hot-added); KDBT_MEM: -m (default 1G); KDBT_APPEND: more
+# kernel command line.
 # Exit status: QEMU's, or 124 on timeout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -15,7 +18,7 @@ initrd="$KDBT_BUILD/vm/initramfs.cpio"
 # TCG only: this machine's /dev/kvm cannot boot an ordinary guest (see
 # docs/vm.md), and TCG is what the timings and instruction counts assume.
 set +e
-timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G \
+timeout --foreground -k 5 "$limit" qemu-system-x86_64 -accel tcg -cpu max -smp "${KDBT_SMP:-2}" -m "${KDBT_MEM:-1G}" \
     -nographic -no-reboot -serial mon:stdio -display none \
     -kernel "$tree/arch/x86/boot/bzImage" -initrd "$initrd" \
     -append "console=ttyS0 rdinit=/init panic=-1 oops=panic kdbt.mode=$mode ${KDBT_APPEND:-}" \

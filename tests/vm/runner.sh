@@ -1,20 +1,58 @@
 #!/bin/sh
 # KTAP runner: every tests/vm/t-*.sh is one test case. A case passes when it
 # exits 0, is skipped when it exits 4; its output becomes KTAP diagnostics.
+# kdbt_test.only=NAME[,NAME...] on the kernel command line runs only those
+# cases (names without t- and .sh), in their usual order; a name that
+# matches no case is reported as a failed case of that name.
 cd /kdbt/tests
-set -- t-*.sh
+only=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in kdbt_test.only=*) only="${arg#kdbt_test.only=}" ;; esac
+done
+selected=
+missing=
+if [ -n "$only" ]; then
+    for want in $(echo "$only" | tr ',' ' '); do
+        [ -f "t-$want.sh" ] || missing="$missing $want"
+    done
+    for t in t-*.sh; do
+        name="${t#t-}"; name="${name%.sh}"
+        case ",$only," in *",$name,"*) selected="$selected $t" ;; esac
+    done
+else
+    selected="$(echo t-*.sh)"
+fi
+set -- $selected
 echo "TAP version 13"
-echo "1..$#"
+echo "1..$(( $# + $(echo $missing | wc -w) ))"
 n=0
 for t in "$@"; do
     n=$((n + 1))
     name="${t#t-}"; name="${name%.sh}"
-    sh "$t" >/tmp/out.$n 2>&1
-    rc=$?
-    sed 's/^/# /' /tmp/out.$n
+    start=$(cut -d' ' -f1 /proc/uptime)
+    # Diagnostics go to the console as they come: a case that kills the
+    # kernel still shows how far it got.
+    { sh "$t" 2>&1; echo $? > /tmp/rc.$n; } | sed 's/^/# /'
+    rc=$(cat /tmp/rc.$n)
+    # Whatever a failed case left behind must not fail the next ones.
+    for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+        [ -f "$c" ] && [ "$(cat "$c")" != 1 ] && { echo "# runner: $c was 0 after $name"; echo 1 > "$c"; }
+    done
+    touch /tmp/stop-load # ends a leftover start_load loop (lib.sh)
+    if [ -d /sys/module/kdbt ]; then
+        echo "# runner: kdbt still loaded after $name: disabling, unloading"
+        echo 0 > /sys/kernel/kdbt/enabled; rmmod kdbt
+    fi
+    [ -d /sys/module/kdbt_edge ] && { echo "# runner: unloading kdbt_edge"; rmmod kdbt_edge; }
+    echo "# $name took $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s"
     case $rc in
         0) echo "ok $n $name" ;;
         4) echo "ok $n $name # SKIP" ;;
         *) echo "not ok $n $name # exit $rc" ;;
     esac
+done
+for name in $missing; do
+    n=$((n + 1))
+    echo "# no test case t-$name.sh"
+    echo "not ok $n $name # no such test"
 done

@@ -3,8 +3,7 @@
 # enabled: no oops or WARN (the host checks the console log).
 . ./lib.sh
 kdbt_load
-( while [ ! -e /tmp/stop-load ]; do /bin/true; echo x | cat > /dev/null; done ) &
-load=$!
+start_load
 i=0
 while [ $i -lt 50 ]; do
     echo 1 > /sys/kernel/kdbt/enabled || fail "enable $i failed"
@@ -14,7 +13,6 @@ while [ $i -lt 50 ]; do
 done
 echo 1 > /sys/kernel/kdbt/enabled || fail "final enable failed"
 usleep 50000
-touch /tmp/stop-load
-wait $load
+stop_load
 echo "cycles: $i, blocks $(cat /sys/kernel/kdbt/stats/blocks_translated)"
 kdbt_unload

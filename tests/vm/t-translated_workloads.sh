@@ -15,7 +15,9 @@ echo 0 > /sys/kernel/kdbt/enabled || fail "disable failed"
 cat /tmp/translated.out
 diff /tmp/native.out /tmp/translated.out || fail "translated output differs from native"
 for f in blocks_translated dispatcher_entries pc_rewrites rollbacks lookup_hits lookup_misses flushes; do
-    echo "stat $f $(cat /sys/kernel/kdbt/stats/$f) (cpu0 $(cat /sys/kernel/kdbt/stats/cpu0/$f), cpu1 $(cat /sys/kernel/kdbt/stats/cpu1/$f))"
+    per_cpu=
+    for c in $(online_cpus); do per_cpu="$per_cpu cpu$c $(cat /sys/kernel/kdbt/stats/cpu$c/$f 2>/dev/null)"; done
+    echo "stat $f $(cat /sys/kernel/kdbt/stats/$f) ($per_cpu )"
 done
 [ "$(cat /sys/kernel/kdbt/stats/blocks_translated)" -gt 1000 ] || fail "fewer than 1000 blocks translated"
 [ $((e1 - e0)) -gt 10000 ] || fail "dispatcher entries grew by only $((e1 - e0)) during the workload"
