@@ -19,9 +19,11 @@ dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo "tmpfs md5 $(md5s
 echo "--- kernel stack of this shell, as the kernel sees it while translated:"
 cat /proc/self/stack
 echo "--- statistics (total / cpu0 / cpu1):"
-for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes; do
+for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes native_fallbacks; do
     printf '%-20s %10s %10s %10s\n' "$f" "$(cat $K/stats/$f)" "$(cat $K/stats/cpu0/$f)" "$(cat $K/stats/cpu1/$f 2>/dev/null)"
 done
+heap=$(cat $K/heap_bytes_used); cache=$(cat $K/stats/cache_bytes_used)
+echo "--- memory: kdbt heap in use $heap bytes, code cache in use $cache bytes ($( [ "$heap" -le "$cache" ] && echo 'heap <= cache' || echo 'heap > cache' ))"
 echo "--- kernel entries by vector (vector count):"
 cat $K/stats/entries_by_vector | tr '\n' ';' ; echo
 echo 0 > $K/enabled
