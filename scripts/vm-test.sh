@@ -9,7 +9,8 @@
 #              -smp 1 / 4 / 8 / "2,maxcpus=64" (64 possible CPUs, 2 online),
 #              the reduced suite $REDUCED (kdbt_test.only=...): CPUs online,
 #              the workloads translated at the default cache size identical
-#              to native, enable/disable under load, CPU hotplug
+#              to native, enable/disable under load, CPU hotplug, each
+#              shortened by kdbt_test.quick=1
 # Prints KTAP-style results named <pass>/<check> and one count line
 # "vm: N passed, N failed" over all passes.
 # KDBT_PASSES="default smp4" runs only those passes; KDBT_TESTS=a,b runs only
@@ -45,6 +46,8 @@ for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp2max64}; do
     case "$smp" in *maxcpus=*) append="$append kdbt_test.possible=${smp##*maxcpus=}" ;; esac
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
+    # The extra -smp boots: shorter workloads and fewer cycles (workload.inc).
+    case "$pass" in smp*) append="$append kdbt_test.quick=1" ;; esac
     echo "== vm pass: $pass (-smp $smp -m $mem${only:+, tests $only})"
     t0=$(date +%s)
     KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 \

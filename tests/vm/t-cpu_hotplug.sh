@@ -6,7 +6,7 @@
 . ./lib.sh
 K=/sys/kernel/kdbt
 ON=/sys/devices/system/cpu/cpu1/online
-CYCLES=20
+CYCLES=$([ "$(cmdline_opt quick 0)" = 1 ] && echo 5 || echo 20) # 5 in the extra -smp boots
 [ -f $ON ] || { echo "# SKIP no hotpluggable CPU 1 ($(cat /sys/devices/system/cpu/online) online)"; exit 4; }
 pinned() { taskset -c 1 sh -c 'echo "cpu1 pipeline: $(seq 1 3000 | awk "{ s += \$1 } END { print s }") $(seq 1 500 | md5sum | cut -c1-32)"; i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i + 1)); done; echo "cpu1 fork+exec: $i"'; }
 cycle() { # n translated
