@@ -23,6 +23,11 @@ else
     selected="$(echo t-*.sh)"
 fi
 set -- $selected
+# The CPUs online at boot: only those are put back online after a case.
+boot_online=
+for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+    [ -f "$c" ] && [ "$(cat "$c")" = 1 ] && boot_online="$boot_online $c"
+done
 echo "TAP version 13"
 echo "1..$(( $# + $(echo $missing | wc -w) ))"
 n=0
@@ -35,8 +40,8 @@ for t in "$@"; do
     { sh "$t" 2>&1; echo $? > /tmp/rc.$n; } | sed 's/^/# /'
     rc=$(cat /tmp/rc.$n)
     # Whatever a failed case left behind must not fail the next ones.
-    for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
-        [ -f "$c" ] && [ "$(cat "$c")" != 1 ] && { echo "# runner: $c was 0 after $name"; echo 1 > "$c"; }
+    for c in $boot_online; do
+        [ "$(cat "$c")" != 1 ] && { echo "# runner: $c was 0 after $name"; echo 1 > "$c"; }
     done
     touch /tmp/stop-load # ends a leftover start_load loop (lib.sh)
     if [ -d /sys/module/kdbt ]; then
