@@ -106,7 +106,9 @@ def rustc(tree, flags, out, name, src, edition, features, externs, cap_lints):
     for e in externs:
         cmd += ["--extern", e]
     cmd.append(src)
-    r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True,
+    # In the output directory: rustc writes its temporary objects to the working
+    # directory, so two builds against one kernel tree would collide there.
+    r = subprocess.run(cmd, cwd=out, capture_output=True, text=True,
                        env=dict(os.environ, RUSTC_BOOTSTRAP="1"))
     if r.returncode != 0:
         die(f"compiling {name} failed:\n{' '.join(cmd)}\n{r.stderr}")

@@ -226,6 +226,24 @@ fn exit_guest_pc(cpu: &CpuState, exit_id: u64, aux: u64) -> Option<u64> {
     })
 }
 
+/// For thunk page offset `off` in a vector stub or the syscall stub: the
+/// kernel's entry point it stands for, and the words the stub pushed so far.
+fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, u64)> {
+    if off < thunks::SYSCALL {
+        let pushed = match off % thunks::VECTOR_STUB {
+            0 | thunks::STUB_PUSH_DESC => 0,
+            thunks::STUB_PUSH_CPU => 1,
+            thunks::STUB_JMP => 2,
+            _ => return None,
+        };
+        Some((*cpu.handlers.get(off / thunks::VECTOR_STUB)?, pushed))
+    } else if off == thunks::SYSCALL || off == thunks::SYSCALL_JMP {
+        Some((cpu.syscall_entry, 0))
+    } else {
+        None
+    }
+}
+
 /// Turns an interrupted code-cache state in `regs` + hardware frame `hw` into
 /// the precise guest state. Returns whether anything was rewritten.
 fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) -> bool {
@@ -250,13 +268,26 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
         }
         store_frame(regs, &f);
         (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw.rsp))
-    } else if matches!(off as usize, thunks::EXIT | thunks::EXIT_PUSHFQ | thunks::EXIT_CLI) {
-        // Interrupted before the exit thunk's `cli`: the exit frame (and, past
-        // the `pushfq`, the flags) is on the stack.
-        let pushed = u64::from(off as usize == thunks::EXIT_CLI);
+    } else if let Some((pc, pushed)) = in_entry_stub(cpu, off as usize) {
+        // An IST event inside a vector stub or the syscall stub: the native
+        // state is the kernel's entry point with the stub's pushes undone.
+        (pc, pushed * 8)
+    } else if (thunks::EXIT..thunks::RESUME).contains(&(off as usize)) {
+        // Inside the exit thunk: the exit frame is on the stack, below it the
+        // guest flags (once `pushfq` ran) and the CPU id (once pushed).
+        let pushed = match off as usize {
+            thunks::EXIT | thunks::EXIT_PUSHFQ => 0,
+            thunks::EXIT_CLI | thunks::EXIT_PUSH_CPU => 1,
+            thunks::EXIT_JMP => 2,
+            _ => return false,
+        };
         let base = hw.rsp + pushed * 8;
         let (Some(id), Some(aux)) = (read_stack(base), read_stack(base + 8)) else { return false };
         let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
+        if pushed > 0 {
+            let Some(flags) = read_stack(hw.rsp + (pushed - 1) * 8) else { return false };
+            hw.rflags = flags;
+        }
         bump(&stats.rollbacks);
         (pc, pushed * 8 + kdbt_engine::FRAME_SIZE)
     } else {

@@ -5,8 +5,8 @@
 //!
 //! The IDT entry first decides whether the dispatcher may run at all: if this
 //! CPU is already inside it (its `busy` word), or the interrupted PC is kdbt's
-//! entry code or a thunk (except the exit thunk's instructions that run with
-//! interrupts on), the event *nests* inside kdbt, and the kernel's own handler
+//! entry code or the resume thunk, the event *nests* inside kdbt, and the
+//! kernel's own handler
 //! runs at once, natively, with the hardware frame exactly as the CPU pushed
 //! it and no kdbt state touched. Otherwise both entries save the registers in
 //! an [`EntryFrame`] on the current stack, clear DF, make this CPU's kernel GS
@@ -124,8 +124,13 @@ const _: () = assert!(size_of::<HwFrame>() == 40);
 pub(crate) mod thunks {
     /// 32 bytes per vector stub: `endbr64; push desc; push cpu; jmp idt_common`.
     pub(crate) const VECTOR_STUB: usize = 32;
+    /// Offsets in a vector stub of the instructions after `endbr64`.
+    pub(crate) const STUB_PUSH_DESC: usize = 4;
+    pub(crate) const STUB_PUSH_CPU: usize = 9;
+    pub(crate) const STUB_JMP: usize = 14;
     /// `endbr64; jmp [rip + target]`, the `syscall` entry (MSR_LSTAR).
     pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
+    pub(crate) const SYSCALL_JMP: usize = SYSCALL + 4;
     /// The 8-byte target of the `syscall` stub.
     pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 24;
     /// `endbr64; pushfq; cli; push cpu; jmp exit_common`: the engine's dispatcher entry.
@@ -134,6 +139,9 @@ pub(crate) mod thunks {
     /// interrupts on (0, 0 and 1 words pushed).
     pub(crate) const EXIT_PUSHFQ: usize = EXIT + 4;
     pub(crate) const EXIT_CLI: usize = EXIT + 5;
+    /// The exit thunk's `push cpu` and `jmp`.
+    pub(crate) const EXIT_PUSH_CPU: usize = EXIT + 6;
+    pub(crate) const EXIT_JMP: usize = EXIT + 11;
     /// `lea rsp, [rip + iret frame]; iretq`.
     pub(crate) const RESUME: usize = SYSCALL + 64;
     /// The 40-byte iret frame the resume thunk loads.
@@ -186,7 +194,7 @@ core::arch::global_asm!(
     "lea rdx, [rip + kdbt_entry_end]\n cmp rax, rdx\n jb 3f\n",
     "6:\n sub rax, [rcx + {thunks}]\n",
     "cmp rax, {thunk_size}\n jae 2f\n",
-    "cmp rax, {exit}\n je 2f\n cmp rax, {exit_pushfq}\n je 2f\n cmp rax, {exit_cli}\n je 2f\n",
+    "cmp rax, {resume}\n jb 2f\n",
     // Nested: the kernel's handler, with the frame as the CPU left it.
     "3:\n movzx eax, byte ptr [rsp + {slot3} + 8]\n",
     "lea rdx, [rip + KDBT_NATIVE_HANDLERS]\n mov rax, [rdx + rax * 8]\n",
@@ -209,9 +217,7 @@ core::arch::global_asm!(
     kernel_gs = const offset_of!(SlotInfo, kernel_gs),
     stack_top = const offset_of!(SlotInfo, stack_top),
     thunk_size = const thunks::SIZE,
-    exit = const thunks::EXIT,
-    exit_pushfq = const thunks::EXIT_PUSHFQ,
-    exit_cli = const thunks::EXIT_CLI,
+    resume = const thunks::RESUME,
 );
 
 extern "C" {
@@ -278,23 +284,38 @@ pub(crate) fn write_thunks(page: &mut [u8], exec: u64, cpu: u32, has_error_code:
             Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
             Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
         ];
+        // The dispatcher rolls an IST event inside a stub back by these offsets.
+        let ends = [thunks::STUB_PUSH_DESC, thunks::STUB_PUSH_CPU, thunks::STUB_JMP];
+        for (n, &end) in ends.iter().enumerate() {
+            if emit(page, exec, at, at + thunks::VECTOR_STUB, &insns[..=n])? != at + end {
+                return None;
+            }
+        }
         emit(page, exec, at, at + thunks::VECTOR_STUB, &insns)?;
     }
     let syscall = [
         Instruction::with(Code::Endbr64),
         Instruction::with1(Code::Jmp_rm64, rip_rel(exec + thunks::SYSCALL_TARGET as u64)).ok()?,
     ];
+    if emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall[..1])? != thunks::SYSCALL_JMP {
+        return None;
+    }
     emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall)?;
     let mut exit: Vec<Instruction> = Vec::new();
     exit.try_reserve(5).ok()?;
     exit.extend([Instruction::with(Code::Endbr64), Instruction::with(Code::Pushfq), Instruction::with(Code::Cli)]);
-    // The entry asm's interrupts-on window of the exit thunk relies on these offsets.
+    // The dispatcher's rollback of an event inside the exit thunk relies on these offsets.
     let pushfq_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..1])?;
     let cli_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..2])?;
     if pushfq_at != thunks::EXIT_PUSHFQ || cli_at != thunks::EXIT_CLI {
         return None;
     }
+    let push_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
     exit.push(Instruction::with1(Code::Pushq_imm32, cpu).ok()?);
+    let jmp_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
+    if push_at != thunks::EXIT_PUSH_CPU || jmp_at != thunks::EXIT_JMP {
+        return None;
+    }
     exit.push(Instruction::with_branch(Code::Jmp_rel32_64, exit_common()).ok()?);
     emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
     let resume = [

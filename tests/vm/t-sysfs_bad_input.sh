@@ -1,5 +1,6 @@
 #!/bin/sh
-# Bad sysfs writes fail with EINVAL and change nothing.
+# Bad sysfs writes fail with EINVAL and change nothing; concurrent writers
+# wait for each other instead of failing; read-only files refuse writes.
 . ./lib.sh
 kdbt_load
 K=/sys/kernel/kdbt
@@ -20,4 +21,17 @@ expect_eq "$(cat $K/cache_kb)" 3072 "cache_kb while enabled"
 echo 1 > $K/flush || fail "flush failed"
 echo 0 > $K/enabled
 expect_eq "$(cat $K/enabled)" 0 "enabled"
+# Writers racing each other: every write succeeds (the second waits its turn).
+i=0
+while [ $i -lt 10 ]; do
+    ( echo 1 > $K/enabled || echo "enable failed" ) > /tmp/w1 2>&1 &
+    ( echo 1 > $K/flush || echo "flush failed" ) > /tmp/w2 2>&1 &
+    ( echo 0 > $K/enabled || echo "disable failed" ) > /tmp/w3 2>&1 &
+    wait
+    cat /tmp/w1 /tmp/w2 /tmp/w3 | grep . && fail "a concurrent knob write failed (cycle $i)"
+    i=$((i + 1))
+done
+echo 0 > $K/enabled
+expect_eq "$(cat $K/enabled)" 0 "enabled after the races"
+sh -c "echo 1 > $K/heap_bytes_used" 2>/dev/null && fail "heap_bytes_used accepted a write"
 kdbt_unload
