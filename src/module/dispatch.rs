@@ -19,7 +19,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kernel::prelude::*;
 
 use crate::cpu::{self, CpuState, NativeRange};
-use crate::entry::{thunks, EntryFrame, HwFrame, DESC_ERROR_CODE};
+use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE};
 use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
@@ -382,10 +382,10 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
     // dispatcher with interrupts off, never nested.
     let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
     let rflags = regs.word;
-    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
-    // SAFETY: the exit code pushed the engine's two-word frame there.
-    let (id, aux) = unsafe { (above.read(), above.add(1).read()) };
-    let guest_rsp = above.wrapping_add(2) as u64;
+    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<ExitFrame>();
+    // SAFETY: the exit code pushed the engine's frame there.
+    let ExitFrame { exit_id: id, aux } = unsafe { above.read() };
+    let guest_rsp = above.wrapping_add(1) as u64;
     bump(&cpu.stats.dispatcher_entries);
     let hw = match step(cpu, Step::Exit { exit_id: id, aux }) {
         Ok(Dispatch::Hook(site)) if site.class == HookClass::IRETQ => {

@@ -112,6 +112,18 @@ pub(crate) struct HwFrame {
     pub(crate) ss: u64,
 }
 
+/// What the engine's exit code leaves above the exit thunk's pushes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct ExitFrame {
+    pub(crate) exit_id: u64,
+    pub(crate) aux: u64,
+}
+
+const _: () = assert!(size_of::<ExitFrame>() as u64 == kdbt_engine::FRAME_SIZE as u64);
+const _: () = assert!(offset_of!(ExitFrame, exit_id) as u64 == kdbt_engine::EXIT_ID_OFFSET as u64);
+const _: () = assert!(offset_of!(ExitFrame, aux) as u64 == kdbt_engine::AUX_OFFSET as u64);
+
 /// Offset of the slot word once `rax`, `rcx` and `rdx` are pushed.
 const SLOT_AFTER_3: usize = offset_of!(EntryFrame, slot) - offset_of!(EntryFrame, rdx);
 const _: () = assert!(offset_of!(EntryFrame, r15) == 0);
