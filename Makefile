@@ -37,5 +37,3 @@ bench: setup
 
 clean:
 	rm -rf build target
-	rm -f kdbt.ko kdbt.o kdbt.mod kdbt.mod.c kdbt.mod.o modules.order Module.symvers .*.cmd
-	find src/module -name '*.o' -o -name '.*.cmd' -o -name '*.d' | xargs -r rm -f

@@ -6,13 +6,36 @@ KDBT_CACHE="${KDBT_CACHE:-$HOME/.cache/kdbt}"
 KDBT_RUSTC="${KDBT_RUSTC:-/usr/bin/rustc}"
 KERNEL_TARBALL="${KERNEL_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
 KCONFIG_FRAGMENT="$KDBT_ROOT/scripts/kconfig/kdbt.config"
+# Which test kernel: "small" (tinyconfig + kdbt.config, fast to build) or
+# "distro" (Debian's own configuration + distro.config).
+KDBT_KERNEL="${KDBT_KERNEL:-small}"
+DISTRO_CHANGES="$KDBT_ROOT/scripts/kconfig/distro.config"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# The kernel tree's cache key: source package version, fragment and rustc.
+# Debian's headers package whose .config is the distro kernel's base, for the
+# installed linux-source-6.12 version (6.12.117-1~deb12u1 -> 6.12.117+deb12).
+distro_headers() {
+    local ver
+    ver="$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null)" || die "linux-source-6.12 is not installed (run make setup)"
+    echo "linux-headers-${ver%%-*}+deb12-amd64=$ver"
+}
+
+# The kernel tree's cache key: source package version, configuration input
+# (fragment, or Debian package + changes) and rustc.
 kernel_tree() {
     local ver key
     ver="$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null)" || die "linux-source-6.12 is not installed (run make setup)"
-    key="$( { cat "$KCONFIG_FRAGMENT"; "$KDBT_RUSTC" --version; } | sha256sum | cut -c1-12)"
-    echo "$KDBT_CACHE/linux-$ver-$key"
+    case "$KDBT_KERNEL" in
+        small) key="$( { cat "$KCONFIG_FRAGMENT"; "$KDBT_RUSTC" --version; } | sha256sum | cut -c1-12)"
+               echo "$KDBT_CACHE/linux-$ver-$key" ;;
+        distro) key="$( { distro_headers; cat "$DISTRO_CHANGES"; "$KDBT_RUSTC" --version; } | sha256sum | cut -c1-12)"
+                echo "$KDBT_CACHE/linux-distro-$ver-$key" ;;
+        *) die "KDBT_KERNEL must be small or distro, got '$KDBT_KERNEL'" ;;
+    esac
 }
-KDBT_BUILD="${KDBT_BUILD:-$KDBT_ROOT/build}"
+# Build output; the distro kernel's has its own (modules, initramfs, logs).
+if [ "$KDBT_KERNEL" = distro ]; then
+    KDBT_BUILD="${KDBT_BUILD:-$KDBT_ROOT/build/distro}"
+else
+    KDBT_BUILD="${KDBT_BUILD:-$KDBT_ROOT/build}"
+fi
