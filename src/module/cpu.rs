@@ -17,8 +17,6 @@ use crate::execmem::Region;
 use crate::idt::{self, Gate, VECTORS};
 use crate::stats::CpuStats;
 
-/// Smallest arena that gets the large inline lookup table.
-const LARGE_IBL_MIN_ARENA: usize = 4 << 20;
 
 /// Bytes of each dispatcher stack.
 pub(crate) const STACK_BYTES: usize = 32 << 10;
@@ -82,9 +80,9 @@ impl CpuState {
             red_zone: 0,
             dispatcher: exec + thunks::EXIT as u64,
             hooks: HookClass::IRETQ_TO_KERNEL | HookClass::MOV_DR,
-            // The large lookup table (1 MiB) pays off once the cache can spare it:
-            // with the small one, most indirect branches of the kernel miss.
-            ibl: if arena.len() >= LARGE_IBL_MIN_ARENA { IblSize::Large } else { IblSize::Small },
+            // The large lookup table (1 MiB of the arena): with the small one,
+            // most of the kernel's returns and indirect branches miss.
+            ibl: IblSize::Large,
         };
         let cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
             pr_err!("cpu {}: code cache: {}\n", id, e);
