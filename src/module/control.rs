@@ -153,7 +153,9 @@ unsafe extern "C" fn remove_from_cpu(_: *mut core::ffi::c_void) -> i32 {
 unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
-        cpu.flush();
+        // Busy like the dispatcher: a fault while re-translating the syscall
+        // entry goes to the kernel's handler, not into this CPU's state.
+        cpu.while_busy(CpuState::flush);
     }
     0
 }

@@ -154,6 +154,15 @@ impl CpuState {
         crate::dispatch::set_syscall_target(self.thunks, target);
     }
 
+    /// Runs `f` marked as inside the dispatcher, so that the entry asm sends
+    /// any event meanwhile to the kernel's handler. On this CPU, interrupts off.
+    pub(crate) fn while_busy(&mut self, f: impl FnOnce(&mut Self)) {
+        let slot = &table_slots()[self.id];
+        slot.busy.store(1, Ordering::Relaxed);
+        f(self);
+        slot.busy.store(0, Ordering::Relaxed);
+    }
+
     /// Puts this CPU under translation. Runs on the CPU itself, interrupts off.
     pub(crate) fn install(&mut self) {
         let slot = &table_slots()[self.id];

@@ -299,6 +299,21 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
     true
 }
 
+/// Whether this CPU runs an NMI-like handler (NMI, #MC, or #DB from kernel
+/// mode: the kernel counts them all in `preempt_count`'s NMI bits).
+fn in_nmi() -> bool {
+    const NMI_MASK: u32 = 0x00f0_0000;
+    const OFF: usize = core::mem::offset_of!(kernel::bindings::pcpu_hot__bindgen_ty_1__bindgen_ty_1, preempt_count);
+    let count: u32;
+    // SAFETY: `pcpu_hot` is a per-CPU variable reached through the kernel GS
+    // base, which the entry asm made live.
+    unsafe {
+        asm!("mov {0:e}, gs:[{1} + {2}]", out(reg) count, sym kernel::bindings::pcpu_hot, const OFF,
+             options(nostack, readonly, preserves_flags))
+    };
+    count & NMI_MASK != 0
+}
+
 /// The guest value of 64-bit register `r` in `regs`.
 fn gpr(regs: &EntryFrame, r: Register) -> Option<u64> {
     Some(match r {
@@ -351,10 +366,18 @@ fn emulate_mov_dr(cpu: &mut CpuState, regs: &EntryFrame, pc: u64) -> bool {
 
 /// Handles an entry through the shadow IDT.
 pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
+    let vector = (regs.word & 0xff) as usize;
+    // An event inside an NMI-like handler (NMI, #MC, kernel #DB: they run
+    // natively and may have interrupted kdbt itself, e.g. with the heap lock
+    // held or a resume pending) is the kernel's own business: native, and
+    // nothing of kdbt touched.
+    regs.word = crate::entry::native_handler(vector);
+    if in_nmi() {
+        return;
+    }
     // SAFETY: this CPU owns its id (its IDT's stubs push it) and runs the
     // dispatcher with interrupts off, never nested (see `entry`).
     let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
-    let vector = (regs.word & 0xff) as usize;
     let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
     let hw_at = above.wrapping_add(usize::from(regs.word & DESC_ERROR_CODE != 0));
     // SAFETY: the CPU pushed its frame there, above the error code if any.
@@ -366,8 +389,8 @@ pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
     }
     if cpu.is_ist(vector) {
         // IST handlers (NMI, #DB, #DF, #MC) run natively on their own stacks,
-        // with the frame in place: their nesting rules are keyed by native PCs.
-        regs.word = cpu.handlers.get(vector).copied().unwrap_or(0);
+        // with the frame in place (`word` already names the kernel's handler):
+        // their nesting rules are keyed by native PCs.
         return;
     }
     let Some(&handler) = cpu.handlers.get(vector) else { return };
@@ -379,8 +402,13 @@ pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
 /// Handles an exit from this CPU's code cache.
 pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
     // SAFETY: this CPU owns its id (its exit thunk pushes it) and runs the
-    // dispatcher with interrupts off, never nested.
-    let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
+    // dispatcher with interrupts off, never nested; its exit thunk exists
+    // only while its state is published.
+    let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else {
+        // No guest PC can be known without the state: stop here, loudly.
+        regs.word = crate::entry::ud2_address();
+        return;
+    };
     let rflags = regs.word;
     let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<ExitFrame>();
     // SAFETY: the exit code pushed the engine's frame there.

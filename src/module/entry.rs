@@ -73,6 +73,16 @@ pub(crate) fn set_native_handlers(handlers: impl Iterator<Item = u64>) {
     }
 }
 
+/// The kernel's handler of `vector`.
+pub(crate) fn native_handler(vector: usize) -> u64 {
+    KDBT_NATIVE_HANDLERS.get(vector).map_or(0, |h| h.load(Ordering::Relaxed))
+}
+
+/// A `ud2` in kdbt's entry text: where a CPU goes that cannot be resumed.
+pub(crate) fn ud2_address() -> u64 {
+    kdbt_ud2 as usize as u64
+}
+
 /// What the entry paths save on the interrupted stack, lowest address first.
 #[repr(C)]
 pub(crate) struct EntryFrame {
@@ -218,6 +228,7 @@ core::arch::global_asm!(
     "push rax\n push rcx\n push rdx\n",
     "mov rcx, [rsp + {slot3}]\n shl rcx, {shift}\n add rcx, [rip + KDBT_SLOTS]\n",
     dispatch_asm!("kdbt_dispatch_exit"),
+    "kdbt_ud2:\n ud2\n",
     ".globl kdbt_entry_end",
     "kdbt_entry_end:",
     ".popsection",
@@ -235,6 +246,7 @@ core::arch::global_asm!(
 extern "C" {
     fn kdbt_idt_common();
     fn kdbt_exit_common();
+    fn kdbt_ud2();
 }
 
 /// Address of the common IDT entry.

@@ -63,7 +63,7 @@ impl Region {
             }
             // SAFETY: `pages` holds `npages` valid page pointers; the mapping
             // is released in `drop`.
-            let alias = unsafe { ffi::vmap(pages.as_mut_ptr(), npages as u32, ffi::VM_MAP, ffi::PAGE_KERNEL) };
+            let alias = unsafe { ffi::vmap(pages.as_mut_ptr(), npages as u32, ffi::VM_MAP, ffi::kdbt_page_kernel()) };
             NonNull::new(alias.cast::<u8>()).ok_or(ENOMEM)
         })();
         match mapped {

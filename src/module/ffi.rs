@@ -31,6 +31,7 @@ extern "C" {
     // helpers.c
     pub(crate) fn kdbt_control_lock(interruptible: i32) -> i32;
     pub(crate) fn kdbt_control_unlock();
+    pub(crate) fn kdbt_page_kernel() -> u64;
     pub(crate) fn kdbt_this_cpu() -> u32;
     pub(crate) fn kdbt_resolve_symbols() -> i32;
     pub(crate) fn kdbt_exec_alloc(size: usize) -> *mut core::ffi::c_void;
@@ -44,8 +45,6 @@ extern "C" {
 
 /// `VM_MAP` from `<linux/vmalloc.h>`.
 pub(crate) const VM_MAP: u64 = 0x4;
-/// `PAGE_KERNEL` on x86-64: present, writable, accessed, dirty, global, NX.
-pub(crate) const PAGE_KERNEL: u64 = 0x8000_0000_0000_0163;
 /// `MSR_LSTAR`: the 64-bit `syscall` entry point.
 pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
 /// `MSR_GS_BASE`: the live GS base.

@@ -38,13 +38,16 @@ struct Heap {
     claimed: usize,
     /// The chunk claimed at load, which stays until unload.
     base: Option<Chunk>,
+    /// Chunks that could not go back when their CPU's translation ended
+    /// (something was still allocated in them), freed at unload.
+    kept: Option<KVec<Chunk>>,
 }
 
 // SAFETY: the heap's memory is owned by kdbt and only reached through `HEAP`.
 unsafe impl Send for Heap {}
 
 static HEAP: spin::Mutex<Heap> =
-    spin::Mutex::new(Heap { talc: Talc::new(ErrOnOom), in_use: 0, claimed: 0, base: None });
+    spin::Mutex::new(Heap { talc: Talc::new(ErrOnOom), in_use: 0, claimed: 0, base: None, kept: None });
 
 /// Memory claimed into the heap.
 ///
@@ -96,15 +99,16 @@ pub(crate) fn init() -> Result {
 /// Frees all heap memory, at unload: nothing of kdbt runs any more, so what
 /// is still allocated (iced-x86's tables) goes with the module.
 pub(crate) fn exit() {
-    let base = {
+    let (base, kept) = {
         let _irq = IrqGuard::new();
         let mut heap = HEAP.lock();
         heap.talc = Talc::new(ErrOnOom);
         heap.claimed = 0;
         heap.in_use = 0;
-        heap.base.take()
+        (heap.base.take(), heap.kept.take())
     };
-    free_memory(base);
+    base.iter().for_each(free_memory);
+    kept.iter().flat_map(|k| k.as_slice()).for_each(free_memory);
 }
 
 /// Gives `chunk` back if nothing is allocated in it; otherwise keeps it (as
@@ -116,18 +120,21 @@ pub(crate) fn release(chunk: Chunk) {
         // SAFETY: `chunk.span` is the heap `claim` returned for this chunk.
         let used = unsafe { heap.talc.get_allocated_span(chunk.span) };
         if !used.is_empty() {
-            pr_err!("heap: a chunk still holds {} bytes; leaking it\n", used.size());
+            pr_warn!("heap: a chunk still holds {} bytes; keeping it until unload\n", used.size());
+            let kept = heap.kept.get_or_insert_with(KVec::new);
+            if kept.push(chunk, GFP_ATOMIC).is_err() {
+                pr_err!("heap: cannot record a kept chunk; leaking it\n");
+            }
             return;
         }
         // SAFETY: as above; nothing is allocated in it, so it may go entirely.
         unsafe { heap.talc.truncate(chunk.span, Span::empty()) };
         heap.claimed -= chunk.size;
     }
-    free_memory(Some(chunk));
+    free_memory(&chunk);
 }
 
-fn free_memory(chunk: Option<Chunk>) {
-    let Some(c) = chunk else { return };
+fn free_memory(c: &Chunk) {
     if let Ok(layout) = Layout::from_size_align(c.size, PAGE) {
         // SAFETY: `c.base` came from `Vmalloc::alloc` with this layout in
         // `grow`, and the heap no longer refers to it.

@@ -33,6 +33,12 @@ void kdbt_control_unlock(void)
 	mutex_unlock(&kdbt_control_mutex);
 }
 
+/* PAGE_KERNEL as this kernel defines it (with _PAGE_ENC under SME/SEV). */
+unsigned long kdbt_page_kernel(void)
+{
+	return pgprot_val(PAGE_KERNEL);
+}
+
 unsigned int kdbt_this_cpu(void)
 {
 	return raw_smp_processor_id();

@@ -7,6 +7,7 @@
 
 int kdbt_control_lock(int interruptible);
 void kdbt_control_unlock(void);
+unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
 int kdbt_resolve_symbols(void);
 void *kdbt_exec_alloc(size_t size);

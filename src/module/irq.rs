@@ -17,8 +17,10 @@ impl IrqGuard {
     pub(crate) fn new() -> Self {
         let flags: u64;
         // SAFETY: saving RFLAGS and clearing IF only masks interrupts on this
-        // CPU; the guard restores IF when dropped.
-        unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags, options(nomem, preserves_flags)) };
+        // CPU; the guard restores IF when dropped. No `nomem`: like the
+        // kernel's `local_irq_save`, a compiler barrier, so that the locked
+        // accesses the guard protects stay inside it.
+        unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags, options(preserves_flags)) };
         Self { flags }
     }
 }
@@ -26,8 +28,9 @@ impl IrqGuard {
 impl Drop for IrqGuard {
     fn drop(&mut self) {
         if self.flags & (1 << 9) != 0 {
-            // SAFETY: interrupts were on when the guard was created.
-            unsafe { asm!("sti", options(nomem, nostack)) };
+            // SAFETY: interrupts were on when the guard was created. A compiler
+            // barrier, as in `new`.
+            unsafe { asm!("sti", options(nostack)) };
         }
     }
 }

@@ -84,7 +84,11 @@ impl Drop for Kdbt {
         // Sysfs removal waits for running handlers, so no knob runs after it.
         self.sysfs = None;
         if let Err(e) = control::disable_at_unload() {
-            pr_err!("disable at unload failed: {:?}\n", e);
+            // Some CPU may still enter kdbt: keep everything it could use.
+            pr_crit!("disable at unload failed ({:?}): leaking kdbt's memory\n", e);
+            core::mem::forget(self.hotplug.take());
+            core::mem::forget(self.table.take());
+            return;
         }
         self.hotplug = None;
         let blocks = stats::total(|s| &s.blocks_translated);
