@@ -8,6 +8,7 @@
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
+use iced_x86::Instruction;
 use kdbt_engine::{CallRetPolicy, CodeCache, Config, HookClass, IblSize};
 use kernel::bindings;
 use kernel::prelude::*;
@@ -20,6 +21,9 @@ use crate::stats::CpuStats;
 
 /// Bytes of each dispatcher stack.
 pub(crate) const STACK_BYTES: usize = 32 << 10;
+/// Bytes of each private NMI stack: the entry asm's frame only (Rust runs on
+/// the dispatcher stack).
+const NMI_STACK_BYTES: usize = 1 << 10;
 
 /// Where kdbt's own text is: what it runs natively instead of translating,
 /// so that it never translates the code that manages the caches.
@@ -32,8 +36,8 @@ pub(crate) struct NativeRange {
 /// One CPU's state while it translates.
 ///
 /// # Invariants
-/// `thunks` and the cache's arena are the disjoint halves of `region`'s
-/// writable view (declared before it, so dropped first); only this CPU's
+/// `thunks` and the cache's arena are disjoint parts of `region`'s writable
+/// view (declared before it, so dropped first); only this CPU's
 /// dispatcher (interrupts off) and its own install/remove callbacks touch them.
 pub(crate) struct CpuState {
     pub(crate) id: usize,
@@ -44,7 +48,10 @@ pub(crate) struct CpuState {
     pub(crate) handlers: Vec<u64>,
     /// Bit per vector: its gate runs on an IST stack.
     ist: [u64; VECTORS / 64],
+    /// Where the syscall stub enters translated code (the kernel's stack is live).
     pub(crate) syscall_entry: u64,
+    /// Each syscall stub instruction's page offset and the native PC it stands for.
+    pub(crate) syscall_map: [(usize, u64); 5],
     pub(crate) native: NativeRange,
     pub(crate) stats: &'static CpuStats,
     /// Guest PCs of the hardware execute breakpoints armed on this CPU: they
@@ -53,6 +60,7 @@ pub(crate) struct CpuState {
     pub(crate) original_idt: idt::Descriptor,
     pub(crate) original_lstar: u64,
     _stack: Vec<u64>,
+    _nmi_stack: Vec<u64>,
     _region: Region,
 }
 
@@ -60,7 +68,7 @@ pub(crate) struct CpuState {
 pub(crate) struct Setup {
     /// `VECTORS` gates.
     pub(crate) kernel_idt: Vec<Gate>,
-    pub(crate) syscall_entry: u64,
+    pub(crate) syscall: crate::syscall::Prologue,
     pub(crate) native: NativeRange,
     pub(crate) cache_bytes: usize,
 }
@@ -72,9 +80,25 @@ impl CpuState {
         let region = Region::new(thunks::SIZE + setup.cache_bytes)?;
         let exec = region.exec();
         // SAFETY: the only split of `region`, which the state owns and drops last.
-        let (thunk_page, arena) = unsafe { region.split(thunks::SIZE)? };
+        let (thunk_page, arena, data) = unsafe { region.split(thunks::SIZE)? };
         let cpu_id = u32::try_from(id).map_err(|_| EINVAL)?;
-        entry::write_thunks(thunk_page, exec, cpu_id, idt::has_error_code).ok_or(EINVAL)?;
+        let p = &setup.syscall;
+        let offs = entry::write_thunks(thunk_page, exec, region.data(), cpu_id, idt::has_error_code, &p.insns)
+            .ok_or(EINVAL)?;
+        let native = |k: usize| p.insns.get(k).map_or(p.safe_stack, Instruction::ip);
+        let syscall_map = [
+            (thunks::SYSCALL, p.entry),
+            (offs[0], native(0)),
+            (offs[1], native(1)),
+            (offs[2], native(2)),
+            (offs[3], p.safe_stack),
+        ];
+        let mut nmi_stack = Vec::new();
+        nmi_stack.try_reserve_exact(NMI_STACK_BYTES / 8).map_err(|_| ENOMEM)?;
+        nmi_stack.resize(NMI_STACK_BYTES / 8, 0u64);
+        let nmi_top = (nmi_stack.as_ptr() as u64 + NMI_STACK_BYTES as u64) & !15;
+        let at = entry::data::NMI_STACK_TOP;
+        data.get_mut(at..at + 8).ok_or(EINVAL)?.copy_from_slice(&nmi_top.to_le_bytes());
         let config = Config {
             policy: CallRetPolicy::Transparent,
             red_zone: 0,
@@ -103,7 +127,8 @@ impl CpuState {
                 ist[v / 64] |= 1 << (v % 64);
             }
             // Every present gate enters kdbt, IST gates on their own stacks.
-            gates[v] = if gate.present() { gate.redirected(exec + (v * thunks::VECTOR_STUB) as u64) } else { *gate };
+            let stub = if v == entry::NMI_VECTOR { thunks::NMI_STUB } else { v * thunks::VECTOR_STUB };
+            gates[v] = if gate.present() { gate.redirected(exec + stub as u64) } else { *gate };
         }
         let mut cpu = KBox::new(
             CpuState {
@@ -114,13 +139,15 @@ impl CpuState {
                 idt: gates,
                 handlers,
                 ist,
-                syscall_entry: setup.syscall_entry,
+                syscall_entry: setup.syscall.safe_stack,
+                syscall_map,
                 native: setup.native,
                 stats,
                 exec_breakpoints: [None; 4],
                 original_idt: idt::Descriptor::default(),
                 original_lstar: 0,
                 _stack: stack,
+                _nmi_stack: nmi_stack,
                 _region: region,
             },
             GFP_KERNEL,

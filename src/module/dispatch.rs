@@ -19,7 +19,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kernel::prelude::*;
 
 use crate::cpu::{self, CpuState, NativeRange};
-use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE};
+use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK};
 use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
@@ -31,7 +31,7 @@ const RFLAGS_RF: u64 = 1 << 16;
 const RFLAGS_AC: u64 = 1 << 18;
 
 /// Kernel text and module text, read without faulting.
-struct KernelText;
+pub(crate) struct KernelText;
 
 impl GuestMemory for KernelText {
     fn read(&self, pc: u64, buf: &mut [u8]) -> Result<usize, MemoryFault> {
@@ -237,10 +237,8 @@ fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, u64)> {
             _ => return None,
         };
         Some((*cpu.handlers.get(off / thunks::VECTOR_STUB)?, pushed))
-    } else if off == thunks::SYSCALL || off == thunks::SYSCALL_JMP {
-        Some((cpu.syscall_entry, 0))
     } else {
-        None
+        cpu.syscall_map.iter().find(|&&(o, _)| o == off).map(|&(_, pc)| (pc, 0))
     }
 }
 
@@ -297,6 +295,25 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
     hw.rsp = hw.rsp.wrapping_add(rsp_adjust);
     bump(&stats.pc_rewrites);
     true
+}
+
+/// Makes the entry asm continue in the kernel's handler of the event `desc`,
+/// with its hardware frame at `hw_at` in place.
+fn continue_natively(regs: &mut EntryFrame, desc: u64, above: *mut u64, hw_at: *mut u64) {
+    let handler = crate::entry::native_handler((desc & 0xff) as usize);
+    if desc & DESC_PRIVATE_STACK == 0 {
+        regs.word = handler;
+        return;
+    }
+    let slot = hw_at.wrapping_sub(1);
+    // SAFETY: the word below the NMI frame is the kernel's NMI entry's own
+    // scratch slot (its first `push` writes it), free until that entry runs;
+    // `above` is the frame-address word the NMI stub pushed.
+    unsafe {
+        slot.write(handler);
+        above.write(slot as u64);
+    }
+    regs.word = crate::entry::private_return_address();
 }
 
 /// Whether this CPU runs an NMI-like handler (NMI, #MC, or #DB from kernel
@@ -366,20 +383,26 @@ fn emulate_mov_dr(cpu: &mut CpuState, regs: &EntryFrame, pc: u64) -> bool {
 
 /// Handles an entry through the shadow IDT.
 pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
-    let vector = (regs.word & 0xff) as usize;
+    let desc = regs.word;
+    let vector = (desc & 0xff) as usize;
+    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
+    let hw_at = if desc & DESC_PRIVATE_STACK != 0 {
+        // SAFETY: the NMI stub pushed the hardware frame's address there.
+        unsafe { above.read() as *mut u64 }
+    } else {
+        above.wrapping_add(usize::from(desc & DESC_ERROR_CODE != 0))
+    };
     // An event inside an NMI-like handler (NMI, #MC, kernel #DB: they run
     // natively and may have interrupted kdbt itself, e.g. with the heap lock
     // held or a resume pending) is the kernel's own business: native, and
     // nothing of kdbt touched.
-    regs.word = crate::entry::native_handler(vector);
+    continue_natively(regs, desc, above, hw_at);
     if in_nmi() {
         return;
     }
     // SAFETY: this CPU owns its id (its IDT's stubs push it) and runs the
     // dispatcher with interrupts off, never nested (see `entry`).
     let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
-    let above = (regs as *mut EntryFrame).wrapping_add(1).cast::<u64>();
-    let hw_at = above.wrapping_add(usize::from(regs.word & DESC_ERROR_CODE != 0));
     // SAFETY: the CPU pushed its frame there, above the error code if any.
     let hw = unsafe { &mut *hw_at.cast::<HwFrame>() };
     bump(&cpu.stats.dispatcher_entries);

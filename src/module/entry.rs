@@ -110,6 +110,20 @@ pub(crate) struct EntryFrame {
 
 /// Vector descriptor bit: the CPU pushed an error code.
 pub(crate) const DESC_ERROR_CODE: u64 = 1 << 8;
+/// Vector descriptor bit: the stub moved to the CPU's private NMI stack and
+/// pushed the address of the hardware frame first (the word above `word`).
+pub(crate) const DESC_PRIVATE_STACK: u64 = 1 << 9;
+
+/// The NMI vector, whose stub never writes below the hardware frame.
+pub(crate) const NMI_VECTOR: usize = 2;
+
+/// Layout of each region's data page (see `execmem::DATA_BYTES`).
+pub(crate) mod data {
+    /// The NMI stub saves `rax` here while it switches stacks.
+    pub(crate) const SAVED_RAX: usize = 0;
+    /// Top of the CPU's private NMI stack.
+    pub(crate) const NMI_STACK_TOP: usize = 8;
+}
 
 /// The interrupt frame the CPU pushes (above the error code, if any).
 #[repr(C)]
@@ -150,13 +164,13 @@ pub(crate) mod thunks {
     pub(crate) const STUB_PUSH_DESC: usize = 4;
     pub(crate) const STUB_PUSH_CPU: usize = 9;
     pub(crate) const STUB_JMP: usize = 14;
-    /// `endbr64; jmp [rip + target]`, the `syscall` entry (MSR_LSTAR).
+    /// `endbr64`, the kernel's syscall prologue (`syscall::Prologue`), `jmp
+    /// [rip + target]`: the `syscall` entry (MSR_LSTAR).
     pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
-    pub(crate) const SYSCALL_JMP: usize = SYSCALL + 4;
     /// The 8-byte target of the `syscall` stub.
-    pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 24;
+    pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 56;
     /// `endbr64; pushfq; cli; push cpu; jmp exit_common`: the engine's dispatcher entry.
-    pub(crate) const EXIT: usize = SYSCALL + 32;
+    pub(crate) const EXIT: usize = SYSCALL + 64;
     /// The exit thunk's `pushfq` and `cli`: with `EXIT`, where it runs with
     /// interrupts on (0, 0 and 1 words pushed).
     pub(crate) const EXIT_PUSHFQ: usize = EXIT + 4;
@@ -165,11 +179,19 @@ pub(crate) mod thunks {
     pub(crate) const EXIT_PUSH_CPU: usize = EXIT + 6;
     pub(crate) const EXIT_JMP: usize = EXIT + 11;
     /// `lea rsp, [rip + iret frame]; iretq`.
-    pub(crate) const RESUME: usize = SYSCALL + 64;
+    pub(crate) const RESUME: usize = SYSCALL + 96;
     /// The 40-byte iret frame the resume thunk loads.
     pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
     /// A `ud2`, where the dispatcher sends a CPU it cannot resume.
     pub(crate) const UD2: usize = SYSCALL + 192;
+    /// The NMI stub. The kernel's NMI entry keeps its nesting state just below
+    /// the hardware frame on the NMI stack ("NMI executing", the saved iret
+    /// and outermost frames), so this stub writes nothing there: it saves
+    /// `rax` in the data page, moves to a private stack and pushes the frame's
+    /// address there: `endbr64; mov [rip+d], rax; mov rax, rsp; mov rsp,
+    /// [rip+d+8]; push rax; mov rax, [rip+d]; push desc; push cpu; jmp
+    /// idt_common`. After `RESUME`: an event inside it nests.
+    pub(crate) const NMI_STUB: usize = SYSCALL + 256;
     /// Bytes of thunks at the start of each region, before the engine's arena.
     pub(crate) const SIZE: usize = 12 << 10;
 }
@@ -211,7 +233,8 @@ core::arch::global_asm!(
     // rdx: the hardware frame, above the error code if there is one.
     "lea rdx, [rsp + {slot3} + 16]\n",
     "test dword ptr [rsp + {slot3} + 8], {desc_ec}\n jz 1f\n add rdx, 8\n",
-    "1:\n cmp qword ptr [rcx + {busy}], 0\n jne 3f\n",
+    "1:\n test dword ptr [rsp + {slot3} + 8], {desc_private}\n jz 7f\n mov rdx, [rsp + {slot3} + 16]\n",
+    "7:\n cmp qword ptr [rcx + {busy}], 0\n jne 3f\n",
     "mov rax, [rdx]\n lea rdx, [rip + kdbt_entry_start]\n cmp rax, rdx\n jb 6f\n",
     "lea rdx, [rip + kdbt_entry_end]\n cmp rax, rdx\n jb 3f\n",
     "6:\n sub rax, [rcx + {thunks}]\n",
@@ -220,8 +243,16 @@ core::arch::global_asm!(
     // Nested: the kernel's handler, with the frame as the CPU left it.
     "3:\n movzx eax, byte ptr [rsp + {slot3} + 8]\n",
     "lea rdx, [rip + KDBT_NATIVE_HANDLERS]\n mov rax, [rdx + rax * 8]\n",
+    "test dword ptr [rsp + {slot3} + 8], {desc_private}\n jnz 8f\n",
     "mov [rsp + {slot3} + 8], rax\n",
     "pop rdx\n pop rcx\n pop rax\n lea rsp, [rsp + 8]\n ret\n",
+    // From the private stack: the handler's address goes in the word just
+    // below the hardware frame (the kernel's NMI entry's own scratch slot, its
+    // first `push`), and `kdbt_private_return` moves there and `ret`s.
+    "8:\n mov rdx, [rsp + {slot3} + 16]\n mov [rdx - 8], rax\n lea rax, [rdx - 8]\n",
+    "mov [rsp + {slot3} + 16], rax\n lea rax, [rip + kdbt_private_return]\n mov [rsp + {slot3} + 8], rax\n",
+    "pop rdx\n pop rcx\n pop rax\n lea rsp, [rsp + 8]\n ret\n",
+    "kdbt_private_return:\n mov rsp, [rsp]\n ret\n",
     "2:\n",
     dispatch_asm!("kdbt_dispatch_idt"),
     "kdbt_exit_common:",
@@ -235,6 +266,7 @@ core::arch::global_asm!(
     slot3 = const SLOT_AFTER_3,
     shift = const SLOT_SHIFT,
     desc_ec = const DESC_ERROR_CODE,
+    desc_private = const DESC_PRIVATE_STACK,
     busy = const offset_of!(SlotInfo, busy),
     thunks = const offset_of!(SlotInfo, thunks),
     kernel_gs = const offset_of!(SlotInfo, kernel_gs),
@@ -247,6 +279,13 @@ extern "C" {
     fn kdbt_idt_common();
     fn kdbt_exit_common();
     fn kdbt_ud2();
+    fn kdbt_private_return();
+}
+
+/// Where an event that came in on the private NMI stack continues: it moves
+/// to the word below the hardware frame, which holds the handler, and `ret`s.
+pub(crate) fn private_return_address() -> u64 {
+    kdbt_private_return as usize as u64
 }
 
 /// Address of the common IDT entry.
@@ -293,9 +332,22 @@ fn rip_rel(addr: u64) -> MemoryOperand {
     MemoryOperand::with_base_displ(Register::RIP, addr as i64)
 }
 
-/// Writes one CPU's thunks into `page` (executed at `exec`) for CPU `cpu`.
-/// Fails if kdbt's entry code is out of rel32 reach or a thunk outgrows its slot.
-pub(crate) fn write_thunks(page: &mut [u8], exec: u64, cpu: u32, has_error_code: impl Fn(usize) -> bool) -> Option<()> {
+/// Page offsets of the syscall stub's instructions after its `endbr64`: the
+/// kernel's prologue instructions, then the `jmp` into the translation.
+pub(crate) type SyscallOffsets = [usize; 4];
+
+/// Writes one CPU's thunks into `page` (executed at `exec`) for CPU `cpu`,
+/// whose region's data page executes at `data`; `prologue` is the kernel's
+/// syscall prologue (three instructions). Fails if kdbt's entry code is out
+/// of rel32 reach or a thunk outgrows its slot.
+pub(crate) fn write_thunks(
+    page: &mut [u8],
+    exec: u64,
+    data: u64,
+    cpu: u32,
+    has_error_code: impl Fn(usize) -> bool,
+    prologue: &[Instruction],
+) -> Option<SyscallOffsets> {
     let page = page.get_mut(..thunks::SIZE)?;
     page.fill(0xcc);
     let cpu = i32::try_from(cpu).ok()?;
@@ -317,12 +369,17 @@ pub(crate) fn write_thunks(page: &mut [u8], exec: u64, cpu: u32, has_error_code:
         }
         emit(page, exec, at, at + thunks::VECTOR_STUB, &insns)?;
     }
-    let syscall = [
-        Instruction::with(Code::Endbr64),
-        Instruction::with1(Code::Jmp_rm64, rip_rel(exec + thunks::SYSCALL_TARGET as u64)).ok()?,
-    ];
-    if emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall[..1])? != thunks::SYSCALL_JMP {
+    let mut syscall: Vec<Instruction> = Vec::new();
+    syscall.try_reserve(2 + prologue.len()).ok()?;
+    syscall.push(Instruction::with(Code::Endbr64));
+    syscall.extend_from_slice(prologue);
+    syscall.push(Instruction::with1(Code::Jmp_rm64, rip_rel(exec + thunks::SYSCALL_TARGET as u64)).ok()?);
+    let mut offsets: SyscallOffsets = [0; 4];
+    if syscall.len() != offsets.len() + 1 {
         return None;
+    }
+    for (n, off) in offsets.iter_mut().enumerate() {
+        *off = emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall[..=n])?;
     }
     emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall)?;
     let mut exit: Vec<Instruction> = Vec::new();
@@ -347,6 +404,19 @@ pub(crate) fn write_thunks(page: &mut [u8], exec: u64, cpu: u32, has_error_code:
         Instruction::with(Code::Iretq),
     ];
     emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume)?;
-    emit(page, exec, thunks::UD2, thunks::SIZE, &[Instruction::with(Code::Ud2)])?;
-    Some(())
+    emit(page, exec, thunks::UD2, thunks::NMI_STUB, &[Instruction::with(Code::Ud2)])?;
+    let rax_slot = rip_rel(data + data::SAVED_RAX as u64);
+    let nmi = [
+        Instruction::with(Code::Endbr64),
+        Instruction::with2(Code::Mov_rm64_r64, rax_slot, Register::RAX).ok()?,
+        Instruction::with2(Code::Mov_r64_rm64, Register::RAX, Register::RSP).ok()?,
+        Instruction::with2(Code::Mov_r64_rm64, Register::RSP, rip_rel(data + data::NMI_STACK_TOP as u64)).ok()?,
+        Instruction::with1(Code::Push_r64, Register::RAX).ok()?,
+        Instruction::with2(Code::Mov_r64_rm64, Register::RAX, rax_slot).ok()?,
+        Instruction::with1(Code::Pushq_imm32, (NMI_VECTOR as u64 | DESC_PRIVATE_STACK) as i32).ok()?,
+        Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
+        Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
+    ];
+    emit(page, exec, thunks::NMI_STUB, thunks::SIZE, &nmi)?;
+    Some(offsets)
 }

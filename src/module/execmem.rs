@@ -15,6 +15,8 @@ use kernel::prelude::*;
 use crate::ffi;
 
 const PAGE: usize = 4096;
+/// Bytes of data at the end of each region, reachable RIP-relative from its code.
+pub(crate) const DATA_BYTES: usize = PAGE;
 
 /// Finds the kernel functions behind [`Region::new`]; once, at load.
 pub(crate) fn init() -> Result {
@@ -30,9 +32,9 @@ pub(crate) fn init() -> Result {
 /// One CPU's executable region and its writable alias.
 ///
 /// # Invariants
-/// `exec` is `len` bytes of read-only executable memory from
-/// `kdbt_exec_alloc`; `alias` maps the same pages writable; both live until
-/// drop, and nothing else writes the pages.
+/// `exec` is `len` bytes from `kdbt_exec_alloc`, read-only executable but
+/// for its last [`DATA_BYTES`] (read-write data); `alias` maps the same pages
+/// writable; both live until drop, and nothing else writes the pages.
 pub(crate) struct Region {
     exec: NonNull<u8>,
     alias: NonNull<u8>,
@@ -45,11 +47,13 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Allocates `len` bytes (whole pages). Process context; may sleep.
-    pub(crate) fn new(len: usize) -> Result<Self> {
-        let len = len.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
-        // SAFETY: plain call; returns null or `len` bytes of ROX memory.
-        let exec = NonNull::new(unsafe { ffi::kdbt_exec_alloc(len) }.cast::<u8>()).ok_or(ENOMEM)?;
+    /// Allocates `code` bytes of code (whole pages) and [`DATA_BYTES`] of
+    /// data after them. Process context; may sleep.
+    pub(crate) fn new(code: usize) -> Result<Self> {
+        let code = code.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
+        let len = code.checked_add(DATA_BYTES).ok_or(EINVAL)?;
+        // SAFETY: plain call; returns null or `len` bytes, the first `code` ROX.
+        let exec = NonNull::new(unsafe { ffi::kdbt_exec_alloc(len, code) }.cast::<u8>()).ok_or(ENOMEM)?;
         let npages = len / PAGE;
         let mapped = (|| {
             let mut pages: KVec<*mut core::ffi::c_void> = KVec::with_capacity(npages, GFP_KERNEL)?;
@@ -82,19 +86,27 @@ impl Region {
         self.exec.as_ptr() as u64
     }
 
-    /// The writable view, split at `at`.
+    /// Execution address of the data at the end of the region.
+    pub(crate) fn data(&self) -> u64 {
+        self.exec() + (self.len - DATA_BYTES) as u64
+    }
+
+    /// The writable view: code up to `at`, code from `at`, data.
     ///
     /// # Safety
-    /// Called at most once per region: the halves must be its only views, and
+    /// Called at most once per region: the parts must be its only views, and
     /// must not outlive it.
-    pub(crate) unsafe fn split(&self, at: usize) -> Result<(&'static mut [u8], &'static mut [u8])> {
-        if at > self.len {
+    pub(crate) unsafe fn split(&self, at: usize) -> Result<(&'static mut [u8], &'static mut [u8], &'static mut [u8])> {
+        let code = self.len - DATA_BYTES;
+        if at > code {
             return Err(EINVAL);
         }
         // SAFETY: the alias maps `len` writable bytes; exclusivity and
         // lifetime are the caller's contract.
         let all = unsafe { core::slice::from_raw_parts_mut(self.alias.as_ptr(), self.len) };
-        Ok(all.split_at_mut(at))
+        let (code, data) = all.split_at_mut(code);
+        let (low, high) = code.split_at_mut(at);
+        Ok((low, high, data))
     }
 }
 

@@ -86,19 +86,20 @@ int kdbt_resolve_symbols(void)
 }
 
 /*
- * Read-only executable memory in the module area (within +-2 GB of kernel
- * text, as module code is), whole pages; NULL on failure. Sleeps.
+ * Memory in the module area (within +-2 GB of kernel text, as module code
+ * is), whole pages: the first `rox` bytes read-only and executable, the rest
+ * read-write data. NULL on failure. Sleeps.
  */
-void *kdbt_exec_alloc(size_t size)
+void *kdbt_exec_alloc(size_t size, size_t rox)
 {
 	void *p;
 
-	if (!kdbt_execmem_alloc || !size || size % PAGE_SIZE)
+	if (!kdbt_execmem_alloc || !size || size % PAGE_SIZE || rox % PAGE_SIZE || rox > size)
 		return NULL;
 	p = kdbt_execmem_alloc(EXECMEM_DEFAULT, size);
 	if (!p)
 		return NULL;
-	if (kdbt_set_memory_rox((unsigned long)p, size / PAGE_SIZE)) {
+	if (kdbt_set_memory_rox((unsigned long)p, rox / PAGE_SIZE)) {
 		kdbt_execmem_free(p);
 		return NULL;
 	}

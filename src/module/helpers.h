@@ -10,7 +10,7 @@ void kdbt_control_unlock(void);
 unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
 int kdbt_resolve_symbols(void);
-void *kdbt_exec_alloc(size_t size);
+void *kdbt_exec_alloc(size_t size, size_t rox);
 void kdbt_exec_free(void *p);
 int kdbt_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int));
 void kdbt_cpuhp_remove(int state);

@@ -25,6 +25,7 @@ mod idt;
 mod irq;
 mod selftest;
 mod stats;
+mod syscall;
 mod sysfs;
 
 module! {
