@@ -25,7 +25,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 # The module's minimum cache_kb (control::MIN_CACHE_KB); t-smallest_cache
 # checks that one KiB less is refused, so the two cannot drift apart.
-MIN_CACHE_KB=4096
+MIN_CACHE_KB=3072
 REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug
 vmlinux="$("$here/kernel.sh")/vmlinux"
 passed=0; failed=0

@@ -23,7 +23,7 @@ use crate::idt;
 use crate::irq::IrqGuard;
 
 /// Smallest per-CPU cache, in KiB.
-pub(crate) const MIN_CACHE_KB: usize = 4096;
+pub(crate) const MIN_CACHE_KB: usize = 3072;
 /// Largest per-CPU cache, in KiB.
 pub(crate) const MAX_CACHE_KB: usize = 64 << 10;
 const DEFAULT_CACHE_KB: usize = 8192;

@@ -156,6 +156,12 @@ impl CpuState {
         Ok(cpu)
     }
 
+    /// Whether `pc` is code kdbt runs for the guest on this CPU: its code
+    /// cache or its thunks.
+    pub(crate) fn runs_kdbt_code(&self, pc: u64) -> bool {
+        pc.wrapping_sub(self.exec) < thunks::SIZE as u64 || self.cache.contains(pc)
+    }
+
     /// Whether `vector`'s gate runs on an IST stack.
     pub(crate) fn is_ist(&self, vector: usize) -> bool {
         self.ist.get(vector / 64).is_some_and(|w| w & (1 << (vector % 64)) != 0)

@@ -226,6 +226,14 @@ fn exit_guest_pc(cpu: &CpuState, exit_id: u64, aux: u64) -> Option<u64> {
     })
 }
 
+/// The iret frame this CPU's resume thunk is about to load.
+fn pending_resume(cpu: &CpuState) -> Option<HwFrame> {
+    let at = thunks::IRET_FRAME;
+    let b = cpu.thunks.get(at..at + 40)?;
+    let w = |i: usize| b.get(i * 8..i * 8 + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
+    Some(HwFrame { rip: w(0)?, cs: w(1)?, rflags: w(2)?, rsp: w(3)?, ss: w(4)? })
+}
+
 /// For thunk page offset `off` in a vector stub or the syscall stub: the
 /// kernel's entry point it stands for, and the words the stub pushed so far.
 fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, u64)> {
@@ -270,6 +278,16 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
         // An IST event inside a vector stub or the syscall stub: the native
         // state is the kernel's entry point with the stub's pushes undone.
         (pc, pushed * 8)
+    } else if matches!(off as usize, thunks::RESUME | thunks::RESUME_IRETQ) {
+        // About to resume: the precise state is the one the `iretq` loads.
+        let Some(frame) = pending_resume(cpu) else { return false };
+        let rip = match cpu.cache.pc_map(frame.rip) {
+            Some(m) if cpu.cache.contains(frame.rip) => m.insn_pc,
+            _ => frame.rip,
+        };
+        *hw = HwFrame { rip, ..frame };
+        bump(&stats.pc_rewrites);
+        return true;
     } else if (thunks::EXIT..thunks::RESUME).contains(&(off as usize)) {
         // Inside the exit thunk: the exit frame is on the stack, below it the
         // guest flags (once `pushfq` ran) and the CPU id (once pushed).
@@ -392,19 +410,21 @@ pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
     } else {
         above.wrapping_add(usize::from(desc & DESC_ERROR_CODE != 0))
     };
-    // An event inside an NMI-like handler (NMI, #MC, kernel #DB: they run
-    // natively and may have interrupted kdbt itself, e.g. with the heap lock
-    // held or a resume pending) is the kernel's own business: native, and
-    // nothing of kdbt touched.
     continue_natively(regs, desc, above, hw_at);
-    if in_nmi() {
-        return;
-    }
     // SAFETY: this CPU owns its id (its IDT's stubs push it) and runs the
     // dispatcher with interrupts off, never nested (see `entry`).
     let Some(cpu) = (unsafe { cpu::get(regs.slot as usize) }) else { return };
     // SAFETY: the CPU pushed its frame there, above the error code if any.
     let hw = unsafe { &mut *hw_at.cast::<HwFrame>() };
+    // An event inside an NMI-like handler (NMI, #MC, kernel #DB, kernel
+    // int3) that interrupted native code is the kernel's own business: that
+    // handler may have interrupted kdbt itself (the heap lock held, a resume
+    // pending, a CPU's state changing), so native, nothing of kdbt touched.
+    // From translated code (a translated int3 handler, say) nothing of kdbt
+    // was under way on this CPU, and the event is dispatched as usual.
+    if in_nmi() && !cpu.runs_kdbt_code(hw.rip) {
+        return;
+    }
     bump(&cpu.stats.dispatcher_entries);
     bump(&cpu.stats.entries_by_vector[vector]);
     if hw.cs & 3 == 0 {

@@ -5,8 +5,7 @@
 //!
 //! The IDT entry first decides whether the dispatcher may run at all: if this
 //! CPU is already inside it (its `busy` word), or the interrupted PC is kdbt's
-//! entry code or the resume thunk, the event *nests* inside kdbt, and the
-//! kernel's own handler
+//! entry code, the event *nests* inside kdbt, and the kernel's own handler
 //! runs at once, natively, with the hardware frame exactly as the CPU pushed
 //! it and no kdbt state touched. Otherwise both entries save the registers in
 //! an [`EntryFrame`] on the current stack, clear DF, make this CPU's kernel GS
@@ -180,6 +179,7 @@ pub(crate) mod thunks {
     pub(crate) const EXIT_JMP: usize = EXIT + 11;
     /// `lea rsp, [rip + iret frame]; iretq`.
     pub(crate) const RESUME: usize = SYSCALL + 96;
+    pub(crate) const RESUME_IRETQ: usize = RESUME + 7;
     /// The 40-byte iret frame the resume thunk loads.
     pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
     /// A `ud2`, where the dispatcher sends a CPU it cannot resume.
@@ -239,7 +239,7 @@ core::arch::global_asm!(
     "lea rdx, [rip + kdbt_entry_end]\n cmp rax, rdx\n jb 3f\n",
     "6:\n sub rax, [rcx + {thunks}]\n",
     "cmp rax, {thunk_size}\n jae 2f\n",
-    "cmp rax, {resume}\n jb 2f\n",
+    "cmp rax, {iret_frame}\n jb 2f\n",
     // Nested: the kernel's handler, with the frame as the CPU left it.
     "3:\n movzx eax, byte ptr [rsp + {slot3} + 8]\n",
     "lea rdx, [rip + KDBT_NATIVE_HANDLERS]\n mov rax, [rdx + rax * 8]\n",
@@ -272,7 +272,7 @@ core::arch::global_asm!(
     kernel_gs = const offset_of!(SlotInfo, kernel_gs),
     stack_top = const offset_of!(SlotInfo, stack_top),
     thunk_size = const thunks::SIZE,
-    resume = const thunks::RESUME,
+    iret_frame = const thunks::IRET_FRAME,
 );
 
 extern "C" {
@@ -403,6 +403,10 @@ pub(crate) fn write_thunks(
         Instruction::with2(Code::Lea_r64_m, Register::RSP, rip_rel(exec + thunks::IRET_FRAME as u64)).ok()?,
         Instruction::with(Code::Iretq),
     ];
+    // An IST event at the `iretq` is rolled forward to the frame it loads.
+    if emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume[..1])? != thunks::RESUME_IRETQ {
+        return None;
+    }
     emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume)?;
     emit(page, exec, thunks::UD2, thunks::NMI_STUB, &[Instruction::with(Code::Ud2)])?;
     let rax_slot = rip_rel(data + data::SAVED_RAX as u64);

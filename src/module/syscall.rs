@@ -33,8 +33,12 @@ fn eopnotsupp() -> Error {
     Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }
 
-fn is_gs_absolute(i: &Instruction) -> bool {
-    i.memory_segment() == Register::GS && i.memory_base() == Register::None && i.memory_index() == Register::None
+/// A per-CPU slot: GS-relative, absolute or RIP-relative (6.12's percpu
+/// accessors; copied, the encoder re-targets the displacement).
+fn is_percpu_slot(i: &Instruction) -> bool {
+    i.memory_segment() == Register::GS
+        && matches!(i.memory_base(), Register::None | Register::RIP)
+        && i.memory_index() == Register::None
 }
 
 fn decode_at(pc: u64, buf: &mut [u8; 32]) -> Option<Instruction> {
@@ -54,7 +58,7 @@ pub(crate) fn prologue(entry: u64) -> Result<Prologue> {
         i = decode_at(i.next_ip(), &mut buf).ok_or_else(eopnotsupp)?;
     }
     let save = decode_at(i.next_ip(), &mut buf).ok_or_else(eopnotsupp)?;
-    let saves_rsp = save.code() == Code::Mov_rm64_r64 && save.op1_register() == Register::RSP && is_gs_absolute(&save);
+    let saves_rsp = save.code() == Code::Mov_rm64_r64 && save.op1_register() == Register::RSP && is_percpu_slot(&save);
     if i.code() != Code::Swapgs || !saves_rsp {
         pr_err!("syscall entry at {:#x}: not swapgs; mov gs:[..], rsp\n", entry);
         return Err(eopnotsupp());
@@ -66,7 +70,7 @@ pub(crate) fn prologue(entry: u64) -> Result<Prologue> {
         // SWITCH_TO_KERNEL_CR3 with PTI compiled in and off: a jmp over it.
         load = decode_at(load.near_branch_target(), &mut buf).ok_or_else(eopnotsupp)?;
     }
-    if load.code() != Code::Mov_r64_rm64 || load.op0_register() != Register::RSP || !is_gs_absolute(&load) {
+    if load.code() != Code::Mov_r64_rm64 || load.op0_register() != Register::RSP || !is_percpu_slot(&load) {
         pr_err!("syscall entry at {:#x}: the stack switch is not next (PTI active?); not supported\n", entry);
         return Err(eopnotsupp());
     }

@@ -4,7 +4,7 @@
 # arch_prctl(ARCH_SET_GS), and spins in user mode for ~3 s taking SIGALRM
 # every 10 ms, while translation is on, /sys/kernel/kdbt/flush is written 20
 # times and a fork/exec load runs; once with the default cache and once with
-# the smallest (4096 KiB, so it fills). The program must exit 0 with many
+# the smallest (3072 KiB, so it fills). The program must exit 0 with many
 # signals, and its normalised output must equal the native run's.
 . ./lib.sh
 G=/kdbt/bin/gsbase
@@ -41,7 +41,7 @@ for m in wrgsbase arch_prctl; do normalised < /tmp/gs.native-$m.out > /tmp/gs.na
 grep -q "^gsbase wrgsbase ok$" /tmp/gs.native-wrgsbase.norm || fail "native run did not print 'gsbase wrgsbase ok'"
 
 kdbt_load
-for cache in default 4096; do
+for cache in default 3072; do
     [ $cache = default ] || echo $cache > $K/cache_kb || fail "cache_kb $cache refused"
     echo 1 > $K/enabled || fail "enable failed (cache $cache)"
     for m in wrgsbase arch_prctl; do run $m "translated-$m-cache-$cache"; done

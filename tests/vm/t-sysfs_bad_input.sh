@@ -11,7 +11,7 @@ bad() { # file value
     [ "$(cat "$1" 2>/dev/null)" = "$before" ] || fail "$1 changed after a bad write"
 }
 for v in garbage 2 -1 "" " 1" 01x 99999999999999999999; do bad $K/enabled "$v"; done
-for v in 0 4095 abc -5 65537 999999999; do bad $K/cache_kb "$v"; done
+for v in 0 3071 abc -5 65537 999999999; do bad $K/cache_kb "$v"; done
 for v in 0 2 yes; do bad $K/flush "$v"; done
 echo 5120 > $K/cache_kb || fail "valid cache_kb rejected"
 expect_eq "$(cat $K/cache_kb)" 5120 "cache_kb"
