@@ -316,7 +316,11 @@ fn iretq_to_kernel_hook_reports_an_iretq_whose_frame_returns_to_cpl0() {
             // SAFETY: the guest just pushed the 5-word iret frame at its rsp.
             let frame = unsafe { std::slice::from_raw_parts(sp, 5) };
             assert_eq!((frame[0], frame[1], frame[4]), (at + 21, 0x30, 0x2b));
-            assert_eq!(frame[3], state.get(Gpr::Rsp) + 40, "the frame's rsp is the pre-push rsp");
+            assert_eq!(
+                frame[3],
+                state.get(Gpr::Rsp) + 40,
+                "the frame's rsp is the pre-push rsp"
+            );
             HookAction::Resume(frame[0])
         }));
         assert_eq!(rt.run(at, &[]).expect("run"), 7);
