@@ -30,7 +30,9 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else { return usage() };
+    let Some(cmd) = args.first() else {
+        return usage();
+    };
     let mut dir = PathBuf::from("build/user-check");
     let mut modes = vec![TRANSPARENT, FAST, COUNTED];
     let mut repeat = 3;
@@ -72,7 +74,10 @@ fn main() -> ExitCode {
 /// Checks for busybox and writes the input before `body` runs.
 fn with_input(dir: &Path, body: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
     if !Path::new(workload::BUSYBOX).exists() {
-        eprintln!("kdbt-user: {} is missing: install the Debian package busybox-static", workload::BUSYBOX);
+        eprintln!(
+            "kdbt-user: {} is missing: install the Debian package busybox-static",
+            workload::BUSYBOX
+        );
         return ExitCode::from(2);
     }
     match workload::prepare_input(dir) {
@@ -86,8 +91,15 @@ fn with_input(dir: &Path, body: impl FnOnce(&Path) -> ExitCode) -> ExitCode {
 
 fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode {
     let input_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
-    println!("input: {} ({input_len} bytes); guest modes: {}; {jobs} applets at a time", input.display(),
-             modes.iter().map(|m| m.label()).collect::<Vec<_>>().join(", "));
+    println!(
+        "input: {} ({input_len} bytes); guest modes: {}; {jobs} applets at a time",
+        input.display(),
+        modes
+            .iter()
+            .map(|m| m.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut same = 0;
     let (mut from_cache, mut emulated, mut counted_runs) = (0u64, 0u64, 0usize);
     check::compare_all(modes, input, dir, jobs, |applet, result| {
@@ -101,7 +113,11 @@ fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode 
         let mut line = format!(
             "{:<12} {:<9} out {:>8} B  native {:>7.3}s",
             c.label,
-            if c.identical() { "identical" } else { "DIFFERENT" },
+            if c.identical() {
+                "identical"
+            } else {
+                "DIFFERENT"
+            },
             c.native_bytes,
             c.native.wall.as_secs_f64()
         );
@@ -132,7 +148,11 @@ fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode 
             100.0 * from_cache as f64 / total.max(1) as f64
         );
     }
-    if same == workload::APPLETS.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if same == workload::APPLETS.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Counts a program's instructions by single-stepping it natively; prints the count on
@@ -140,7 +160,9 @@ fn run_check(modes: &[Mode], jobs: usize, input: &Path, dir: &Path) -> ExitCode 
 fn stepped(argv: &[Vec<u8>]) -> ExitCode {
     match user::stepped::count_native(argv, &caller_env()) {
         Ok((ended, insns)) => {
-            eprintln!("kdbt-user: {insns} instructions from the entry point, single-stepped; {ended:?}");
+            eprintln!(
+                "kdbt-user: {insns} instructions from the entry point, single-stepped; {ended:?}"
+            );
             match ended {
                 user::child::Ended::Exited(s) => ExitCode::from(s as u8),
                 user::child::Ended::Signaled(_) => ExitCode::from(121),
@@ -155,7 +177,9 @@ fn stepped(argv: &[Vec<u8>]) -> ExitCode {
 
 /// This process's environment as `KEY=VALUE` strings, for a guest.
 fn caller_env() -> Vec<Vec<u8>> {
-    std::env::vars_os().map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat()).collect()
+    std::env::vars_os()
+        .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
+        .collect()
 }
 
 /// Runs one program as a guest in this very process and exits with its status.

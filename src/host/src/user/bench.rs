@@ -20,8 +20,14 @@ struct Best {
 }
 
 impl Best {
-    const NONE: Best = Best { wall: Duration::MAX, cpu: Duration::MAX };
-    const ZERO: Best = Best { wall: Duration::ZERO, cpu: Duration::ZERO };
+    const NONE: Best = Best {
+        wall: Duration::MAX,
+        cpu: Duration::MAX,
+    };
+    const ZERO: Best = Best {
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+    };
 
     fn keep(&mut self, r: &Reaped) {
         self.wall = self.wall.min(r.wall);
@@ -42,7 +48,10 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 /// that machine load hits all three alike; each keeps its best wall and CPU time. Prints
 /// per-applet times and the workload ratios; fails if any translated output differs.
 pub fn run(repeat: u32, input: &Path, dir: &Path) -> ExitCode {
-    let modes: Vec<Mode> = POLICIES.iter().map(|&p| Mode::Translated(p, Transitions::Linked)).collect();
+    let modes: Vec<Mode> = POLICIES
+        .iter()
+        .map(|&p| Mode::Translated(p, Transitions::Linked))
+        .collect();
     let mut native_total = Best::ZERO;
     let mut totals = [Best::ZERO; 2];
     let (mut guest_bytes, mut cache_bytes) = (0u64, 0u64);

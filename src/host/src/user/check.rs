@@ -72,7 +72,10 @@ pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<Reap
         .env_clear()
         .envs(workload::env().iter().map(|kv| {
             let eq = kv.iter().position(|&b| b == b'=').expect("KEY=VALUE");
-            (std::ffi::OsStr::from_bytes(&kv[..eq]), std::ffi::OsStr::from_bytes(&kv[eq + 1..]))
+            (
+                std::ffi::OsStr::from_bytes(&kv[..eq]),
+                std::ffi::OsStr::from_bytes(&kv[eq + 1..]),
+            )
         }))
         .stdin(File::open(input)?)
         .stdout(File::create(out)?)
@@ -84,7 +87,11 @@ pub fn run_native(argv: &[Vec<u8>], input: &Path, out: &Path) -> io::Result<Reap
 /// Loads `argv[0]` with `argv` and `env` into this process and runs it in `mode` until
 /// it exits; returns its exit status and, under translation, the run's report. The
 /// process is the guest's from then on: call only in a process the guest may end.
-pub fn run_here(mode: Mode, argv: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<(i32, Option<Report>)> {
+pub fn run_here(
+    mode: Mode,
+    argv: &[Vec<u8>],
+    env: &[Vec<u8>],
+) -> io::Result<(i32, Option<Report>)> {
     let guest = Guest::load(&String::from_utf8_lossy(&argv[0]), argv, env)?;
     match mode {
         // SAFETY: callers run this in a process the guest may end (see above).
@@ -130,7 +137,12 @@ fn guest_body(mode: Mode, argv: &[Vec<u8>], report_pipe: &mut File) -> i32 {
 /// Runs `applet` over `input` (as its file argument or, for filters, its stdin) natively
 /// and then in each of `modes`, leaving the outputs in `outdir` as `APPLET.native` and
 /// `APPLET.MODE`.
-pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> io::Result<Comparison> {
+pub fn compare(
+    modes: &[Mode],
+    applet: &Applet,
+    input: &Path,
+    outdir: &Path,
+) -> io::Result<Comparison> {
     let argv = applet.argv(input);
     let stem = applet.label.replace(' ', "_");
     let native_out = outdir.join(format!("{stem}.native"));
@@ -147,7 +159,12 @@ pub fn compare(modes: &[Mode], applet: &Applet, input: &Path, outdir: &Path) -> 
             report: Report::from_bytes(&run.report),
         });
     }
-    Ok(Comparison { label: applet.label, native_bytes: native.len(), native: native_run, guests })
+    Ok(Comparison {
+        label: applet.label,
+        native_bytes: native.len(),
+        native: native_run,
+        guests,
+    })
 }
 
 /// Compares every applet of the workload (see [`compare`]) on `jobs` threads and hands
@@ -170,14 +187,17 @@ pub fn compare_all(
             let (tx, next) = (tx.clone(), &next);
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(applet) = workload::APPLETS.get(i) else { break };
+                let Some(applet) = workload::APPLETS.get(i) else {
+                    break;
+                };
                 if tx.send((i, compare(modes, applet, input, outdir))).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        let mut pending: Vec<Option<io::Result<Comparison>>> = workload::APPLETS.iter().map(|_| None).collect();
+        let mut pending: Vec<Option<io::Result<Comparison>>> =
+            workload::APPLETS.iter().map(|_| None).collect();
         let mut printed = 0;
         for (i, result) in rx {
             pending[i] = Some(result);
@@ -195,15 +215,29 @@ mod tests {
     use std::time::Duration;
 
     fn guest(identical: bool) -> GuestResult {
-        GuestResult { mode: Mode::Loader, run: reaped(Ended::Exited(0)), identical, report: None }
+        GuestResult {
+            mode: Mode::Loader,
+            run: reaped(Ended::Exited(0)),
+            identical,
+            report: None,
+        }
     }
 
     fn reaped(ended: Ended) -> Reaped {
-        Reaped { ended, wall: Duration::ZERO, cpu: Duration::ZERO }
+        Reaped {
+            ended,
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+        }
     }
 
     fn comparison(native_ended: Ended, guests: Vec<GuestResult>) -> Comparison {
-        Comparison { label: "x", native_bytes: 0, native: reaped(native_ended), guests }
+        Comparison {
+            label: "x",
+            native_bytes: 0,
+            native: reaped(native_ended),
+            guests,
+        }
     }
 
     #[test]

@@ -45,20 +45,29 @@ pub fn reap(pid: libc::pid_t, started: Instant) -> io::Result<Reaped> {
     } else {
         Ended::Signaled(libc::WTERMSIG(status))
     };
-    Ok(Reaped { ended, wall, cpu: time(usage.ru_utime) + time(usage.ru_stime) })
+    Ok(Reaped {
+        ended,
+        wall,
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+    })
 }
 
 /// Forks; the child gets `stdin` as fd 0 and `stdout` as fd 1, runs `body` with the
 /// write end of the report pipe, and exits with the status `body` returns (a panic
 /// exits 101). Only call from a single-threaded process: the child keeps no other thread.
-pub fn run_in_child(stdin: &File, stdout: &File, body: impl FnOnce(&mut File) -> i32) -> io::Result<ChildRun> {
+pub fn run_in_child(
+    stdin: &File,
+    stdout: &File,
+    body: impl FnOnce(&mut File) -> i32,
+) -> io::Result<ChildRun> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 writes two descriptors into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both descriptors are fresh and owned by exactly these Files.
-    let (mut report_rx, mut report_tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (mut report_rx, mut report_tx) =
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     let started = Instant::now();
     // SAFETY: the harness is single-threaded, so the child's copy of the heap is consistent.
     let pid = unsafe { libc::fork() };
@@ -68,9 +77,12 @@ pub fn run_in_child(stdin: &File, stdout: &File, body: impl FnOnce(&mut File) ->
     if pid == 0 {
         drop(report_rx);
         // SAFETY: dup2 onto 0 and 1 only replaces the child's stdio.
-        let redirected = unsafe { libc::dup2(stdin.as_raw_fd(), 0) == 0 && libc::dup2(stdout.as_raw_fd(), 1) == 1 };
+        let redirected = unsafe {
+            libc::dup2(stdin.as_raw_fd(), 0) == 0 && libc::dup2(stdout.as_raw_fd(), 1) == 1
+        };
         let status = if redirected {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut report_tx))).unwrap_or(101)
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut report_tx)))
+                .unwrap_or(101)
         } else {
             102
         };
@@ -81,5 +93,8 @@ pub fn run_in_child(stdin: &File, stdout: &File, body: impl FnOnce(&mut File) ->
     drop(report_tx);
     let mut report = Vec::new();
     report_rx.read_to_end(&mut report)?;
-    Ok(ChildRun { reaped: reap(pid, started)?, report })
+    Ok(ChildRun {
+        reaped: reap(pid, started)?,
+        report,
+    })
 }

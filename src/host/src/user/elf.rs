@@ -31,7 +31,10 @@ impl fmt::Display for ElfError {
             ElfError::NotElf64LittleEndian => write!(f, "not a little-endian ELF64 file"),
             ElfError::NotX86_64 => write!(f, "not an x86-64 executable"),
             ElfError::NotStaticExecutable(t) => {
-                write!(f, "e_type {t} is not ET_EXEC (only static non-PIE executables run)")
+                write!(
+                    f,
+                    "e_type {t} is not ET_EXEC (only static non-PIE executables run)"
+                )
             }
             ElfError::NoLoadSegment => write!(f, "no PT_LOAD segment"),
             ElfError::BadSegment(v) => write!(f, "PT_LOAD at {v:#x} is inconsistent"),
@@ -74,7 +77,11 @@ impl Executable {
 
     /// The first address past every segment: where the program break starts.
     pub fn end(&self) -> u64 {
-        self.segments.iter().map(|s| s.vaddr + s.memsz).max().unwrap_or(0)
+        self.segments
+            .iter()
+            .map(|s| s.vaddr + s.memsz)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -144,7 +151,13 @@ pub fn parse(image: &[u8]) -> Result<Executable, ElfError> {
     if segments.is_empty() {
         return Err(ElfError::NoLoadSegment);
     }
-    Ok(Executable { entry, phoff, phentsize, phnum, segments })
+    Ok(Executable {
+        entry,
+        phoff,
+        phentsize,
+        phnum,
+        segments,
+    })
 }
 
 #[cfg(test)]

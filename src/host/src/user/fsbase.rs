@@ -37,11 +37,18 @@ impl FsSwitch {
         let base: u64;
         match self {
             // SAFETY: `detect` saw HWCAP2_FSGSBASE, so the instruction is enabled.
-            FsSwitch::Instructions => unsafe { asm!("rdfsbase {}", out(reg) base, options(nomem, nostack)) },
+            FsSwitch::Instructions => unsafe {
+                asm!("rdfsbase {}", out(reg) base, options(nomem, nostack))
+            },
             FsSwitch::ArchPrctl => {
                 let mut out = 0u64;
                 // SAFETY: ARCH_GET_FS writes one u64 to `out`, which lives across the call.
-                let rc = unsafe { super::syscall::raw_syscall(libc::SYS_arch_prctl as u64, [ARCH_GET_FS, &mut out as *mut u64 as u64, 0, 0, 0, 0]) };
+                let rc = unsafe {
+                    super::syscall::raw_syscall(
+                        libc::SYS_arch_prctl as u64,
+                        [ARCH_GET_FS, &mut out as *mut u64 as u64, 0, 0, 0, 0],
+                    )
+                };
                 assert_eq!(rc, 0, "arch_prctl(ARCH_GET_FS) failed");
                 base = out;
             }

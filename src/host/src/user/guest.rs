@@ -22,14 +22,24 @@ impl Guest {
     /// and `env`. Call it once per process, in a child that the guest may take over.
     pub fn load(path: &str, args: &[Vec<u8>], env: &[Vec<u8>]) -> io::Result<Guest> {
         let file = std::fs::read(path)?;
-        let exe = elf::parse(&file).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")))?;
+        let exe = elf::parse(&file)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")))?;
         let image = image::load(&exe, &file, BRK_RESERVE)?;
         let top = image::map_stack(STACK_SIZE)?;
-        let initial = stack::InitialStack::build(top, args, env, &stack::value_aux(&image), stack::random16());
+        let initial = stack::InitialStack::build(
+            top,
+            args,
+            env,
+            &stack::value_aux(&image),
+            stack::random16(),
+        );
         // SAFETY: the stack mapping is fresh, writable and STACK_SIZE long, and the initial
         // stack (a few KiB of strings and pointers) fits below its top.
         unsafe { initial.write() };
-        Ok(Guest { image, rsp: initial.rsp })
+        Ok(Guest {
+            image,
+            rsp: initial.rsp,
+        })
     }
 
     /// Runs the guest natively from its entry point, as the kernel would after execve.

@@ -27,7 +27,10 @@ pub fn map_fixed(addr: u64, len: u64, prot: i32, extra_flags: i32) -> io::Result
         // A kernel older than 4.17 treats the flag as a hint; undo the misplaced mapping.
         // SAFETY: `got` is the mapping just created, of `len` bytes, used by nobody.
         unsafe { libc::munmap(got, len as usize) };
-        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{addr:#x} is taken")));
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr:#x} is taken"),
+        ));
     }
     Ok(())
 }
@@ -62,7 +65,12 @@ pub struct Image {
 
 /// Loads `exe` (parsed from `file`) and reserves `brk_reserve` bytes of program break.
 pub fn load(exe: &Executable, file: &[u8], brk_reserve: u64) -> io::Result<Image> {
-    let low = exe.segments.iter().map(|s| page_down(s.vaddr)).min().expect("parse checks");
+    let low = exe
+        .segments
+        .iter()
+        .map(|s| page_down(s.vaddr))
+        .min()
+        .expect("parse checks");
     let high = page_up(exe.end());
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     map_fixed(low, high - low, rw, 0)?;
@@ -74,14 +82,18 @@ pub fn load(exe: &Executable, file: &[u8], brk_reserve: u64) -> io::Result<Image
         let start = page_down(seg.vaddr);
         let len = page_up(seg.vaddr + seg.memsz) - start;
         // SAFETY: the range lies inside the mapping created above, which only the guest uses.
-        let rc = unsafe { libc::mprotect(start as *mut libc::c_void, len as usize, prot_of(seg.flags)) };
+        let rc =
+            unsafe { libc::mprotect(start as *mut libc::c_void, len as usize, prot_of(seg.flags)) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
     }
     map_fixed(high, brk_reserve, rw, libc::MAP_NORESERVE)?;
     let phdr = exe.phdr_addr().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, "program headers are not in a load segment")
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "program headers are not in a load segment",
+        )
     })?;
     Ok(Image {
         entry: exe.entry,

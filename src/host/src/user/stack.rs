@@ -34,7 +34,12 @@ pub fn value_aux(image: &Image) -> Vec<(u64, u64)> {
             libc::getauxval(AT_HWCAP),
             libc::getauxval(AT_HWCAP2),
             libc::getauxval(AT_MINSIGSTKSZ),
-            [libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()],
+            [
+                libc::getuid(),
+                libc::geteuid(),
+                libc::getgid(),
+                libc::getegid(),
+            ],
         )
     };
     let mut aux = vec![
@@ -105,7 +110,16 @@ impl InitialStack {
         for &(k, v) in aux {
             words.extend([k, v]);
         }
-        words.extend([AT_RANDOM, random_at, AT_PLATFORM, platform, AT_EXECFN, execfn, AT_NULL, 0]);
+        words.extend([
+            AT_RANDOM,
+            random_at,
+            AT_PLATFORM,
+            platform,
+            AT_EXECFN,
+            execfn,
+            AT_NULL,
+            0,
+        ]);
 
         let table_len = words.len() as u64 * 8;
         let rsp = (at - table_len) & !15;
@@ -124,7 +138,13 @@ impl InitialStack {
     /// `[self.rsp, self.rsp + bytes.len())` must be writable memory that nothing else uses.
     pub unsafe fn write(&self) {
         // SAFETY: the caller guarantees the destination range.
-        unsafe { std::ptr::copy_nonoverlapping(self.bytes.as_ptr(), self.rsp as *mut u8, self.bytes.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.bytes.as_ptr(),
+                self.rsp as *mut u8,
+                self.bytes.len(),
+            )
+        };
     }
 }
 
@@ -150,7 +170,11 @@ mod tests {
 
     fn c_string(s: &InitialStack, addr: u64) -> Vec<u8> {
         let o = (addr - s.rsp) as usize;
-        s.bytes[o..].iter().take_while(|&&b| b != 0).copied().collect()
+        s.bytes[o..]
+            .iter()
+            .take_while(|&&b| b != 0)
+            .copied()
+            .collect()
     }
 
     fn sample() -> InitialStack {

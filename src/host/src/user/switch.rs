@@ -76,10 +76,36 @@ struct HostCtx {
 #[repr(C, align(64))]
 struct XsaveArea([u8; XSAVE_AREA]);
 
-static mut FRAME: GuestFrame =
-    GuestFrame { rax: 0, rcx: 0, rdx: 0, rbx: 0, rsp: 0, rbp: 0, rsi: 0, rdi: 0, r8: 0, r9: 0, r10: 0, r11: 0,
-                 r12: 0, r13: 0, r14: 0, r15: 0, rflags: 0, pc: 0, exit_id: 0, aux: 0 };
-static mut HOST: HostCtx = HostCtx { rsp: 0, fs_base: 0, guest_fs_base: 0, wrfsbase: 0, mxcsr: 0, fcw: 0 };
+static mut FRAME: GuestFrame = GuestFrame {
+    rax: 0,
+    rcx: 0,
+    rdx: 0,
+    rbx: 0,
+    rsp: 0,
+    rbp: 0,
+    rsi: 0,
+    rdi: 0,
+    r8: 0,
+    r9: 0,
+    r10: 0,
+    r11: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rflags: 0,
+    pc: 0,
+    exit_id: 0,
+    aux: 0,
+};
+static mut HOST: HostCtx = HostCtx {
+    rsp: 0,
+    fs_base: 0,
+    guest_fs_base: 0,
+    wrfsbase: 0,
+    mxcsr: 0,
+    fcw: 0,
+};
 static mut GUEST_XSTATE: XsaveArea = XsaveArea([0; XSAVE_AREA]);
 
 extern "C" {
@@ -241,7 +267,9 @@ impl GuestContext {
             std::arch::asm!("stmxcsr [{}]", "fnstcw [{}]", in(reg) addr_of_mut!(host.mxcsr), in(reg) addr_of_mut!(host.fcw), options(nostack));
             std::arch::asm!("xsave64 [{}]", in(reg) addr_of_mut!(GUEST_XSTATE), in("eax") XSAVE_MASK as u32, in("edx") (XSAVE_MASK >> 32) as u32, options(nostack));
         }
-        Some(GuestContext { _not_send: std::marker::PhantomData })
+        Some(GuestContext {
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// The guest's registers (read them after [`Self::resume`] returns, edit them before).

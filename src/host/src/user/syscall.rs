@@ -50,15 +50,33 @@ pub enum Outcome {
 /// Copies `bytes` to guest address `addr` through the kernel, so a bad guest pointer yields
 /// `EFAULT` as it would for a real system call instead of crashing the runner.
 fn write_guest(addr: u64, bytes: &[u8]) -> Result<(), u64> {
-    let local = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: bytes.len() };
+    let local = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
     // SAFETY: process_vm_writev on our own pid checks the destination and only reads `bytes`.
     let n = unsafe {
-        raw_syscall(libc::SYS_process_vm_writev as u64, [
-            libc::getpid() as u64, &local as *const _ as u64, 1, &remote as *const _ as u64, 1, 0,
-        ])
+        raw_syscall(
+            libc::SYS_process_vm_writev as u64,
+            [
+                libc::getpid() as u64,
+                &local as *const _ as u64,
+                1,
+                &remote as *const _ as u64,
+                1,
+                0,
+            ],
+        )
     };
-    if n == bytes.len() as u64 { Ok(()) } else { Err(neg(EFAULT)) }
+    if n == bytes.len() as u64 {
+        Ok(())
+    } else {
+        Err(neg(EFAULT))
+    }
 }
 
 /// The guest's view of the process state that the runner must not share with it.
@@ -78,7 +96,13 @@ pub struct GuestOs {
 
 impl GuestOs {
     pub fn new(image: &Image) -> GuestOs {
-        GuestOs { brk_start: image.brk_start, brk_limit: image.brk_limit, brk: image.brk_start, fs_base: 0, syscalls: 0 }
+        GuestOs {
+            brk_start: image.brk_start,
+            brk_limit: image.brk_limit,
+            brk: image.brk_start,
+            fs_base: 0,
+            syscalls: 0,
+        }
     }
 
     /// Carries out guest system call `nr` with `args`.
@@ -102,9 +126,16 @@ impl GuestOs {
                 // SAFETY: gettid has no arguments and no effects.
                 unsafe { raw_syscall(libc::SYS_gettid as u64, [0; 6]) }
             }
-            libc::SYS_clone | libc::SYS_clone3 | libc::SYS_fork | libc::SYS_vfork
-            | libc::SYS_execve | libc::SYS_execveat | libc::SYS_sigaltstack
-            | libc::SYS_rt_sigreturn | libc::SYS_rt_sigsuspend | libc::SYS_signalfd
+            libc::SYS_clone
+            | libc::SYS_clone3
+            | libc::SYS_fork
+            | libc::SYS_vfork
+            | libc::SYS_execve
+            | libc::SYS_execveat
+            | libc::SYS_sigaltstack
+            | libc::SYS_rt_sigreturn
+            | libc::SYS_rt_sigsuspend
+            | libc::SYS_signalfd
             | libc::SYS_signalfd4 => neg(ENOSYS),
             // SAFETY: forwarded to the caller's contract.
             _ => unsafe { raw_syscall(nr, args) },
@@ -122,7 +153,13 @@ impl GuestOs {
         if keep < old_end {
             // SAFETY: the range lies inside the break region, which only the guest uses;
             // MADV_DONTNEED makes its private anonymous pages read as zero again.
-            unsafe { libc::madvise(keep as *mut libc::c_void, (old_end - keep) as usize, libc::MADV_DONTNEED) };
+            unsafe {
+                libc::madvise(
+                    keep as *mut libc::c_void,
+                    (old_end - keep) as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
         }
         self.brk = want;
         want
@@ -165,7 +202,14 @@ mod tests {
 
     fn os_with_break_region(region: &mut [u8]) -> GuestOs {
         let start = region.as_mut_ptr() as u64;
-        let image = Image { entry: 0, phdr: 0, phent: 0, phnum: 0, brk_start: start, brk_limit: start + region.len() as u64 };
+        let image = Image {
+            entry: 0,
+            phdr: 0,
+            phent: 0,
+            phnum: 0,
+            brk_start: start,
+            brk_limit: start + region.len() as u64,
+        };
         GuestOs::new(&image)
     }
 
@@ -183,9 +227,18 @@ mod tests {
         let start = os.brk_start;
         // SAFETY: brk is emulated and touches only `region`.
         unsafe {
-            assert_eq!(os.syscall(libc::SYS_brk as u64, [0; 6]), Outcome::Resume(start));
-            assert_eq!(os.syscall(libc::SYS_brk as u64, [start + 100, 0, 0, 0, 0, 0]), Outcome::Resume(start + 100));
-            assert_eq!(os.syscall(libc::SYS_brk as u64, [start + (1 << 40), 0, 0, 0, 0, 0]), Outcome::Resume(start + 100));
+            assert_eq!(
+                os.syscall(libc::SYS_brk as u64, [0; 6]),
+                Outcome::Resume(start)
+            );
+            assert_eq!(
+                os.syscall(libc::SYS_brk as u64, [start + 100, 0, 0, 0, 0, 0]),
+                Outcome::Resume(start + 100)
+            );
+            assert_eq!(
+                os.syscall(libc::SYS_brk as u64, [start + (1 << 40), 0, 0, 0, 0, 0]),
+                Outcome::Resume(start + 100)
+            );
         }
     }
 
@@ -197,9 +250,18 @@ mod tests {
         let mut got = 0u64;
         // SAFETY: arch_prctl is emulated; ARCH_GET_FS writes to `got`.
         unsafe {
-            assert_eq!(os.syscall(libc::SYS_arch_prctl as u64, [ARCH_SET_FS, 0xdead_0000, 0, 0, 0, 0]), Outcome::Resume(0));
+            assert_eq!(
+                os.syscall(
+                    libc::SYS_arch_prctl as u64,
+                    [ARCH_SET_FS, 0xdead_0000, 0, 0, 0, 0]
+                ),
+                Outcome::Resume(0)
+            );
             let get = [ARCH_GET_FS, &mut got as *mut u64 as u64, 0, 0, 0, 0];
-            assert_eq!(os.syscall(libc::SYS_arch_prctl as u64, get), Outcome::Resume(0));
+            assert_eq!(
+                os.syscall(libc::SYS_arch_prctl as u64, get),
+                Outcome::Resume(0)
+            );
         }
         assert_eq!(got, 0xdead_0000);
         assert_eq!(super::super::fsbase::FsSwitch::ArchPrctl.read(), runner_fs);
@@ -220,16 +282,29 @@ mod tests {
         let mut os = os_with_break_region(&mut region);
         let mut old = [0xffu8; KERNEL_SIGACTION_SIZE];
         let new = [0x11u8; KERNEL_SIGACTION_SIZE];
-        let args = [libc::SIGPIPE as u64, new.as_ptr() as u64, old.as_mut_ptr() as u64, 8, 0, 0];
+        let args = [
+            libc::SIGPIPE as u64,
+            new.as_ptr() as u64,
+            old.as_mut_ptr() as u64,
+            8,
+            0,
+            0,
+        ];
         // SAFETY: rt_sigaction is emulated: it only writes `old`.
         let r = unsafe { os.syscall(libc::SYS_rt_sigaction as u64, args) };
         assert_eq!(r, Outcome::Resume(0));
-        assert_eq!(old, [0; KERNEL_SIGACTION_SIZE], "old action reads as SIG_DFL");
+        assert_eq!(
+            old, [0; KERNEL_SIGACTION_SIZE],
+            "old action reads as SIG_DFL"
+        );
         // SAFETY: all-zero bytes are a valid sigaction (SIG_DFL, empty mask, no flags).
         let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: queries this process's SIGPIPE action into `current`.
         unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut current) };
-        assert_ne!(current.sa_sigaction, 0x1111_1111_1111_1111, "the runner's handler is untouched");
+        assert_ne!(
+            current.sa_sigaction, 0x1111_1111_1111_1111,
+            "the runner's handler is untouched"
+        );
     }
 
     #[test]
@@ -238,8 +313,14 @@ mod tests {
         let mut os = os_with_break_region(&mut region);
         // SAFETY: both calls are emulated and have no effect on this process.
         unsafe {
-            assert_eq!(os.syscall(libc::SYS_exit_group as u64, [3, 0, 0, 0, 0, 0]), Outcome::Exit(3));
-            assert_eq!(os.syscall(libc::SYS_clone as u64, [0; 6]), Outcome::Resume(neg(ENOSYS)));
+            assert_eq!(
+                os.syscall(libc::SYS_exit_group as u64, [3, 0, 0, 0, 0, 0]),
+                Outcome::Exit(3)
+            );
+            assert_eq!(
+                os.syscall(libc::SYS_clone as u64, [0; 6]),
+                Outcome::Resume(neg(ENOSYS))
+            );
         }
         assert_eq!(os.syscalls, 2);
     }

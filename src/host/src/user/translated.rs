@@ -5,7 +5,10 @@ use super::fsbase::FsSwitch;
 use super::guest::Guest;
 use super::switch::{self, GuestContext, RED_ZONE};
 use super::syscall::{GuestOs, Outcome};
-use kdbt_engine::{CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, FragmentId, GuestMemory, HookClass, IblSize, Stats, Step, TABLE_OFFSET};
+use kdbt_engine::{
+    CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, FragmentId,
+    GuestMemory, HookClass, IblSize, Stats, Step, TABLE_OFFSET,
+};
 use kdbt_host::{ExecMemory, ProcessMemory};
 use std::fmt;
 
@@ -43,22 +46,56 @@ impl Report {
     /// Fixed-size encoding, to bring a report back from the child process.
     pub fn to_bytes(self) -> Vec<u8> {
         let s = &self.engine;
-        [self.from_cache, self.emulated, self.dispatches, s.blocks, s.guest_insns, s.guest_bytes, s.cache_bytes,
-         s.links, s.unlinks, s.lookups, s.hits, s.misses, s.flushes, s.native_fallbacks]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect()
+        [
+            self.from_cache,
+            self.emulated,
+            self.dispatches,
+            s.blocks,
+            s.guest_insns,
+            s.guest_bytes,
+            s.cache_bytes,
+            s.links,
+            s.unlinks,
+            s.lookups,
+            s.hits,
+            s.misses,
+            s.flushes,
+            s.native_fallbacks,
+        ]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect()
     }
 
     pub fn from_bytes(b: &[u8]) -> Option<Report> {
-        let w: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let w: Vec<u64> = b
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         let &[from_cache, emulated, dispatches, blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes, native_fallbacks] =
             &w[..]
         else {
             return None;
         };
-        let engine = Stats { blocks, guest_insns, guest_bytes, cache_bytes, links, unlinks, lookups, hits, misses, flushes, native_fallbacks };
-        Some(Report { from_cache, emulated, dispatches, engine })
+        let engine = Stats {
+            blocks,
+            guest_insns,
+            guest_bytes,
+            cache_bytes,
+            links,
+            unlinks,
+            lookups,
+            hits,
+            misses,
+            flushes,
+            native_fallbacks,
+        };
+        Some(Report {
+            from_cache,
+            emulated,
+            dispatches,
+            engine,
+        })
     }
 }
 
@@ -75,7 +112,10 @@ pub enum RunError {
     /// fragments may have been entered without the dispatcher, so it reports no count.
     CountingBypassed,
     /// A hook class other than `syscall` reached the dispatcher.
-    UnexpectedHook { class: HookClass, pc: u64 },
+    UnexpectedHook {
+        class: HookClass,
+        pc: u64,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -84,9 +124,16 @@ impl fmt::Display for RunError {
             RunError::NoContext => write!(f, "no guest context (already in use, or no xsave)"),
             RunError::Arena(e) => write!(f, "mapping the code cache: {e}"),
             RunError::Engine(e) => write!(f, "engine: {e}"),
-            RunError::CountedNeedsTransparent => write!(f, "a counted run needs the Transparent policy"),
-            RunError::CountingBypassed => write!(f, "counted run: a fragment may have been entered without the dispatcher"),
-            RunError::UnexpectedHook { class, pc } => write!(f, "unexpected hook {class:?} at {pc:#x}"),
+            RunError::CountedNeedsTransparent => {
+                write!(f, "a counted run needs the Transparent policy")
+            }
+            RunError::CountingBypassed => write!(
+                f,
+                "counted run: a fragment may have been entered without the dispatcher"
+            ),
+            RunError::UnexpectedHook { class, pc } => {
+                write!(f, "unexpected hook {class:?} at {pc:#x}")
+            }
         }
     }
 }
@@ -141,7 +188,9 @@ impl Translator {
         let pc = match self.cache.dispatch(step, &mut env)? {
             Dispatch::Run { cache_pc } => cache_pc,
             Dispatch::Native { error: Some(e), .. } => return Err(e),
-            Dispatch::Native { error: None, .. } | Dispatch::Hook(_) => return Err(Error::NotLinkable),
+            Dispatch::Native { error: None, .. } | Dispatch::Hook(_) => {
+                return Err(Error::NotLinkable)
+            }
         };
         if env.flushed {
             self.insns.clear();
@@ -182,22 +231,44 @@ impl Translator {
 
 /// Runs `guest` under translation with `policy` until it exits; returns its exit status
 /// and what the run did. Call in a disposable child: guest system calls act on this process.
-pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Result<(i32, Report), RunError> {
+pub fn run(
+    guest: &Guest,
+    policy: CallRetPolicy,
+    transitions: Transitions,
+) -> Result<(i32, Report), RunError> {
     if (policy, transitions) == (CallRetPolicy::Fast, Transitions::Counted) {
         return Err(RunError::CountedNeedsTransparent);
     }
     let mut ctx = GuestContext::claim(FsSwitch::detect()).ok_or(RunError::NoContext)?;
     let arena = ExecMemory::near(ARENA, guest.image.entry).map_err(RunError::Arena)?;
     let base = arena.base();
-    let cfg = Config { policy, red_zone: RED_ZONE, dispatcher: switch::dispatcher(), hooks: HookClass::SYSCALL, ibl: IblSize::Large };
+    let cfg = Config {
+        policy,
+        red_zone: RED_ZONE,
+        dispatcher: switch::dispatcher(),
+        hooks: HookClass::SYSCALL,
+        ibl: IblSize::Large,
+    };
     let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
-    let mut t = Translator { cache, mem: ProcessMemory, transitions, insns: Vec::new() };
+    let mut t = Translator {
+        cache,
+        mem: ProcessMemory,
+        transitions,
+        insns: Vec::new(),
+    };
     let mut os = GuestOs::new(&guest.image);
     let mut report = Report::default();
 
     let entry = guest.image.entry;
-    let (pc, first) = t.enter(Step::Enter { pc: entry }, entry).map_err(RunError::Engine)?;
-    *ctx.frame() = switch::GuestFrame { rsp: guest.rsp, rflags: INITIAL_RFLAGS, pc, ..Default::default() };
+    let (pc, first) = t
+        .enter(Step::Enter { pc: entry }, entry)
+        .map_err(RunError::Engine)?;
+    *ctx.frame() = switch::GuestFrame {
+        rsp: guest.rsp,
+        rflags: INITIAL_RFLAGS,
+        pc,
+        ..Default::default()
+    };
     let counted = transitions == Transitions::Counted;
     let mut entered = first;
     loop {
@@ -210,14 +281,28 @@ pub fn run(guest: &Guest, policy: CallRetPolicy, transitions: Transitions) -> Re
         unsafe { ctx.resume() };
         report.dispatches += 1;
         let f = ctx.frame();
-        let reason = t.cache.exit_reason(f.exit_id, f.aux).map_err(RunError::Engine)?;
-        let (mut step, mut target) = (Step::Exit { exit_id: f.exit_id, aux: f.aux }, 0);
-        if let ExitReason::DirectMiss { target: to, .. } | ExitReason::IndirectMiss { target: to, .. } = reason {
+        let reason = t
+            .cache
+            .exit_reason(f.exit_id, f.aux)
+            .map_err(RunError::Engine)?;
+        let (mut step, mut target) = (
+            Step::Exit {
+                exit_id: f.exit_id,
+                aux: f.aux,
+            },
+            0,
+        );
+        if let ExitReason::DirectMiss { target: to, .. }
+        | ExitReason::IndirectMiss { target: to, .. } = reason
+        {
             target = to;
         }
         if let ExitReason::Hook(site) = reason {
             if site.class != HookClass::SYSCALL {
-                return Err(RunError::UnexpectedHook { class: site.class, pc: site.pc });
+                return Err(RunError::UnexpectedHook {
+                    class: site.class,
+                    pc: site.pc,
+                });
             }
             if counted {
                 // The hooked instruction was counted with its fragment but ran here.
@@ -254,9 +339,30 @@ mod tests {
 
     #[test]
     fn a_report_survives_the_trip_through_the_pipe() {
-        let engine = Stats { blocks: 2, guest_insns: 3, guest_bytes: 4, cache_bytes: 5, links: 6, unlinks: 7, lookups: 8, hits: 9, misses: 10, flushes: 11, native_fallbacks: 12 };
-        let r = Report { from_cache: 1 << 40, emulated: 13, dispatches: 14, engine };
+        let engine = Stats {
+            blocks: 2,
+            guest_insns: 3,
+            guest_bytes: 4,
+            cache_bytes: 5,
+            links: 6,
+            unlinks: 7,
+            lookups: 8,
+            hits: 9,
+            misses: 10,
+            flushes: 11,
+            native_fallbacks: 12,
+        };
+        let r = Report {
+            from_cache: 1 << 40,
+            emulated: 13,
+            dispatches: 14,
+            engine,
+        };
         assert_eq!(Report::from_bytes(&r.to_bytes()), Some(r));
-        assert_eq!(Report::from_bytes(&r.to_bytes()[8..]), None, "a short report is rejected");
+        assert_eq!(
+            Report::from_bytes(&r.to_bytes()[8..]),
+            None,
+            "a short report is rejected"
+        );
     }
 }

@@ -47,7 +47,13 @@ impl Applet {
     pub fn argv(&self, input: &Path) -> Vec<Vec<u8>> {
         let input = input.as_os_str().as_encoded_bytes();
         let mut argv = vec![BUSYBOX.as_bytes().to_vec()];
-        argv.extend(self.args.iter().map(|a| if *a == "{in}" { input.to_vec() } else { a.as_bytes().to_vec() }));
+        argv.extend(self.args.iter().map(|a| {
+            if *a == "{in}" {
+                input.to_vec()
+            } else {
+                a.as_bytes().to_vec()
+            }
+        }));
         argv
     }
 }
@@ -55,10 +61,15 @@ impl Applet {
 /// Lines of "word word number" from a fixed linear congruential generator: the same bytes
 /// on every machine, varied enough for sort, sed and awk, compressible enough for gzip.
 pub fn sample_text(min_bytes: usize) -> Vec<u8> {
-    const SYLLABLES: [&str; 16] = ["ka", "lo", "mi", "ne", "so", "tu", "ra", "vo", "xi", "be", "do", "fu", "go", "hi", "jo", "pe"];
+    const SYLLABLES: [&str; 16] = [
+        "ka", "lo", "mi", "ne", "so", "tu", "ra", "vo", "xi", "be", "do", "fu", "go", "hi", "jo",
+        "pe",
+    ];
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     let mut out = Vec::with_capacity(min_bytes + 64);
@@ -103,6 +114,13 @@ mod tests {
     #[test]
     fn argv_substitutes_the_input_path() {
         let argv = APPLETS[0].argv(Path::new("/tmp/x"));
-        assert_eq!(argv, vec![b"/bin/busybox".to_vec(), b"sha256sum".to_vec(), b"/tmp/x".to_vec()]);
+        assert_eq!(
+            argv,
+            vec![
+                b"/bin/busybox".to_vec(),
+                b"sha256sum".to_vec(),
+                b"/tmp/x".to_vec()
+            ]
+        );
     }
 }
