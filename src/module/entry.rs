@@ -314,18 +314,21 @@ unsafe extern "C" fn kdbt_dispatch_exit(frame: *mut EntryFrame) {
     unsafe { dispatch::on_cache_exit(&mut *frame) }
 }
 
-/// Encodes `insns` at page offset `at` (executed at `exec + at`); returns the
-/// end offset, or `None` if they do not fit below `limit` or do not encode.
-fn emit(page: &mut [u8], exec: u64, at: usize, limit: usize, insns: &[Instruction]) -> Option<usize> {
+/// Encodes `insns` at page offset `at` (executed at `exec + at`), and puts
+/// the page offset where each of the first `ends.len()` of them ends into
+/// `ends`; `None` if they do not fit below `limit` or do not encode.
+fn emit(page: &mut [u8], exec: u64, at: usize, limit: usize, insns: &[Instruction], ends: &mut [usize]) -> Option<()> {
     let mut enc = Encoder::new(64);
     let mut pos = at;
-    for insn in insns {
-        let n = enc.encode(insn, exec + pos as u64).ok()?;
-        pos += n;
+    for (i, insn) in insns.iter().enumerate() {
+        pos += enc.encode(insn, exec + pos as u64).ok()?;
+        if let Some(end) = ends.get_mut(i) {
+            *end = pos;
+        }
     }
     let bytes = enc.take_buffer();
     page.get_mut(at..at + bytes.len())?.copy_from_slice(&bytes);
-    (pos <= limit).then_some(pos)
+    (pos <= limit).then_some(())
 }
 
 fn rip_rel(addr: u64) -> MemoryOperand {
@@ -361,13 +364,11 @@ pub(crate) fn write_thunks(
             Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
         ];
         // The dispatcher rolls an IST event inside a stub back by these offsets.
-        let ends = [thunks::STUB_PUSH_DESC, thunks::STUB_PUSH_CPU, thunks::STUB_JMP];
-        for (n, &end) in ends.iter().enumerate() {
-            if emit(page, exec, at, at + thunks::VECTOR_STUB, &insns[..=n])? != at + end {
-                return None;
-            }
+        let mut ends = [0; 3];
+        emit(page, exec, at, at + thunks::VECTOR_STUB, &insns, &mut ends)?;
+        if ends != [thunks::STUB_PUSH_DESC, thunks::STUB_PUSH_CPU, thunks::STUB_JMP].map(|e| at + e) {
+            return None;
         }
-        emit(page, exec, at, at + thunks::VECTOR_STUB, &insns)?;
     }
     let mut syscall: Vec<Instruction> = Vec::new();
     syscall.try_reserve(2 + prologue.len()).ok()?;
@@ -378,37 +379,31 @@ pub(crate) fn write_thunks(
     if syscall.len() != offsets.len() + 1 {
         return None;
     }
-    for (n, off) in offsets.iter_mut().enumerate() {
-        *off = emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall[..=n])?;
-    }
-    emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall)?;
-    let mut exit: Vec<Instruction> = Vec::new();
-    exit.try_reserve(5).ok()?;
-    exit.extend([Instruction::with(Code::Endbr64), Instruction::with(Code::Pushfq), Instruction::with(Code::Cli)]);
+    emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall, &mut offsets)?;
+    let exit = [
+        Instruction::with(Code::Endbr64),
+        Instruction::with(Code::Pushfq),
+        Instruction::with(Code::Cli),
+        Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
+        Instruction::with_branch(Code::Jmp_rel32_64, exit_common()).ok()?,
+    ];
     // The dispatcher's rollback of an event inside the exit thunk relies on these offsets.
-    let pushfq_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..1])?;
-    let cli_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit[..2])?;
-    if pushfq_at != thunks::EXIT_PUSHFQ || cli_at != thunks::EXIT_CLI {
+    let mut ends = [0; 4];
+    emit(page, exec, thunks::EXIT, thunks::RESUME, &exit, &mut ends)?;
+    if ends != [thunks::EXIT_PUSHFQ, thunks::EXIT_CLI, thunks::EXIT_PUSH_CPU, thunks::EXIT_JMP] {
         return None;
     }
-    let push_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
-    exit.push(Instruction::with1(Code::Pushq_imm32, cpu).ok()?);
-    let jmp_at = emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
-    if push_at != thunks::EXIT_PUSH_CPU || jmp_at != thunks::EXIT_JMP {
-        return None;
-    }
-    exit.push(Instruction::with_branch(Code::Jmp_rel32_64, exit_common()).ok()?);
-    emit(page, exec, thunks::EXIT, thunks::RESUME, &exit)?;
     let resume = [
         Instruction::with2(Code::Lea_r64_m, Register::RSP, rip_rel(exec + thunks::IRET_FRAME as u64)).ok()?,
         Instruction::with(Code::Iretq),
     ];
     // An IST event at the `iretq` is rolled forward to the frame it loads.
-    if emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume[..1])? != thunks::RESUME_IRETQ {
+    let mut ends = [0; 1];
+    emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume, &mut ends)?;
+    if ends != [thunks::RESUME_IRETQ] {
         return None;
     }
-    emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume)?;
-    emit(page, exec, thunks::UD2, thunks::NMI_STUB, &[Instruction::with(Code::Ud2)])?;
+    emit(page, exec, thunks::UD2, thunks::NMI_STUB, &[Instruction::with(Code::Ud2)], &mut [])?;
     let rax_slot = rip_rel(data + data::SAVED_RAX as u64);
     let nmi = [
         Instruction::with(Code::Endbr64),
@@ -421,6 +416,6 @@ pub(crate) fn write_thunks(
         Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
         Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
     ];
-    emit(page, exec, thunks::NMI_STUB, thunks::SIZE, &nmi)?;
+    emit(page, exec, thunks::NMI_STUB, thunks::SIZE, &nmi, &mut [])?;
     Some(offsets)
 }
