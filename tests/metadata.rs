@@ -1,7 +1,7 @@
 //! Compact metadata: translating every reachable block of a large real body of code
 //! (busybox's `.text`) with the kernel's configuration, the heap the cache holds stays
 //! within the code-cache bytes in use, and the PC map, rollback, reverse map, links and
-//! invalidation still answer for every fragment.
+//! invalidation still answer for every fragment; a flush gives that heap back.
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Error, ExitReason, FragmentId, HookClass, IblSize, RipSource,
@@ -29,6 +29,7 @@ fn metadata_of_every_busybox_block_fits_in_the_code_cache_bytes_it_describes() {
     // Near the text, as the kernel's module area is near kernel text.
     let exec_base = (addr & !0xfff_ffff) + 0x4000_0000;
     let mut cache = CodeCache::new(vec![0u8; 96 << 20], exec_base, kernel_config()).unwrap();
+    let fresh = cache.metadata_bytes();
     let end = addr + text.len() as u64;
     let mut pc = addr;
     let mut ids = Vec::new();
@@ -94,4 +95,9 @@ fn metadata_of_every_busybox_block_fits_in_the_code_cache_bytes_it_describes() {
         assert_eq!(cache.linked_to(exit), None);
     }
     assert_eq!(cache.stats().links, cache.stats().unlinks);
+
+    // A flush gives the records' memory back: the heap follows the cache in use, not
+    // its peak.
+    cache.flush();
+    assert_eq!(cache.metadata_bytes(), fresh);
 }

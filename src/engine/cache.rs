@@ -491,12 +491,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Drops every fragment, exit and table entry. Exit and fragment ids of before are no
     /// longer valid; under the Fast policy, code-cache return addresses on live stacks
-    /// become dangling (the caller must rewrite or discard those stacks).
+    /// become dangling (the caller must rewrite or discard those stacks). The records'
+    /// memory goes back to the heap, so the heap the cache holds follows the code it
+    /// describes rather than its peak.
     pub fn flush(&mut self) {
-        self.fragments.clear();
-        self.by_guest.clear();
-        self.next_incoming.clear();
-        self.shapes.clear();
+        self.fragments = Vec::new();
+        self.by_guest = Vec::new();
+        self.next_incoming = Vec::new();
+        self.shapes = Vec::new();
         self.cursor = self.code_start;
         self.generation = self.generation.wrapping_add(1);
         self.clear_table();

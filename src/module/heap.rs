@@ -24,7 +24,7 @@ use talc::{ErrOnOom, Span, Talc};
 use crate::irq::IrqGuard;
 
 const PAGE: usize = 4096;
-/// The chunk claimed at load: iced-x86's tables (about 300 KiB) and what
+/// The chunk claimed at load: iced-x86's tables (about 870 KiB) and what
 /// process-context code allocates.
 pub(crate) const BASE_CHUNK: usize = 4 << 20;
 /// Free bytes below which a CPU flushes its cache after a translation: more
@@ -36,6 +36,8 @@ struct Heap {
     talc: Talc<ErrOnOom>,
     in_use: usize,
     claimed: usize,
+    /// Bytes in use once load finished: iced-x86's tables, which stay until unload.
+    tables: usize,
     /// The chunk claimed at load, which stays until unload.
     base: Option<Chunk>,
     /// Chunks that could not go back when their CPU's translation ended
@@ -47,7 +49,7 @@ struct Heap {
 unsafe impl Send for Heap {}
 
 static HEAP: spin::Mutex<Heap> =
-    spin::Mutex::new(Heap { talc: Talc::new(ErrOnOom), in_use: 0, claimed: 0, base: None, kept: None });
+    spin::Mutex::new(Heap { talc: Talc::new(ErrOnOom), in_use: 0, claimed: 0, tables: 0, base: None, kept: None });
 
 /// Memory claimed into the heap.
 ///
@@ -96,6 +98,19 @@ pub(crate) fn init() -> Result {
     Ok(())
 }
 
+/// Records what is in use now as the load-time tables, once load built them.
+pub(crate) fn mark_tables() {
+    let _irq = IrqGuard::new();
+    let mut heap = HEAP.lock();
+    heap.tables = heap.in_use;
+}
+
+/// Bytes of the load-time tables (see [`mark_tables`]).
+pub(crate) fn tables() -> usize {
+    let _irq = IrqGuard::new();
+    HEAP.lock().tables
+}
+
 /// Frees all heap memory, at unload: nothing of kdbt runs any more, so what
 /// is still allocated (iced-x86's tables) goes with the module.
 pub(crate) fn exit() {
@@ -105,6 +120,7 @@ pub(crate) fn exit() {
         heap.talc = Talc::new(ErrOnOom);
         heap.claimed = 0;
         heap.in_use = 0;
+        heap.tables = 0;
         (heap.base.take(), heap.kept.take())
     };
     base.iter().for_each(free_memory);

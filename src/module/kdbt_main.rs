@@ -75,7 +75,8 @@ impl Kdbt {
         let mut this = Kdbt { sysfs: None, hotplug: None, table: Some(cpu::Table::new()?) };
         this.hotplug = Some(control::Hotplug::register()?);
         this.sysfs = Some(sysfs::Sysfs::new()?);
-        pr_info!("loaded (heap: {} KiB in use)\n", heap::usage().0 >> 10);
+        heap::mark_tables();
+        pr_info!("loaded (heap: {} KiB in use, iced-x86's tables)\n", heap::tables() >> 10);
         Ok(this)
     }
 }

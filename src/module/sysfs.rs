@@ -37,8 +37,9 @@ const STAT_NAMES: [&CStr; NSTATS] = [
 // sysfs keeps pointers to attributes and groups for as long as they are
 // registered, so they live in statics, written once in `Sysfs::new` before
 // registration.
-static mut KNOBS: [bindings::kobj_attribute; 4] = [const { zeroed_attr() }; 4];
-static mut KNOB_PTRS: [*mut bindings::attribute; 5] = [ptr::null_mut(); 5];
+const NKNOBS: usize = 5;
+static mut KNOBS: [bindings::kobj_attribute; NKNOBS] = [const { zeroed_attr() }; NKNOBS];
+static mut KNOB_PTRS: [*mut bindings::attribute; NKNOBS + 1] = [ptr::null_mut(); NKNOBS + 1];
 static mut KNOB_GROUP: bindings::attribute_group = const { zeroed_group() };
 static mut STAT_ATTRS: [bindings::kobj_attribute; NSTATS] = [const { zeroed_attr() }; NSTATS];
 static mut STAT_PTRS: [*mut bindings::attribute; NSTATS + 1] = [ptr::null_mut(); NSTATS + 1];
@@ -150,6 +151,14 @@ unsafe extern "C" fn heap_show(_: *mut bindings::kobject, _: *mut bindings::kobj
     emit(buf, |p| writeln!(p, "{}", crate::heap::usage().0))
 }
 
+unsafe extern "C" fn heap_tables_show(
+    _: *mut bindings::kobject,
+    _: *mut bindings::kobj_attribute,
+    buf: *mut u8,
+) -> isize {
+    emit(buf, |p| writeln!(p, "{}", crate::heap::tables()))
+}
+
 unsafe extern "C" fn stat_show(kobj: *mut bindings::kobject, attr: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
     let base = ptr::addr_of_mut!(STAT_ATTRS).cast::<bindings::kobj_attribute>();
     // SAFETY: `attr` is one of `STAT_ATTRS` (only they have this callback).
@@ -238,6 +247,7 @@ impl Sysfs {
             knobs[1] = attr(c"flush", 0o200, None, Some(flush_store));
             knobs[2] = attr(c"cache_kb", 0o644, Some(cache_kb_show), Some(cache_kb_store));
             knobs[3] = attr(c"heap_bytes_used", 0o444, Some(heap_show), None);
+            knobs[4] = attr(c"heap_bytes_tables", 0o444, Some(heap_tables_show), None);
             let ptrs = &mut *ptr::addr_of_mut!(KNOB_PTRS);
             for (p, k) in ptrs.iter_mut().zip(knobs.iter_mut()) {
                 *p = &mut k.attr;

@@ -34,4 +34,5 @@ done
 echo 0 > $K/enabled
 expect_eq "$(cat $K/enabled)" 0 "enabled after the races"
 sh -c "echo 1 > $K/heap_bytes_used" 2>/dev/null && fail "heap_bytes_used accepted a write"
+sh -c "echo 1 > $K/heap_bytes_tables" 2>/dev/null && fail "heap_bytes_tables accepted a write"
 kdbt_unload

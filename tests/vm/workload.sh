@@ -22,8 +22,8 @@ echo "--- statistics (total / cpu0 / cpu1):"
 for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes native_fallbacks; do
     printf '%-20s %10s %10s %10s\n' "$f" "$(cat $K/stats/$f)" "$(cat $K/stats/cpu0/$f)" "$(cat $K/stats/cpu1/$f 2>/dev/null)"
 done
-heap=$(cat $K/heap_bytes_used); cache=$(cat $K/stats/cache_bytes_used)
-echo "--- memory: kdbt heap in use $heap bytes, code cache in use $cache bytes ($( [ "$heap" -le "$cache" ] && echo 'heap <= cache' || echo 'heap > cache' ))"
+heap=$(cat $K/heap_bytes_used); cache=$(cat $K/stats/cache_bytes_used); tables=$(cat $K/heap_bytes_tables)
+echo "--- memory: kdbt heap in use $heap bytes ($tables of them iced-x86's load-time tables), code cache in use $cache bytes ($( [ "$heap" -le "$cache" ] && echo 'heap <= cache' || echo 'heap > cache' ); beyond the tables $((heap - tables)))"
 echo "--- kernel entries by vector (vector count):"
 cat $K/stats/entries_by_vector | tr '\n' ';' ; echo
 echo 0 > $K/enabled
