@@ -22,10 +22,22 @@ def objdump_insns(vmlinux, addr, count):
         capture_output=True, text=True, check=True).stdout
     insns = []
     for line in out.splitlines():
-        m = re.match(r"^\s+((?:[0-9a-f]{2} )+)\s*(\S+)", line)
+        m = re.match(r"^\s+((?:[0-9a-f]{2} )+)\s*(\S+)(.*)", line)
         if m:
-            insns.append((m.group(1).replace(" ", ""), m.group(2)))
+            insns.append((m.group(1).replace(" ", ""), m.group(2), m.group(3)))
     return insns[:count]
+
+
+# The live kernel differs from vmlinux where ftrace turned `call __fentry__`
+# into a 5-byte nop at boot; 66 90 is `xchg ax,ax` to objdump, `nop` to iced.
+FTRACE_NOP = "0f1f440000"
+
+
+def same_insn(got, want):
+    (gb, gm), (wb, wm, rest) = got, want
+    if gb == FTRACE_NOP and wm == "call" and "<__fentry__>" in rest:
+        return True
+    return gb == wb and (wm.startswith(gm) or (gb == "6690" and (gm, wm) == ("nop", "xchg")))
 
 
 def main():
@@ -79,8 +91,7 @@ def main():
     else:
         want = objdump_insns(vmlinux, decoded[0][0], len(decoded))
         got = [(b, mn) for _, b, mn in decoded]
-        mism = [f"kdbt {g} vs objdump {w}" for g, w in zip(got, want)
-                if g[0] != w[0] or not w[1].startswith(g[1])]
+        mism = [f"kdbt {g} vs objdump {w[:2]}" for g, w in zip(got, want) if not same_insn(g, w)]
         ok = len(want) == len(got) and not mism
         results.append((ok, "decode_matches_objdump",
                         f"{len(got)} instructions" + ("" if ok else ": " + "; ".join(mism))))

@@ -202,6 +202,44 @@ fn invalidate_range_drops_exactly_the_fragments_overlapping_it() {
     assert!(cache.lookup(BASE + 0x10).is_none() && cache.lookup(BASE + 0x20).is_none());
     // Invalidated code is translated again on next use.
     assert!(cache.translate(BASE, &mem).is_ok());
+    assert_eq!(cache.stats().invalidations, 3);
+    assert_eq!(cache.stats().blocks_invalidated, 3);
+}
+
+#[test]
+fn invalidating_a_large_range_keeps_every_fragment_outside_it_and_its_links() {
+    // 64 blocks of `nop; jmp next` (4 bytes each), then `ret`.
+    let mut code = Vec::new();
+    for _ in 0..64 {
+        code.extend_from_slice(&[0x90, 0x90, 0xeb, 0x00]);
+    }
+    code.push(0xc3);
+    let mem = SliceMemory::new(BASE, &code);
+    let cfg = *cache().config();
+    let mut cache =
+        CodeCache::new(vec![0u8; 64 + 256 * 16 + (64 << 10)], EXEC, cfg).expect("cache");
+    let pcs: Vec<u64> = (0..=64).map(|i| BASE + 4 * i).collect();
+    let ids: Vec<_> = pcs
+        .iter()
+        .map(|&pc| cache.translate(pc, &mem).expect("translate"))
+        .collect();
+    // Link each block's exit to the next block.
+    for exit_id in 0..256u64 {
+        if let Ok(ExitReason::DirectMiss { exit, target }) = cache.exit_reason(exit_id, 0) {
+            if let Some(to) = cache.lookup(target) {
+                cache.link(exit, to).expect("link");
+            }
+        }
+    }
+    // Blocks 10..=40 overlap [BASE+41, BASE+161): 10 by its tail, 40 by its head.
+    assert_eq!(cache.invalidate_range(BASE + 41, BASE + 161), Ok(31));
+    for (i, &pc) in pcs.iter().enumerate() {
+        let gone = (10..=40).contains(&i);
+        assert_eq!(cache.lookup(pc).is_none(), gone, "block {i}");
+    }
+    // The link into block 10 came undone; those between live blocks stay.
+    assert_eq!(cache.incoming(ids[10]).count(), 0);
+    assert_eq!(cache.incoming(ids[50]).count(), 1);
 }
 
 #[test]

@@ -91,7 +91,7 @@ pub struct CodeCache<A> {
     pub(crate) fragments: Vec<Fragment>,
     /// Live fragments' ids sorted by guest PC (one per guest PC): exact lookups and the
     /// predecessor query of `cache_pc_for` by binary search.
-    by_guest: Vec<u32>,
+    pub(crate) by_guest: Vec<u32>,
     /// Per exit: the next exit on the incoming list it is on ([`NONE`] ends it).
     pub(crate) next_incoming: Vec<u32>,
     /// Distinct rollback shapes of the PC maps.
@@ -281,15 +281,6 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Position in the guest-PC index of the first fragment at or after guest `pc`.
     pub(crate) fn guest_position(&self, pc: u64) -> usize {
         self.guest_index(pc).unwrap_or_else(|i| i)
-    }
-
-    /// Live fragments by ascending guest PC, from index position `from`.
-    pub(crate) fn guests_from(&self, from: usize) -> impl Iterator<Item = (u64, FragmentId)> + '_ {
-        self.by_guest
-            .get(from..)
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(|&id| Some((self.fragments.get(id as usize)?.guest_pc, FragmentId(id))))
     }
 
     /// The live fragment starting at guest `pc`, if translated.

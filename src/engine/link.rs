@@ -8,7 +8,7 @@
 //! fragment heads a singly-linked list, through `next_incoming`, of the exits linked to it.
 //! Nothing here allocates.
 
-use crate::cache::{CodeCache, FragmentId, NONE};
+use crate::cache::{CodeCache, Fragment, FragmentId, NONE};
 use crate::error::Error;
 use crate::exit::{ExitId, ExitKind};
 
@@ -174,6 +174,15 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// keeps mapping back through the PC map) until the next flush, so threads still
     /// inside it finish safely.
     pub fn invalidate(&mut self, id: FragmentId) -> Result<(), Error> {
+        let pc = self.retire(id)?;
+        self.remove_guest(pc, id);
+        self.stats.blocks_invalidated += 1;
+        Ok(())
+    }
+
+    /// [`Self::invalidate`] but for the guest-PC index, which the caller updates; returns
+    /// the fragment's guest PC.
+    fn retire(&mut self, id: FragmentId) -> Result<u64, Error> {
         let f = self
             .fragments
             .get(id.0 as usize)
@@ -202,38 +211,59 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             self.unlink(ExitId { index, generation })?;
         }
         self.table_remove(pc);
-        self.remove_guest(pc, id);
         if let Some(f) = self.fragments.get_mut(id.0 as usize) {
             f.kill();
         }
-        Ok(())
+        Ok(pc)
     }
 
     /// Invalidates (see [`Self::invalidate`]) every live fragment whose guest code
     /// overlaps `start..end`: guest code there changed, or must not run from the cache.
-    /// Returns how many were invalidated.
+    /// Returns how many were invalidated. One pass over the fragments near the range and
+    /// one compaction of the guest-PC index, whatever the range's size.
     pub fn invalidate_range(&mut self, start: u64, end: u64) -> Result<u32, Error> {
-        let mut n = 0;
-        while let Some(id) = self.first_overlapping(start, end) {
-            self.invalidate(id)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// The first live fragment (by guest PC) whose guest code overlaps `start..end`.
-    fn first_overlapping(&self, start: u64, end: u64) -> Option<FragmentId> {
+        self.stats.invalidations += 1;
         // A block holds at most MAX_BLOCK_INSNS instructions of at most 15 bytes.
         let reach = (crate::decode::MAX_BLOCK_INSNS * 15) as u64;
         let from = self.guest_position(start.saturating_sub(reach));
-        self.guests_from(from)
-            .take_while(|&(pc, _)| pc < end)
-            .find(|&(pc, id)| {
-                self.fragments
-                    .get(id.0 as usize)
-                    .and_then(|f| self.header(f))
-                    .is_some_and(|h| pc.wrapping_add(h.guest_len) > start)
-            })
-            .map(|(_, id)| id)
+        let mut at = from;
+        let mut n = 0u32;
+        let mut result = Ok(());
+        while let Some(&id) = self.by_guest.get(at) {
+            let Some(f) = self.fragments.get(id as usize) else {
+                break;
+            };
+            if f.guest_pc >= end {
+                break;
+            }
+            let len = self.header(f).map_or(0, |h| h.guest_len);
+            if f.guest_pc.wrapping_add(len) > start {
+                if let Err(e) = self.retire(FragmentId(id)) {
+                    result = Err(e);
+                    break;
+                }
+                n += 1;
+            }
+            at += 1;
+        }
+        // Drop the retired ones from the index in one move of its tail.
+        let CodeCache {
+            by_guest,
+            fragments,
+            ..
+        } = self;
+        let mut kept = from;
+        for read in from..at {
+            let Some(&id) = by_guest.get(read) else { break };
+            if fragments.get(id as usize).is_some_and(Fragment::live) {
+                if let Some(slot) = by_guest.get_mut(kept) {
+                    *slot = id;
+                }
+                kept += 1;
+            }
+        }
+        by_guest.drain(kept..at);
+        self.stats.blocks_invalidated += u64::from(n);
+        result.map(|()| n)
     }
 }

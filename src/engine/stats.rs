@@ -31,6 +31,10 @@ pub struct Stats {
     /// Dispatcher steps ([`crate::CodeCache::dispatch`]) that left a guest PC to run
     /// natively because it could not be translated.
     pub native_fallbacks: u64,
+    /// Range invalidations ([`crate::CodeCache::invalidate_range`]): guest code changed.
+    pub invalidations: u64,
+    /// Fragments invalidated (by a range or one at a time).
+    pub blocks_invalidated: u64,
 }
 
 impl Stats {
@@ -47,5 +51,9 @@ impl Stats {
         self.misses = self.misses.wrapping_add(other.misses);
         self.flushes = self.flushes.wrapping_add(other.flushes);
         self.native_fallbacks = self.native_fallbacks.wrapping_add(other.native_fallbacks);
+        self.invalidations = self.invalidations.wrapping_add(other.invalidations);
+        self.blocks_invalidated = self
+            .blocks_invalidated
+            .wrapping_add(other.blocks_invalidated);
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct CpuState {
     /// Guest PCs of the hardware execute breakpoints armed on this CPU: they
     /// run natively, where the CPU can see them.
     pub(crate) exec_breakpoints: [Option<u64>; 4],
+    /// Entries of the code-change log applied to `cache` (see `consistency`).
+    pub(crate) log_applied: u64,
     pub(crate) original_idt: idt::Descriptor,
     pub(crate) original_lstar: u64,
     _stack: Vec<u64>,
@@ -144,6 +146,8 @@ impl CpuState {
                 native: setup.native,
                 stats,
                 exec_breakpoints: [None; 4],
+                // The cache is empty: nothing logged so far concerns it.
+                log_applied: crate::consistency::published(),
                 original_idt: idt::Descriptor::default(),
                 original_lstar: 0,
                 _stack: stack,
@@ -316,6 +320,11 @@ pub(crate) fn take(id: usize) -> Option<KBox<CpuState>> {
     // SAFETY: `raw` came from `KBox::into_raw` in `publish`; the caller made
     // sure CPU `id` left translation, so no entry path uses it any more.
     (!raw.is_null()).then(|| unsafe { KBox::from_raw(raw) })
+}
+
+/// Whether CPU `id` is inside the dispatcher (or [`CpuState::while_busy`]).
+pub(crate) fn busy(id: usize) -> bool {
+    table_slots().get(id).is_some_and(|s| s.busy.load(Ordering::Relaxed) != 0)
 }
 
 /// The state of CPU `id`, for that CPU's dispatcher or its own callbacks.

@@ -18,6 +18,7 @@ use kdbt_engine::{
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kernel::prelude::*;
 
+use crate::consistency;
 use crate::cpu::{self, CpuState, NativeRange};
 use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK};
 use crate::debugreg;
@@ -127,7 +128,7 @@ fn run_at(cpu: &CpuState, d: Dispatch) -> Option<u64> {
     }
 }
 
-fn publish_stats(cpu: &CpuState) {
+pub(crate) fn publish_stats(cpu: &CpuState) {
     let s = cpu.cache.stats();
     let c = cpu.stats;
     c.blocks_translated.store(s.blocks, Relaxed);
@@ -135,6 +136,8 @@ fn publish_stats(cpu: &CpuState) {
     c.lookup_hits.store(s.hits, Relaxed);
     c.lookup_misses.store(s.misses, Relaxed);
     c.native_fallbacks.store(s.native_fallbacks, Relaxed);
+    c.invalidations.store(s.invalidations, Relaxed);
+    c.blocks_invalidated.store(s.blocks_invalidated, Relaxed);
 }
 
 /// The code-cache PC to run guest `pc` at on this CPU, translating it if
@@ -436,6 +439,9 @@ pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
         // their nesting rules are keyed by native PCs.
         return;
     }
+    // After the rewrite (which needs the interrupted translation's PC map)
+    // and before the handler's translation is looked up.
+    consistency::apply(cpu);
     let Some(&handler) = cpu.handlers.get(vector) else { return };
     let target = target_for(cpu, handler);
     let rflags = hw.rflags & !(RFLAGS_TF | RFLAGS_IF | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC) | 2;
@@ -483,5 +489,22 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
             kernel_frame(cpu.exec + thunks::UD2 as u64, rflags, guest_rsp)
         }
     };
+    let hw = settle(cpu, hw);
     resume(cpu, regs, hw);
+}
+
+/// Applies this CPU's pending code changes before it resumes at `hw`
+/// (after the exit was read: a flush ends the exit ids). A resume PC in a
+/// translation that went stale is looked up again.
+fn settle(cpu: &mut CpuState, mut hw: HwFrame) -> HwFrame {
+    if !consistency::pending(cpu) {
+        return hw;
+    }
+    let guest = if cpu.cache.contains(hw.rip) { cpu.cache.pc_map(hw.rip).map(|m| m.insn_pc) } else { None };
+    if consistency::apply(cpu) {
+        if let Some(pc) = guest {
+            hw.rip = target_for(cpu, pc);
+        }
+    }
+    hw
 }

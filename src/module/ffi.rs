@@ -41,6 +41,8 @@ extern "C" {
         offline: unsafe extern "C" fn(u32) -> i32,
     ) -> i32;
     pub(crate) fn kdbt_cpuhp_remove(state: i32);
+    pub(crate) fn kdbt_hooks_register() -> i32;
+    pub(crate) fn kdbt_hooks_unregister() -> u64;
 }
 
 /// `VM_MAP` from `<linux/vmalloc.h>`.

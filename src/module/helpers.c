@@ -2,7 +2,8 @@
 /*
  * kdbt's C helpers: kernel interfaces that are macros, inline functions or
  * enums Rust cannot reach through the 6.12 bindings (mutexes, CPU hotplug
- * states, kprobes), and the kernel functions kdbt needs that are not exported
+ * states, kprobes, notifiers), the kernel's code-change choke points
+ * (consistency.rs), and the kernel functions kdbt needs that are not exported
  * (executable memory near kernel text), which it finds through
  * kallsyms_lookup_name. Every function here is called from Rust.
  */
@@ -10,6 +11,7 @@
 #include <linux/cpuhotplug.h>
 #include <linux/execmem.h>
 #include <linux/kprobes.h>
+#include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/set_memory.h>
 #include <linux/smp.h>
@@ -122,4 +124,154 @@ int kdbt_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int))
 void kdbt_cpuhp_remove(int state)
 {
 	cpuhp_remove_state_nocalls(state);
+}
+
+/*
+ * The kernel's code-change choke points (docs/kernel.md, "Consistency").
+ * Each reports the ranges that changed to consistency.rs, which logs them
+ * and applies them on this CPU; kdbt_sync_cpus makes every other CPU apply
+ * them before it returns, where the caller does not do that itself.
+ */
+
+static void apply_on_cpu(void *unused)
+{
+	kdbt_apply_log();
+}
+
+/*
+ * An IPI round: every online CPU applies the log before this returns. Needs
+ * interrupts on (smp_call_function waits); callers with them off change
+ * only code that the kernel's own text_poke_sync or a later round covers.
+ */
+static void kdbt_sync_cpus(void)
+{
+	if (!irqs_disabled())
+		on_each_cpu(apply_on_cpu, NULL, 1);
+}
+
+static void module_text_changed(const struct module_memory *mem)
+{
+	if (mem->size)
+		kdbt_code_changed((unsigned long)mem->base, (unsigned long)mem->base + mem->size);
+}
+
+/*
+ * Coming: the module's text may hold translations of a module that was
+ * there before. Live: its init text is about to be freed. Going (also after
+ * a failed load or init): all of its text goes away.
+ */
+static int module_event(struct notifier_block *nb, unsigned long state, void *data)
+{
+	struct module *mod = data;
+
+	switch (state) {
+	case MODULE_STATE_COMING:
+	case MODULE_STATE_GOING:
+		module_text_changed(&mod->mem[MOD_TEXT]);
+		fallthrough;
+	case MODULE_STATE_LIVE:
+		module_text_changed(&mod->mem[MOD_INIT_TEXT]);
+		kdbt_sync_cpus();
+	}
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block module_nb = { .notifier_call = module_event };
+
+struct poke_range {
+	unsigned long addr;
+	unsigned long len;
+};
+
+static unsigned long missed_seen;
+static struct kretprobe poke_probe;
+
+/* A missed probe hit is a change kdbt did not see: drop every translation. */
+static void check_missed(void)
+{
+	unsigned long missed = READ_ONCE(poke_probe.kp.nmissed) + READ_ONCE(poke_probe.nmissed);
+
+	if (missed != READ_ONCE(missed_seen)) {
+		WRITE_ONCE(missed_seen, missed);
+		kdbt_code_changed(0, ULONG_MAX);
+	}
+}
+
+/* __text_poke(func, addr, src, len): every text_poke* write goes through it. */
+static int poke_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct poke_range *r = (struct poke_range *)ri->data;
+
+	r->addr = regs->si;
+	r->len = regs->cx;
+	return 0;
+}
+
+/* After the write: from here on no CPU may run a translation of the old bytes. */
+static int poke_return(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct poke_range *r = (struct poke_range *)ri->data;
+
+	check_missed();
+	kdbt_code_changed(r->addr, r->addr + r->len);
+	return 0;
+}
+
+static struct kretprobe poke_probe = {
+	.kp.symbol_name = "__text_poke",
+	.entry_handler = poke_entry,
+	.handler = poke_return,
+	.data_size = sizeof(struct poke_range),
+	.maxactive = 16,
+};
+
+/*
+ * text_poke_copy and text_poke_set fill (unused) executable memory for JITs
+ * (BPF programs and their freeing, ftrace and kprobe trampolines) without a
+ * text_poke_sync: kdbt's own IPI round takes its place.
+ */
+static int jit_return(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	check_missed();
+	kdbt_sync_cpus();
+	return 0;
+}
+
+static struct kretprobe jit_copy_probe = {
+	.kp.symbol_name = "text_poke_copy",
+	.handler = jit_return,
+	.maxactive = 16,
+};
+
+static struct kretprobe jit_set_probe = {
+	.kp.symbol_name = "text_poke_set",
+	.handler = jit_return,
+	.maxactive = 16,
+};
+
+static struct kretprobe *code_probes[] = { &poke_probe, &jit_copy_probe, &jit_set_probe };
+
+int kdbt_hooks_register(void)
+{
+	int r = register_kretprobes(code_probes, ARRAY_SIZE(code_probes));
+
+	if (r)
+		return r;
+	r = register_module_notifier(&module_nb);
+	if (r)
+		unregister_kretprobes(code_probes, ARRAY_SIZE(code_probes));
+	return r;
+}
+
+/* Returns how many probe hits were missed while registered. */
+unsigned long kdbt_hooks_unregister(void)
+{
+	unsigned long missed = 0;
+	int i;
+
+	unregister_module_notifier(&module_nb);
+	unregister_kretprobes(code_probes, ARRAY_SIZE(code_probes));
+	for (i = 0; i < ARRAY_SIZE(code_probes); i++)
+		missed += code_probes[i]->kp.nmissed + code_probes[i]->nmissed;
+	return missed;
 }

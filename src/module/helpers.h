@@ -14,5 +14,11 @@ void *kdbt_exec_alloc(size_t size, size_t rox);
 void kdbt_exec_free(void *p);
 int kdbt_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int));
 void kdbt_cpuhp_remove(int state);
+int kdbt_hooks_register(void);
+unsigned long kdbt_hooks_unregister(void);
+
+/* Rust (consistency.rs), called from here. */
+void kdbt_code_changed(unsigned long start, unsigned long end);
+void kdbt_apply_log(void);
 
 #endif

@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 
+mod consistency;
 mod control;
 mod cpu;
 mod debugreg;
@@ -50,6 +51,7 @@ pub(crate) fn native_range() -> cpu::NativeRange {
 struct Kdbt {
     sysfs: Option<sysfs::Sysfs>,
     hotplug: Option<control::Hotplug>,
+    hooks: Option<consistency::Hooks>,
     table: Option<KBox<cpu::Table>>,
 }
 
@@ -72,7 +74,8 @@ impl Kdbt {
         let text = unsafe { &(*module.as_ptr()).mem[bindings::mod_mem_type_MOD_TEXT as usize] };
         NATIVE_START.store(text.base as u64, Ordering::Relaxed);
         NATIVE_END.store(text.base as u64 + u64::from(text.size), Ordering::Relaxed);
-        let mut this = Kdbt { sysfs: None, hotplug: None, table: Some(cpu::Table::new()?) };
+        let mut this = Kdbt { sysfs: None, hotplug: None, hooks: None, table: Some(cpu::Table::new()?) };
+        this.hooks = Some(consistency::Hooks::register()?);
         this.hotplug = Some(control::Hotplug::register()?);
         this.sysfs = Some(sysfs::Sysfs::new()?);
         heap::mark_tables();
@@ -89,10 +92,13 @@ impl Drop for Kdbt {
             // Some CPU may still enter kdbt: keep everything it could use.
             pr_crit!("disable at unload failed ({:?}): leaking kdbt's memory\n", e);
             core::mem::forget(self.hotplug.take());
+            core::mem::forget(self.hooks.take());
             core::mem::forget(self.table.take());
             return;
         }
         self.hotplug = None;
+        // No CPU translates any more: changes from now on concern no cache.
+        self.hooks = None;
         let blocks = stats::total(|s| &s.blocks_translated);
         self.table = None;
         heap::exit();

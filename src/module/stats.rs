@@ -19,6 +19,8 @@ pub(crate) struct CpuStats {
     pub(crate) rollbacks: AtomicU64,
     pub(crate) flushes: AtomicU64,
     pub(crate) native_fallbacks: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) blocks_invalidated: AtomicU64,
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
@@ -35,6 +37,8 @@ impl CpuStats {
             rollbacks: ZERO,
             flushes: ZERO,
             native_fallbacks: ZERO,
+            invalidations: ZERO,
+            blocks_invalidated: ZERO,
             entries_by_vector: [ZERO; VECTORS],
         }
     }
@@ -46,7 +50,7 @@ pub(crate) fn all() -> &'static [CpuStats] {
 }
 
 /// The scalar statistics, by sysfs file name.
-pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 9] = [
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 11] = [
     ("blocks_translated", |s| &s.blocks_translated),
     ("cache_bytes_used", |s| &s.cache_bytes_used),
     ("dispatcher_entries", |s| &s.dispatcher_entries),
@@ -56,6 +60,8 @@ pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 9] = [
     ("rollbacks", |s| &s.rollbacks),
     ("flushes", |s| &s.flushes),
     ("native_fallbacks", |s| &s.native_fallbacks),
+    ("invalidations", |s| &s.invalidations),
+    ("blocks_invalidated", |s| &s.blocks_invalidated),
 ];
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -31,6 +31,8 @@ const STAT_NAMES: [&CStr; NSTATS] = [
     c"rollbacks",
     c"flushes",
     c"native_fallbacks",
+    c"invalidations",
+    c"blocks_invalidated",
     c"entries_by_vector",
 ];
 

@@ -18,7 +18,7 @@ cat /proc/self/stack > /tmp/stack.out
 echo 0 > /sys/kernel/kdbt/enabled || fail "disable failed"
 cat /tmp/translated.out
 diff /tmp/native.out /tmp/translated.out || fail "translated output differs from native"
-for f in blocks_translated dispatcher_entries pc_rewrites rollbacks lookup_hits lookup_misses flushes; do
+for f in blocks_translated dispatcher_entries pc_rewrites rollbacks lookup_hits lookup_misses flushes invalidations blocks_invalidated; do
     per_cpu=
     for c in $(online_cpus); do per_cpu="$per_cpu cpu$c $(cat /sys/kernel/kdbt/stats/cpu$c/$f 2>/dev/null)"; done
     echo "stat $f $(cat /sys/kernel/kdbt/stats/$f) ($per_cpu )"

@@ -19,7 +19,7 @@ dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo "tmpfs md5 $(md5s
 echo "--- kernel stack of this shell, as the kernel sees it while translated:"
 cat /proc/self/stack
 echo "--- statistics (total / cpu0 / cpu1):"
-for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes native_fallbacks; do
+for f in blocks_translated cache_bytes_used dispatcher_entries lookup_hits lookup_misses pc_rewrites rollbacks flushes native_fallbacks invalidations blocks_invalidated; do
     printf '%-20s %10s %10s %10s\n' "$f" "$(cat $K/stats/$f)" "$(cat $K/stats/cpu0/$f)" "$(cat $K/stats/cpu1/$f 2>/dev/null)"
 done
 heap=$(cat $K/heap_bytes_used); cache=$(cat $K/stats/cache_bytes_used); tables=$(cat $K/heap_bytes_tables)

@@ -89,6 +89,8 @@ impl Report {
             misses,
             flushes,
             native_fallbacks,
+            // The user runtime's guest code never changes under it.
+            ..Stats::default()
         };
         Some(Report {
             from_cache,
@@ -351,6 +353,7 @@ mod tests {
             misses: 10,
             flushes: 11,
             native_fallbacks: 12,
+            ..Stats::default()
         };
         let r = Report {
             from_cache: 1 << 40,
