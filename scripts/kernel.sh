@@ -25,7 +25,7 @@ if [ "$KDBT_KERNEL" = distro ]; then
     debs="$KDBT_CACHE/debs"
     mkdir -p "$debs"
     pkg="$(distro_headers)"
-    deb="$(ls "$debs"/"${pkg%%=*}"_*.deb 2>/dev/null | head -1)"
+    deb="$(ls "$debs"/"${pkg%%=*}"_*.deb 2>/dev/null | head -1 || true)"
     if [ -z "$deb" ]; then
         (cd "$debs" && apt-get download -q "$pkg" >>"$log" 2>&1) || die "apt-get download $pkg failed; see $log"
         deb="$(ls "$debs"/"${pkg%%=*}"_*.deb | head -1)"

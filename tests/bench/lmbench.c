@@ -97,27 +97,30 @@ static long kstat(const char *file)
 }
 
 struct kstats {
-	long entries, misses;
+	long entries, misses, invalidated;
 };
 
 static struct kstats kstats_now(void)
 {
-	struct kstats k = { kstat("dispatcher_entries"), kstat("lookup_misses") };
+	struct kstats k = { kstat("dispatcher_entries"), kstat("lookup_misses"),
+			    kstat("blocks_invalidated") };
 	return k;
 }
 
 /*
  * Under translation, a "#kdbt" line after the result: kdbt dispatcher entries
- * per operation and blocks translated (lookup misses) during the timed
- * repetitions, counted on all CPUs. Informational; not part of the table.
+ * per operation, blocks translated (lookup misses) and translations
+ * invalidated per operation during the timed repetitions, counted on all
+ * CPUs. Informational; not part of the table.
  */
 static void report_kstats(const char *name, struct kstats k0, long ops)
 {
 	struct kstats k1 = kstats_now();
 	if (k0.entries < 0 || k1.entries < 0)
 		return;
-	printf("#kdbt %s dispatcher_entries_per_op %.2f lookup_misses %ld\n", name,
-	       (double)(k1.entries - k0.entries) / (double)ops, k1.misses - k0.misses);
+	printf("#kdbt %s dispatcher_entries_per_op %.2f lookup_misses %ld blocks_invalidated_per_op %.2f\n",
+	       name, (double)(k1.entries - k0.entries) / (double)ops, k1.misses - k0.misses,
+	       (double)(k1.invalidated - k0.invalidated) / (double)ops);
 	fflush(stdout);
 }
 
@@ -140,6 +143,20 @@ static void bench(const char *name, long base, void (*body)(long))
 	}
 	report_median(name, s);
 	report_kstats(name, k0, REPS * n);
+}
+
+/*
+ * A code change: kdbt_skey.ko's static key on, then off (two text_poke_bp
+ * patches of its branch, each with the kernel's three IPI rounds). Translated,
+ * each also invalidates the branch's translations on every CPU.
+ */
+static int skey = -1;
+
+static void b_static_key(long n)
+{
+	for (long i = 0; i < n; i++)
+		if (pwrite(skey, "1", 1, 0) != 1 || pwrite(skey, "0", 1, 0) != 1)
+			die("write /proc/kdbt_skey");
 }
 
 static void b_null(long n)
@@ -384,5 +401,8 @@ int main(int argc, char **argv)
 	b_page_fault_report();
 	bench("mmap_munmap", 20000, b_mmap);
 	bench("signal", 40000, b_signal);
+	skey = open("/proc/kdbt_skey", O_WRONLY);
+	if (skey >= 0)
+		bench("static_key_flip", 2000, b_static_key);
 	return 0;
 }

@@ -18,6 +18,8 @@ bin=/kdbt/bin/lmbench
 # region (and so whether it merges with a neighbour) varies run to run.
 echo 0 > /proc/sys/kernel/randomize_va_space
 st=/sys/kernel/kdbt/stats
+# The code-change benchmark's static key (lmbench skips it without the module).
+insmod /kdbt/modules/kdbt_skey.ko || echo "kdbt-bench: FAIL insmod kdbt_skey"
 echo; echo "=== kdbt bench native (scale $scale%) ==="
 $bin "$scale" || echo "kdbt-bench: FAIL native run exited $?"
 echo "=== kdbt bench native end ==="
@@ -35,8 +37,9 @@ done
 e1=$(cat $st/dispatcher_entries)
 echo 0 > /sys/kernel/kdbt/enabled || echo "kdbt-bench: FAIL disable"
 echo "kdbt-bench: dispatcher_entries during translated run: $((e1 - e0))"
-for f in blocks_translated cache_bytes_used lookup_hits lookup_misses pc_rewrites rollbacks flushes; do
+for f in blocks_translated cache_bytes_used lookup_hits lookup_misses pc_rewrites rollbacks flushes invalidations blocks_invalidated; do
     echo "kdbt-bench: stat $f $(cat $st/$f 2>/dev/null)"
 done
 rmmod kdbt || echo "kdbt-bench: FAIL rmmod"
+rmmod kdbt_skey || echo "kdbt-bench: FAIL rmmod kdbt_skey"
 echo "=== kdbt bench done ==="
