@@ -32,4 +32,11 @@ if [ -f "$edge" ]; then
     [ "$size" = 001000 ] && [ "$end" = 4096 ] && [ "$last_x" = .text.kdbt_edge ] \
         || die "kdbt_edge.ko: .text.kdbt_edge size 0x${size:-?}, kdbt_edge_fn ends at $end, last executable section ${last_x:-?}; want 0x1000, 4096, .text.kdbt_edge (fix EDGE_FN_SIZE in edge_fn.S)"
 fi
+# kdbt_reuse_a/b: one source, two variants that must have the same layout
+# (t-module_reuse loads B where A was): every allocated section the same size.
+layout() { readelf -SW "$1" | sed -n 's/^ *\[ *[0-9]*\] //p' | awk '$7 ~ /A/ { print $1, $5 }'; }
+if [ -f "$out/ko/kdbt_reuse_a.ko" ]; then
+    diff <(layout "$out/ko/kdbt_reuse_a.ko") <(layout "$out/ko/kdbt_reuse_b.ko") >&2 \
+        || die "kdbt_reuse_a.ko and kdbt_reuse_b.ko differ in section sizes (tests/vm/modules/reuse/reuse.h: keep both variants' constants the same width)"
+fi
 echo "$out/ko"

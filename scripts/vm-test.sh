@@ -11,25 +11,31 @@
 #              no hotpluggable CPUs it counts, MADT revision 1 under TCG),
 #              the reduced suite $REDUCED (kdbt_test.only=...): CPUs online,
 #              the workloads translated at the default cache size identical
-#              to native, enable/disable under load, CPU hotplug, each
-#              shortened by kdbt_test.quick=1
+#              to native, enable/disable under load, CPU hotplug, module text
+#              reuse and static-key flips on every CPU, each shortened by
+#              kdbt_test.quick=1
+#   smp2max1   -smp 2 with the kernel's maxcpus=1: the kernel boots on one
+#              CPU with its uniprocessor alternatives (lock prefixes patched
+#              out); only smp_alternatives, which brings CPU 1 online under
+#              translation (the kernel patches its SMP code back in) and runs
+#              a lock-heavy load on both CPUs (not shortened)
 # Prints KTAP-style results named <pass>/<check> and one count line
 # "vm: N passed, N failed" over all passes.
 # KDBT_PASSES="default smp4" runs only those passes; KDBT_TESTS=a,b runs only
 # those tests (names without t- and .sh) in every pass, e.g.
 #   KDBT_PASSES=default KDBT_TESTS=hostile_gsbase bash scripts/vm-test.sh
 # KDBT_VM_TIMEOUT: per boot (default 900 s for the whole suite, 600 s for a
-# reduced one).
+# reduced one, 300 s for smp2max1).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
 # The module's minimum cache_kb (control::MIN_CACHE_KB); t-smallest_cache
 # checks that one KiB less is refused, so the two cannot drift apart.
 MIN_CACHE_KB=3072
-REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug
+REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug,module_reuse,static_key
 vmlinux="$("$here/kernel.sh")/vmlinux"
 passed=0; failed=0
-for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2}; do
+for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2 smp2max1}; do
     smp=2; mem=1G; only=; limit=900; boot_cpus=
     case "$pass" in
         default) ;;
@@ -38,9 +44,10 @@ for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2}; do
         smp4) smp=4 ;;
         smp8) smp=8; mem=2G ;;
         smp64max2) smp=64; boot_cpus=2 ;;
+        smp2max1) smp=2; boot_cpus=1 ;;
         *) echo "not ok - $pass/known_pass"; echo "    unknown pass '$pass'"; failed=$((failed + 1)); continue ;;
     esac
-    case "$pass" in smp*) only=$REDUCED; limit=600 ;; esac
+    case "$pass" in smp2max1) only=smp_alternatives; limit=300 ;; smp*) only=$REDUCED; limit=600 ;; esac
     only="${KDBT_TESTS:-$only}"
     log="$KDBT_BUILD/vm/test-console-$pass.log"
     rm -f "$log"
@@ -49,7 +56,7 @@ for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2}; do
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
     # The extra -smp boots: shorter workloads and fewer cycles (workload.inc).
-    case "$pass" in smp*) append="$append kdbt_test.quick=1" ;; esac
+    case "$pass" in smp2max1) ;; smp*) append="$append kdbt_test.quick=1" ;; esac
     echo "== vm pass: $pass (-smp $smp -m $mem${only:+, tests $only})"
     t0=$(date +%s)
     KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 \

@@ -14,14 +14,22 @@ kdbt_load() {
 kdbt_unload() { rmmod kdbt || fail "rmmod failed"; }
 # A fork+exec load that translates a lot, until stop_load. Sets $load_pid.
 # Its output goes nowhere: it must not hold the runner's pipe open, and a
-# case that fails while it runs stops it on exit.
+# case that fails while it runs stops it on exit. `start_load all`: one such
+# loop pinned to each online CPU ($load_pid lists them).
 start_load() {
     rm -f /tmp/stop-load
-    ( while [ ! -e /tmp/stop-load ]; do /bin/true; echo x | cat > /dev/null; done ) >/dev/null 2>&1 </dev/null &
-    load_pid=$!
+    load_pid=
+    for c in $([ "${1:-}" = all ] && online_cpus || echo any); do
+        if [ "$c" = any ]; then
+            ( while [ ! -e /tmp/stop-load ]; do /bin/true; echo x | cat > /dev/null; done ) >/dev/null 2>&1 </dev/null &
+        else
+            taskset -c "$c" sh -c 'while [ ! -e /tmp/stop-load ]; do /bin/true; echo x | cat > /dev/null; done' >/dev/null 2>&1 </dev/null &
+        fi
+        load_pid="$load_pid $!"
+    done
     trap 'touch /tmp/stop-load' EXIT
 }
-stop_load() { touch /tmp/stop-load; wait "$load_pid"; rm -f /tmp/stop-load; trap - EXIT; }
+stop_load() { touch /tmp/stop-load; wait $load_pid; rm -f /tmp/stop-load; trap - EXIT; }
 # The online CPU numbers, one per line.
 online_cpus() {
     for c in /sys/devices/system/cpu/cpu[0-9]*; do
@@ -34,4 +42,16 @@ cmdline_opt() {
         case "$arg" in "kdbt_test.$1="*) echo "${arg#*=}"; return ;; esac
     done
     echo "$2"
+}
+# A kdbt statistic (stats/NAME, e.g. cpu1/invalidations), or "n/a" when the
+# loaded kdbt has no such file.
+kdbt_stat() { cat "/sys/kernel/kdbt/stats/$1" 2>/dev/null || echo n/a; }
+# The code-cache consistency counters, total and per online CPU, one line.
+inval_stats() {
+    [ -f /sys/kernel/kdbt/stats/invalidations ] || { echo "invalidations n/a, blocks_invalidated n/a"; return; }
+    per_cpu=
+    for c in $(online_cpus); do
+        per_cpu="$per_cpu cpu$c $(kdbt_stat cpu$c/invalidations)/$(kdbt_stat cpu$c/blocks_invalidated)"
+    done
+    echo "invalidations $(kdbt_stat invalidations), blocks_invalidated $(kdbt_stat blocks_invalidated) (per CPU invalidations/blocks:$per_cpu)"
 }

@@ -36,8 +36,9 @@ for t in "$@"; do
     name="${t#t-}"; name="${name%.sh}"
     start=$(cut -d' ' -f1 /proc/uptime)
     # Diagnostics go to the console as they come: a case that kills the
-    # kernel still shows how far it got.
-    { sh "$t" 2>&1; echo $? > /tmp/rc.$n; } | sed 's/^/# /'
+    # kernel still shows how far it got (a read loop, not sed, which holds
+    # its output back in a buffer).
+    { sh "$t" 2>&1; echo $? > /tmp/rc.$n; } | while IFS= read -r l || [ -n "$l" ]; do echo "# $l"; done
     rc=$(cat /tmp/rc.$n)
     # Whatever a failed case left behind must not fail the next ones.
     for c in $boot_online; do
@@ -48,7 +49,13 @@ for t in "$@"; do
         echo "# runner: kdbt still loaded after $name: disabling, unloading"
         echo 0 > /sys/kernel/kdbt/enabled; rmmod kdbt
     fi
-    [ -d /sys/module/kdbt_edge ] && { echo "# runner: unloading kdbt_edge"; rmmod kdbt_edge; }
+    # Test modules (tests/vm/modules: kdbt_edge, kdbt_reuse_a, ...).
+    for m in /sys/module/kdbt_*; do
+        [ -d "$m" ] && { echo "# runner: unloading ${m##*/}"; rmmod "${m##*/}"; }
+    done
+    t=/sys/kernel/tracing
+    [ -f $t/current_tracer ] && [ "$(cat $t/current_tracer)" != nop ] &&
+        { echo "# runner: tracer $(cat $t/current_tracer) left on after $name"; echo nop > $t/current_tracer; }
     echo "# $name took $(awk "BEGIN { print $(cut -d' ' -f1 /proc/uptime) - $start }") s"
     case $rc in
         0) echo "ok $n $name" ;;
