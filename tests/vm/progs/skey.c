@@ -150,9 +150,14 @@ int main(int argc, char **argv)
 	int branch;
 	unsigned long seq, after;
 	ssize_t n;
-	if (flip(fd, 0) || (n = pread(fd, buf, sizeof buf - 1, 0)) <= 0 ||
-	    (buf[n] = 0, sscanf(buf, "%d %lu %lu", &branch, &seq, &after) != 3) || branch || seq != after) {
-		fprintf(stderr, "skey: bad first read\n");
+	if (flip(fd, 0) || (n = pread(fd, buf, sizeof buf - 1, 0)) <= 0) {
+		perror("skey: first read");
+		return 1;
+	}
+	buf[n] = 0;
+	if (sscanf(buf, "%d %lu %lu", &branch, &seq, &after) != 3 || branch || seq != after || (seq & 1)) {
+		printf("skey: first read after writing 0 is '%.*s', want '0 <even> <the same>'\n",
+		       (int)strcspn(buf, "\n"), buf);
 		return 1;
 	}
 	for (int c = 0; c < MAX_CPUS; c++)
