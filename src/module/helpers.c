@@ -186,10 +186,16 @@ struct poke_range {
 static unsigned long missed_seen;
 static struct kretprobe poke_probe;
 
+/* Hits a kretprobe missed: kprobe recursion, or no free instance. */
+static unsigned long probe_missed(const struct kretprobe *rp)
+{
+	return READ_ONCE(rp->kp.nmissed) + READ_ONCE(rp->nmissed);
+}
+
 /* A missed probe hit is a change kdbt did not see: drop every translation. */
 static void check_missed(void)
 {
-	unsigned long missed = READ_ONCE(poke_probe.kp.nmissed) + READ_ONCE(poke_probe.nmissed);
+	unsigned long missed = probe_missed(&poke_probe);
 
 	if (missed != READ_ONCE(missed_seen)) {
 		WRITE_ONCE(missed_seen, missed);
@@ -272,6 +278,6 @@ unsigned long kdbt_hooks_unregister(void)
 	unregister_module_notifier(&module_nb);
 	unregister_kretprobes(code_probes, ARRAY_SIZE(code_probes));
 	for (i = 0; i < ARRAY_SIZE(code_probes); i++)
-		missed += code_probes[i]->kp.nmissed + code_probes[i]->nmissed;
+		missed += probe_missed(code_probes[i]);
 	return missed;
 }
