@@ -16,7 +16,7 @@ fn=$((0x$fn)); sec=$((sec)); text=$((text))
 end=$(( (fn | 4095) + 1 ))
 printf 'module .text %#x, .text.kdbt_edge %#x, kdbt_edge_fn %#x, page end %#x (%d bytes after the function start)\n' \
     $text $sec $fn $end $((end - fn))
-[ $((end - fn)) -le 64 ] || fail "kdbt_edge_fn starts $((end - fn)) bytes before its page end (want its 35 bytes to end there)"
+[ $((end - fn)) -le 64 ] || fail "kdbt_edge_fn starts $((end - fn)) bytes before its page end (want it to end there)"
 [ $((sec + 4096)) -eq $end ] || fail "kdbt_edge_fn does not end at the end of .text.kdbt_edge"
 # The vmalloc area holding the module text: the page after the function
 # must be its guard page (vmallocinfo sizes include the guard page).

@@ -5,12 +5,26 @@
  * last executable section of the module, so the byte after it is the first
  * byte of the unmapped guard page after the module's text. A decoder that
  * reads past the ret (15-byte instruction fetch windows) faults.
- * EDGE_FN_SIZE must be the exact size of the code below; scripts/
- * test-modules.sh checks that the function ends at offset 4096.
+ * EDGE_FN_SIZE must be the exact size of the code below, which depends on
+ * the kernel's configuration (SYM_FUNC_START's ENDBR with IBT; RET is
+ * `jmp __x86_return_thunk` with return thunks, `ret; int3` with SLS);
+ * scripts/test-modules.sh checks that the function ends at offset 4096.
  */
 #include <linux/linkage.h>
 
-#define EDGE_FN_SIZE 35
+#ifdef CONFIG_X86_KERNEL_IBT
+#define EDGE_ENDBR_SIZE 4
+#else
+#define EDGE_ENDBR_SIZE 0
+#endif
+#if defined(CONFIG_MITIGATION_RETHUNK)
+#define EDGE_RET_SIZE 5
+#elif defined(CONFIG_MITIGATION_SLS)
+#define EDGE_RET_SIZE 2
+#else
+#define EDGE_RET_SIZE 1
+#endif
+#define EDGE_FN_SIZE (EDGE_ENDBR_SIZE + 34 + EDGE_RET_SIZE)
 
 	.section .text.kdbt_edge, "ax", @progbits
 	.balign 4096
@@ -27,5 +41,5 @@ SYM_FUNC_START_NOALIGN(kdbt_edge_fn)
 2:	decl	%ecx
 	jnz	1b
 	notq	%rax
-	ret
+	RET
 SYM_FUNC_END(kdbt_edge_fn)
