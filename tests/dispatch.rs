@@ -3,7 +3,7 @@
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, GuestMemory,
-    HookClass, IblSize, SliceMemory, Step,
+    HookClass, IblSize, SliceMemory, Step, Thunks,
 };
 
 const BASE: u64 = 0x40_0000;
@@ -49,6 +49,7 @@ fn cache(code_bytes: usize) -> CodeCache<Vec<u8>> {
         dispatcher: 0x1_0000_2000,
         hooks: HookClass::INT3,
         ibl: IblSize::Small,
+        thunks: Thunks::NONE,
     };
     CodeCache::new(vec![0u8; 64 + 256 * 16 + code_bytes], 0x1_0000_0000, cfg).unwrap()
 }

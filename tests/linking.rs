@@ -4,6 +4,7 @@
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, ExitReason, HookClass, IblSize, RipSource, SliceMemory,
+    Thunks,
 };
 
 const BASE: u64 = 0x40_0000;
@@ -16,6 +17,7 @@ fn cache() -> CodeCache<Vec<u8>> {
         dispatcher: EXEC - 0x1000,
         hooks: HookClass::empty(),
         ibl: IblSize::Small,
+        thunks: Thunks::NONE,
     };
     CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache")
 }

@@ -5,7 +5,7 @@
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Error, ExitReason, FragmentId, HookClass, IblSize, RipSource,
-    SliceMemory,
+    SliceMemory, Thunks,
 };
 
 fn kernel_config() -> Config {
@@ -15,6 +15,7 @@ fn kernel_config() -> Config {
         dispatcher: 0x7fff_0000_0000,
         hooks: HookClass::IRETQ_TO_KERNEL,
         ibl: IblSize::Large,
+        thunks: Thunks::NONE,
     }
 }
 

@@ -7,7 +7,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use kdbt_engine::{CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory};
+use kdbt_engine::{
+    CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory, Thunks,
+};
 
 /// Fails this thread's allocations once `BUDGET` bytes have been handed out (when set), and
 /// counts this thread's allocations and tracks its bytes in use and their peak.
@@ -72,6 +74,7 @@ fn kernel_config() -> Config {
         dispatcher: 0x7fff_0000_0000,
         hooks: HookClass::IRETQ_TO_KERNEL,
         ibl: IblSize::Small,
+        thunks: Thunks::NONE,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Error, FragmentId, Frame, GuestMemory, HookClass, IblSize,
-    RipSource, SliceMemory,
+    RipSource, SliceMemory, Thunks,
 };
 use kdbt_host::{Options, RunError, Runtime};
 
@@ -30,6 +30,7 @@ fn config(rng: &mut Rng) -> Config {
         },
         hooks: HookClass::from_bits_truncate(rng.next() as u32),
         ibl: IblSize::Small,
+        thunks: Thunks::NONE,
     }
 }
 
@@ -139,6 +140,7 @@ fn cfg(policy: CallRetPolicy) -> Config {
         dispatcher: 0x1_0000_2000,
         hooks: HookClass::empty(),
         ibl: IblSize::Small,
+        thunks: Thunks::NONE,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use crate::hooks::HookClass;
+use crate::thunks::Thunks;
 
 /// How guest `call` and `ret` are translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct Config {
     pub hooks: HookClass,
     /// Size of the inline lookup table.
     pub ibl: IblSize,
+    /// The kernel's mitigation thunks.
+    pub thunks: Thunks,
 }
 
 impl Config {

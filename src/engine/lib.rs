@@ -12,7 +12,8 @@
 //!   parts ([`CodeCache::exit_reason`], [`CodeCache::resolve`]).
 //! - [`CodeCache::pc_map`] + [`Rollback::apply`]: precise guest state at any address of
 //!   translated code.
-//! - [`Config`]: call/ret policy, red zone, dispatcher address, hooked instruction classes.
+//! - [`Config`]: call/ret policy, red zone, dispatcher address, hooked instruction classes,
+//!   the kernel's mitigation thunks ([`Thunks`]).
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ mod memory;
 mod meta;
 mod pcmap;
 mod stats;
+mod thunks;
 mod translate;
 
 pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
@@ -46,3 +48,4 @@ pub use hooks::HookClass;
 pub use memory::{GuestMemory, MemoryFault, SliceMemory};
 pub use pcmap::{Frame, Gpr, PcMapping, Restore, RipSource, Rollback, StackReadFault};
 pub use stats::Stats;
+pub use thunks::{ThunkArray, Thunks};

@@ -82,26 +82,29 @@ pub(crate) fn gpr_of(reg: Register) -> Option<Gpr> {
     }
 }
 
+/// The 64-bit registers in encoding order.
+pub(crate) const REGISTERS: [Register; 16] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RBX,
+    Register::RSP,
+    Register::RBP,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
 fn reg_of(gpr: Gpr) -> Register {
-    const REGS: [Register; 16] = [
-        Register::RAX,
-        Register::RCX,
-        Register::RDX,
-        Register::RBX,
-        Register::RSP,
-        Register::RBP,
-        Register::RSI,
-        Register::RDI,
-        Register::R8,
-        Register::R9,
-        Register::R10,
-        Register::R11,
-        Register::R12,
-        Register::R13,
-        Register::R14,
-        Register::R15,
-    ];
-    REGS.get(usize::from(gpr.num()))
+    REGISTERS
+        .get(usize::from(gpr.num()))
         .copied()
         .unwrap_or(Register::RAX)
 }
@@ -257,6 +260,8 @@ impl Builder<'_> {
 
     /// Translates one instruction; `Ok(true)` when it ended the fragment.
     fn insn(&mut self, w: &Window, insn: &Instruction) -> Result<bool, Error> {
+        let alias = self.cfg.thunks.stand_in(insn, self.cfg.policy);
+        let insn = alias.as_ref().unwrap_or(insn);
         let pc = insn.ip();
         let next = insn.next_ip();
         if let Some(special) = hooks::special(insn) {

@@ -193,7 +193,8 @@ pub(crate) fn enable(native: NativeRange) -> Result {
     let kernel_idt = unsafe { idt::read_table(&d) }.ok_or(ENOMEM)?;
     crate::entry::set_native_handlers(kernel_idt.iter().map(idt::Gate::handler));
     let syscall = crate::syscall::prologue(idt::rdmsr(MSR_LSTAR))?;
-    let setup = Setup { kernel_idt, syscall, native, cache_bytes: cache_kb() * 1024 };
+    let thunks = crate::mitigations::thunks();
+    let setup = Setup { kernel_idt, syscall, native, cache_bytes: cache_kb() * 1024, thunks };
     let mut chunks = KVec::with_capacity(cpu::ids(), GFP_KERNEL)?;
     for _ in 0..cpu::ids() {
         chunks.push(None, GFP_KERNEL)?;

@@ -214,7 +214,7 @@ fn store_frame(regs: &mut EntryFrame, f: &Frame) {
     regs.r15 = f.get(Gpr::R15);
 }
 
-fn read_stack(addr: u64) -> Option<u64> {
+pub(crate) fn read_u64(addr: u64) -> Option<u64> {
     let mut v = 0u64;
     // SAFETY: `copy_from_kernel_nofault` checks the source; `v` is 8 bytes.
     let r = unsafe { ffi::copy_from_kernel_nofault((&mut v as *mut u64).cast(), addr as *const _, 8) };
@@ -266,7 +266,7 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
     let (pc, rsp_adjust) = if off >= thunks::SIZE as u64 {
         let Some(m) = cpu.cache.pc_map(rip) else { return false };
         let mut f = engine_frame(regs, rip, hw.rsp, hw.rflags);
-        if m.rollback.apply(&mut f, read_stack).is_err() {
+        if m.rollback.apply(&mut f, read_u64).is_err() {
             return false;
         }
         let trivial = m.rollback.restore.iter().all(Option::is_none)
@@ -301,10 +301,10 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
             _ => return false,
         };
         let base = hw.rsp + pushed * 8;
-        let (Some(id), Some(aux)) = (read_stack(base), read_stack(base + 8)) else { return false };
+        let (Some(id), Some(aux)) = (read_u64(base), read_u64(base + 8)) else { return false };
         let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
         if pushed > 0 {
-            let Some(flags) = read_stack(hw.rsp + (pushed - 1) * 8) else { return false };
+            let Some(flags) = read_u64(hw.rsp + (pushed - 1) * 8) else { return false };
             hw.rflags = flags;
         }
         bump(&stats.rollbacks);

@@ -34,6 +34,7 @@ extern "C" {
     pub(crate) fn kdbt_page_kernel() -> u64;
     pub(crate) fn kdbt_this_cpu() -> u32;
     pub(crate) fn kdbt_resolve_symbols() -> i32;
+    pub(crate) fn kdbt_symbol(name: *const core::ffi::c_char) -> u64;
     pub(crate) fn kdbt_exec_alloc(size: usize, rox: usize) -> *mut core::ffi::c_void;
     pub(crate) fn kdbt_exec_free(p: *mut core::ffi::c_void);
     pub(crate) fn kdbt_cpuhp_setup(

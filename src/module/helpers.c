@@ -51,6 +51,7 @@ typedef void *(*execmem_alloc_fn)(enum execmem_type, size_t);
 typedef void (*execmem_free_fn)(void *);
 typedef int (*set_memory_fn)(unsigned long, int);
 
+static lookup_fn kdbt_lookup;
 static execmem_alloc_fn kdbt_execmem_alloc;
 static execmem_free_fn kdbt_execmem_free;
 static set_memory_fn kdbt_set_memory_rox;
@@ -79,12 +80,19 @@ int kdbt_resolve_symbols(void)
 
 	if (!lookup)
 		return -ENOENT;
+	kdbt_lookup = lookup;
 	kdbt_execmem_alloc = (execmem_alloc_fn)lookup("execmem_alloc");
 	kdbt_execmem_free = (execmem_free_fn)lookup("execmem_free");
 	kdbt_set_memory_rox = (set_memory_fn)lookup("set_memory_rox");
 	if (!kdbt_execmem_alloc || !kdbt_execmem_free || !kdbt_set_memory_rox)
 		return -ENOENT;
 	return 0;
+}
+
+/* The address of a kernel symbol, 0 if it has none (or before kdbt_resolve_symbols). */
+unsigned long kdbt_symbol(const char *name)
+{
+	return kdbt_lookup ? kdbt_lookup(name) : 0;
 }
 
 /*

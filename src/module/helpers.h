@@ -10,6 +10,7 @@ void kdbt_control_unlock(void);
 unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
 int kdbt_resolve_symbols(void);
+unsigned long kdbt_symbol(const char *name);
 void *kdbt_exec_alloc(size_t size, size_t rox);
 void kdbt_exec_free(void *p);
 int kdbt_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int));

@@ -24,10 +24,12 @@ mod ffi;
 mod heap;
 mod idt;
 mod irq;
+mod mitigations;
 mod selftest;
 mod stats;
 mod syscall;
 mod sysfs;
+mod thunk_page;
 
 module! {
     type: Kdbt,

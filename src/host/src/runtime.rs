@@ -6,7 +6,7 @@ use std::ptr;
 
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, Frame, Gpr, GuestMemory,
-    HookClass, HookSite, IblSize, PcMapping, Step,
+    HookClass, HookSite, IblSize, PcMapping, Step, Thunks,
 };
 
 use crate::exec::ExecMemory;
@@ -37,6 +37,8 @@ pub struct Options {
     pub arena_len: usize,
     pub placement: Placement,
     pub ibl: IblSize,
+    /// Mitigation thunks the translator recognises (none by default).
+    pub thunks: Thunks,
     /// Bytes of the guest stack.
     pub stack_len: usize,
     /// Red zone: 128 (System V user code) or 0 (the kernel's setting; only for guest code
@@ -53,6 +55,7 @@ impl Options {
             arena_len: 8 << 20,
             placement: Placement::Anywhere,
             ibl: IblSize::Large,
+            thunks: Thunks::NONE,
             stack_len: 1 << 20,
             red_zone: RED_ZONE,
         }
@@ -129,6 +132,7 @@ impl Runtime {
             dispatcher,
             hooks: opts.hooks,
             ibl: opts.ibl,
+            thunks: opts.thunks,
         };
         let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
         signals::install();

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory, Stats,
+    CallRetPolicy, CodeCache, Config, Error, HookClass, IblSize, SliceMemory, Stats, Thunks,
 };
 use kdbt_host::text_section;
 
@@ -42,6 +42,7 @@ fn sweep(policy: CallRetPolicy, red_zone: u32, addr: u64, text: &[u8]) -> Result
         dispatcher: exec_base - 0x1000,
         hooks: HookClass::empty(),
         ibl: IblSize::Large,
+        thunks: Thunks::NONE,
     };
     // Touch every page first: page faults are not translation work.
     let arena: Vec<u8> = (0..64usize << 20).map(|i| i as u8).collect();

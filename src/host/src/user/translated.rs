@@ -7,7 +7,7 @@ use super::switch::{self, GuestContext, RED_ZONE};
 use super::syscall::{GuestOs, Outcome};
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, FragmentId,
-    GuestMemory, HookClass, IblSize, Stats, Step, TABLE_OFFSET,
+    GuestMemory, HookClass, IblSize, Stats, Step, Thunks, TABLE_OFFSET,
 };
 use kdbt_host::{ExecMemory, ProcessMemory};
 use std::fmt;
@@ -250,6 +250,7 @@ pub fn run(
         dispatcher: switch::dispatcher(),
         hooks: HookClass::SYSCALL,
         ibl: IblSize::Large,
+        thunks: Thunks::NONE,
     };
     let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
     let mut t = Translator {
