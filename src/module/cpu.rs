@@ -73,6 +73,7 @@ pub(crate) struct Setup {
     pub(crate) syscall: crate::syscall::Prologue,
     pub(crate) native: NativeRange,
     pub(crate) cache_bytes: usize,
+    pub(crate) thunks: kdbt_engine::Thunks,
 }
 
 impl CpuState {
@@ -85,7 +86,7 @@ impl CpuState {
         let (thunk_page, arena, data) = unsafe { region.split(thunks::SIZE)? };
         let cpu_id = u32::try_from(id).map_err(|_| EINVAL)?;
         let p = &setup.syscall;
-        let offs = entry::write_thunks(thunk_page, exec, region.data(), cpu_id, idt::has_error_code, &p.insns)
+        let offs = crate::thunk_page::write_thunks(thunk_page, exec, region.data(), cpu_id, idt::has_error_code, &p.insns, entry::entries())
             .ok_or(EINVAL)?;
         let native = |k: usize| p.insns.get(k).map_or(p.safe_stack, Instruction::ip);
         let syscall_map = [
@@ -109,6 +110,7 @@ impl CpuState {
             // The large lookup table (1 MiB of the arena): with the small one,
             // most of the kernel's returns and indirect branches miss.
             ibl: IblSize::Large,
+            thunks: setup.thunks,
         };
         let cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
             pr_err!("cpu {}: code cache: {}\n", id, e);

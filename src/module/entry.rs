@@ -16,13 +16,12 @@
 //! one `iretq`, so no interrupt lands half-way through a resume) or, for IST
 //! vectors, the kernel's handler with the frame in place.
 
-use alloc::vec::Vec;
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Register};
 
 use crate::dispatch;
-use crate::idt::VECTORS;
+pub(crate) use crate::thunk_page::{data, thunks, DESC_ERROR_CODE, DESC_PRIVATE_STACK, NMI_VECTOR};
+use crate::thunk_page::{Entries, VECTORS};
 
 /// Per-CPU words the entry asm reads, indexed by CPU id.
 ///
@@ -107,23 +106,6 @@ pub(crate) struct EntryFrame {
     pub(crate) word: u64,
 }
 
-/// Vector descriptor bit: the CPU pushed an error code.
-pub(crate) const DESC_ERROR_CODE: u64 = 1 << 8;
-/// Vector descriptor bit: the stub moved to the CPU's private NMI stack and
-/// pushed the address of the hardware frame first (the word above `word`).
-pub(crate) const DESC_PRIVATE_STACK: u64 = 1 << 9;
-
-/// The NMI vector, whose stub never writes below the hardware frame.
-pub(crate) const NMI_VECTOR: usize = 2;
-
-/// Layout of each region's data page (see `execmem::DATA_BYTES`).
-pub(crate) mod data {
-    /// The NMI stub saves `rax` here while it switches stacks.
-    pub(crate) const SAVED_RAX: usize = 0;
-    /// Top of the CPU's private NMI stack.
-    pub(crate) const NMI_STACK_TOP: usize = 8;
-}
-
 /// The interrupt frame the CPU pushes (above the error code, if any).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -154,47 +136,6 @@ const _: () = assert!(offset_of!(EntryFrame, rax) == 14 * 8);
 const _: () = assert!(offset_of!(EntryFrame, word) == offset_of!(EntryFrame, slot) + 8);
 const _: () = assert!(size_of::<EntryFrame>() == 17 * 8);
 const _: () = assert!(size_of::<HwFrame>() == 40);
-
-/// Byte layout of one CPU's thunk page (the start of its region).
-pub(crate) mod thunks {
-    /// 32 bytes per vector stub: `endbr64; push desc; push cpu; jmp idt_common`.
-    pub(crate) const VECTOR_STUB: usize = 32;
-    /// Offsets in a vector stub of the instructions after `endbr64`.
-    pub(crate) const STUB_PUSH_DESC: usize = 4;
-    pub(crate) const STUB_PUSH_CPU: usize = 9;
-    pub(crate) const STUB_JMP: usize = 14;
-    /// `endbr64`, the kernel's syscall prologue (`syscall::Prologue`), `jmp
-    /// [rip + target]`: the `syscall` entry (MSR_LSTAR).
-    pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
-    /// The 8-byte target of the `syscall` stub.
-    pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 56;
-    /// `endbr64; pushfq; cli; push cpu; jmp exit_common`: the engine's dispatcher entry.
-    pub(crate) const EXIT: usize = SYSCALL + 64;
-    /// The exit thunk's `pushfq` and `cli`: with `EXIT`, where it runs with
-    /// interrupts on (0, 0 and 1 words pushed).
-    pub(crate) const EXIT_PUSHFQ: usize = EXIT + 4;
-    pub(crate) const EXIT_CLI: usize = EXIT + 5;
-    /// The exit thunk's `push cpu` and `jmp`.
-    pub(crate) const EXIT_PUSH_CPU: usize = EXIT + 6;
-    pub(crate) const EXIT_JMP: usize = EXIT + 11;
-    /// `lea rsp, [rip + iret frame]; iretq`.
-    pub(crate) const RESUME: usize = SYSCALL + 96;
-    pub(crate) const RESUME_IRETQ: usize = RESUME + 7;
-    /// The 40-byte iret frame the resume thunk loads.
-    pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
-    /// A `ud2`, where the dispatcher sends a CPU it cannot resume.
-    pub(crate) const UD2: usize = SYSCALL + 192;
-    /// The NMI stub. The kernel's NMI entry keeps its nesting state just below
-    /// the hardware frame on the NMI stack ("NMI executing", the saved iret
-    /// and outermost frames), so this stub writes nothing there: it saves
-    /// `rax` in the data page, moves to a private stack and pushes the frame's
-    /// address there: `endbr64; mov [rip+d], rax; mov rax, rsp; mov rsp,
-    /// [rip+d+8]; push rax; mov rax, [rip+d]; push desc; push cpu; jmp
-    /// idt_common`. After `RESUME`: an event inside it nests.
-    pub(crate) const NMI_STUB: usize = SYSCALL + 256;
-    /// Bytes of thunks at the start of each region, before the engine's arena.
-    pub(crate) const SIZE: usize = 12 << 10;
-}
 
 macro_rules! dispatch_asm {
     ($handler:literal) => {
@@ -288,14 +229,9 @@ pub(crate) fn private_return_address() -> u64 {
     kdbt_private_return as usize as u64
 }
 
-/// Address of the common IDT entry.
-fn idt_common() -> u64 {
-    kdbt_idt_common as usize as u64
-}
-
-/// Address of the common exit from the code cache.
-fn exit_common() -> u64 {
-    kdbt_exit_common as usize as u64
+/// kdbt's common entry and exit, where the thunk page's stubs jump.
+pub(crate) fn entries() -> Entries {
+    Entries { idt_common: kdbt_idt_common as usize as u64, exit_common: kdbt_exit_common as usize as u64 }
 }
 
 /// # Safety
@@ -312,110 +248,4 @@ unsafe extern "C" fn kdbt_dispatch_idt(frame: *mut EntryFrame) {
 unsafe extern "C" fn kdbt_dispatch_exit(frame: *mut EntryFrame) {
     // SAFETY: the asm passes its frame, which lives until it returns.
     unsafe { dispatch::on_cache_exit(&mut *frame) }
-}
-
-/// Encodes `insns` at page offset `at` (executed at `exec + at`), and puts
-/// the page offset where each of the first `ends.len()` of them ends into
-/// `ends`; `None` if they do not fit below `limit` or do not encode.
-fn emit(page: &mut [u8], exec: u64, at: usize, limit: usize, insns: &[Instruction], ends: &mut [usize]) -> Option<()> {
-    let mut enc = Encoder::new(64);
-    let mut pos = at;
-    for (i, insn) in insns.iter().enumerate() {
-        pos += enc.encode(insn, exec + pos as u64).ok()?;
-        if let Some(end) = ends.get_mut(i) {
-            *end = pos;
-        }
-    }
-    let bytes = enc.take_buffer();
-    page.get_mut(at..at + bytes.len())?.copy_from_slice(&bytes);
-    (pos <= limit).then_some(())
-}
-
-fn rip_rel(addr: u64) -> MemoryOperand {
-    MemoryOperand::with_base_displ(Register::RIP, addr as i64)
-}
-
-/// Page offsets of the syscall stub's instructions after its `endbr64`: the
-/// kernel's prologue instructions, then the `jmp` into the translation.
-pub(crate) type SyscallOffsets = [usize; 4];
-
-/// Writes one CPU's thunks into `page` (executed at `exec`) for CPU `cpu`,
-/// whose region's data page executes at `data`; `prologue` is the kernel's
-/// syscall prologue (three instructions). Fails if kdbt's entry code is out
-/// of rel32 reach or a thunk outgrows its slot.
-pub(crate) fn write_thunks(
-    page: &mut [u8],
-    exec: u64,
-    data: u64,
-    cpu: u32,
-    has_error_code: impl Fn(usize) -> bool,
-    prologue: &[Instruction],
-) -> Option<SyscallOffsets> {
-    let page = page.get_mut(..thunks::SIZE)?;
-    page.fill(0xcc);
-    let cpu = i32::try_from(cpu).ok()?;
-    for vector in 0..VECTORS {
-        let at = vector * thunks::VECTOR_STUB;
-        let desc = vector as u64 | if has_error_code(vector) { DESC_ERROR_CODE } else { 0 };
-        let insns = [
-            Instruction::with(Code::Endbr64),
-            Instruction::with1(Code::Pushq_imm32, desc as i32).ok()?,
-            Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
-            Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
-        ];
-        // The dispatcher rolls an IST event inside a stub back by these offsets.
-        let mut ends = [0; 3];
-        emit(page, exec, at, at + thunks::VECTOR_STUB, &insns, &mut ends)?;
-        if ends != [thunks::STUB_PUSH_DESC, thunks::STUB_PUSH_CPU, thunks::STUB_JMP].map(|e| at + e) {
-            return None;
-        }
-    }
-    let mut syscall: Vec<Instruction> = Vec::new();
-    syscall.try_reserve(2 + prologue.len()).ok()?;
-    syscall.push(Instruction::with(Code::Endbr64));
-    syscall.extend_from_slice(prologue);
-    syscall.push(Instruction::with1(Code::Jmp_rm64, rip_rel(exec + thunks::SYSCALL_TARGET as u64)).ok()?);
-    let mut offsets: SyscallOffsets = [0; 4];
-    if syscall.len() != offsets.len() + 1 {
-        return None;
-    }
-    emit(page, exec, thunks::SYSCALL, thunks::SYSCALL_TARGET, &syscall, &mut offsets)?;
-    let exit = [
-        Instruction::with(Code::Endbr64),
-        Instruction::with(Code::Pushfq),
-        Instruction::with(Code::Cli),
-        Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
-        Instruction::with_branch(Code::Jmp_rel32_64, exit_common()).ok()?,
-    ];
-    // The dispatcher's rollback of an event inside the exit thunk relies on these offsets.
-    let mut ends = [0; 4];
-    emit(page, exec, thunks::EXIT, thunks::RESUME, &exit, &mut ends)?;
-    if ends != [thunks::EXIT_PUSHFQ, thunks::EXIT_CLI, thunks::EXIT_PUSH_CPU, thunks::EXIT_JMP] {
-        return None;
-    }
-    let resume = [
-        Instruction::with2(Code::Lea_r64_m, Register::RSP, rip_rel(exec + thunks::IRET_FRAME as u64)).ok()?,
-        Instruction::with(Code::Iretq),
-    ];
-    // An IST event at the `iretq` is rolled forward to the frame it loads.
-    let mut ends = [0; 1];
-    emit(page, exec, thunks::RESUME, thunks::IRET_FRAME, &resume, &mut ends)?;
-    if ends != [thunks::RESUME_IRETQ] {
-        return None;
-    }
-    emit(page, exec, thunks::UD2, thunks::NMI_STUB, &[Instruction::with(Code::Ud2)], &mut [])?;
-    let rax_slot = rip_rel(data + data::SAVED_RAX as u64);
-    let nmi = [
-        Instruction::with(Code::Endbr64),
-        Instruction::with2(Code::Mov_rm64_r64, rax_slot, Register::RAX).ok()?,
-        Instruction::with2(Code::Mov_r64_rm64, Register::RAX, Register::RSP).ok()?,
-        Instruction::with2(Code::Mov_r64_rm64, Register::RSP, rip_rel(data + data::NMI_STACK_TOP as u64)).ok()?,
-        Instruction::with1(Code::Push_r64, Register::RAX).ok()?,
-        Instruction::with2(Code::Mov_r64_rm64, Register::RAX, rax_slot).ok()?,
-        Instruction::with1(Code::Pushq_imm32, (NMI_VECTOR as u64 | DESC_PRIVATE_STACK) as i32).ok()?,
-        Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
-        Instruction::with_branch(Code::Jmp_rel32_64, idt_common()).ok()?,
-    ];
-    emit(page, exec, thunks::NMI_STUB, thunks::SIZE, &nmi, &mut [])?;
-    Some(offsets)
 }

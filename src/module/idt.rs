@@ -6,8 +6,7 @@
 use alloc::vec::Vec;
 use core::arch::asm;
 
-/// Gates in an x86-64 IDT.
-pub(crate) const VECTORS: usize = 256;
+pub(crate) use crate::thunk_page::VECTORS;
 
 /// One 16-byte interrupt gate.
 #[repr(C)]

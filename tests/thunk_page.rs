@@ -1,0 +1,157 @@
+//! kdbt's per-CPU thunk page (`src/module/thunk_page.rs`, compiled here as it is in the
+//! module) and the engine's fragments, checked for IBT: every address the CPU can reach
+//! through an IDT gate, `syscall` or an indirect branch into kdbt code begins with
+//! `endbr64`. The gates point at the vector and NMI stubs, MSR_LSTAR at the syscall stub,
+//! and the only indirect branch in emitted code (`jmp [rip + slot]` to the dispatcher when
+//! it is out of rel32 reach) at the exit thunk; lookup hits continue with `ret`, which IBT
+//! does not track.
+
+extern crate alloc;
+
+#[allow(dead_code)] // the module uses more of it than these tests
+#[path = "../src/module/thunk_page.rs"]
+mod thunk_page;
+
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand, Register};
+use kdbt_engine::CallRetPolicy;
+use kdbt_host::{Options, Placement, Runtime};
+use thunk_page::{thunks, Entries, NMI_VECTOR, VECTORS};
+
+const EXEC: u64 = 0xffff_ffff_c000_0000;
+const DATA: u64 = EXEC + 0x80_0000;
+
+fn first(page: &[u8], off: usize) -> Instruction {
+    Decoder::with_ip(64, &page[off..], EXEC + off as u64, DecoderOptions::NONE).decode()
+}
+
+/// The kernel's syscall prologue as `syscall::prologue` hands it over.
+fn prologue() -> Vec<Instruction> {
+    let gs = |d| MemoryOperand::with_base_displ(Register::None, d).with_segment(Register::GS);
+    vec![
+        Instruction::with(Code::Swapgs),
+        Instruction::with2(Code::Mov_rm64_r64, gs(0x6014), Register::RSP).unwrap(),
+        Instruction::with2(Code::Mov_r64_rm64, Register::RSP, gs(0x3f18)).unwrap(),
+    ]
+}
+
+trait WithSegment {
+    fn with_segment(self, seg: Register) -> Self;
+}
+
+impl WithSegment for MemoryOperand {
+    fn with_segment(mut self, seg: Register) -> Self {
+        self.segment_prefix = seg;
+        self
+    }
+}
+
+fn page() -> Vec<u8> {
+    let mut page = vec![0u8; thunks::SIZE];
+    let entries = Entries {
+        idt_common: EXEC - 0x10_0000,
+        exit_common: EXEC - 0x10_0100,
+    };
+    thunk_page::write_thunks(&mut page, EXEC, DATA, 3, |v| v == 14, &prologue(), entries)
+        .expect("thunk page");
+    page
+}
+
+#[test]
+fn every_gate_syscall_and_exit_target_begins_with_endbr64() {
+    let page = page();
+    let mut targets: Vec<(String, usize)> = (0..VECTORS)
+        .filter(|&v| v != NMI_VECTOR)
+        .map(|v| (format!("vector {v}"), v * thunks::VECTOR_STUB))
+        .collect();
+    targets.push(("NMI stub".into(), thunks::NMI_STUB));
+    targets.push(("syscall stub".into(), thunks::SYSCALL));
+    targets.push(("exit thunk".into(), thunks::EXIT));
+    for (what, off) in targets {
+        assert_eq!(
+            first(&page, off).code(),
+            Code::Endbr64,
+            "{what} at {off:#x}"
+        );
+    }
+}
+
+#[test]
+fn thunk_offsets_the_dispatcher_rolls_back_by_match_the_encoding() {
+    let page = page();
+    let mut off = thunks::EXIT;
+    let mut ends = Vec::new();
+    for _ in 0..4 {
+        off += first(&page, off).len();
+        ends.push(off);
+    }
+    let want = [
+        thunks::EXIT_PUSHFQ,
+        thunks::EXIT_CLI,
+        thunks::EXIT_PUSH_CPU,
+        thunks::EXIT_JMP,
+    ];
+    assert_eq!(ends, want);
+    assert_eq!(first(&page, thunks::EXIT_PUSHFQ).code(), Code::Pushfq);
+    assert_eq!(first(&page, thunks::RESUME_IRETQ).code(), Code::Iretq);
+}
+
+/// A function with a direct call, an indirect call, an indirect jump and returns.
+fn guest() -> Vec<u8> {
+    let mut c = vec![
+        0x48, 0x8d, 0x05, 0x0c, 0, 0, 0, // lea rax, [rip + g] (g at 0x13)
+        0xff, 0xd0, // call rax
+        0xe8, 0x04, 0, 0, 0,    // call h (at 0x12)
+        0xc3, // ret
+        0xcc, 0xcc, 0xcc, // padding
+        0xc3, // h: ret
+    ];
+    // g: lea rcx, [rip + k]; jmp rcx; k: ret
+    c.extend_from_slice(&[0x48, 0x8d, 0x0d, 0x02, 0, 0, 0, 0xff, 0xe1, 0xc3]);
+    c
+}
+
+#[test]
+fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
+    let code = guest();
+    let mut page = kdbt_host::ExecMemory::new(4096).expect("page");
+    page.as_mut()[..code.len()].copy_from_slice(&code);
+    // Far from the dispatcher trampoline, exits reach it through the arena's slot.
+    let dispatcher = kdbt_host::kdbt_host_trampolines_start as *const () as u64;
+    for placement in [Placement::Anywhere, Placement::Far(dispatcher)] {
+        let mut opts = Options::new(CallRetPolicy::Transparent);
+        opts.placement = placement;
+        let mut rt = Runtime::new(opts).expect("runtime");
+        rt.run(page.base(), &[]).expect("run");
+        let cache = rt.cache();
+        let slot = cache.exec_base() + kdbt_engine::DISPATCHER_SLOT_OFFSET as u64;
+        let arena = rt.arena_range();
+        let bytes = cache.arena().as_ref();
+        let mut indirect = 0;
+        // Each fragment, from its entry for as long as the PC map covers its code.
+        for off in 0..code.len() as u64 {
+            let Some(id) = cache.lookup(page.base() + off) else {
+                continue;
+            };
+            let mut at = cache.fragment_entry(id).expect("entry");
+            while cache.pc_map(at).is_some() {
+                let i = (at - arena.start) as usize;
+                let insn = Decoder::with_ip(64, &bytes[i..], at, DecoderOptions::NONE).decode();
+                if matches!(
+                    insn.flow_control(),
+                    FlowControl::IndirectBranch | FlowControl::IndirectCall
+                ) {
+                    indirect += 1;
+                    assert!(
+                        insn.is_ip_rel_memory_operand() && insn.ip_rel_memory_address() == slot,
+                        "{placement:?}: {:?} at {at:#x} branches indirectly elsewhere than the dispatcher slot",
+                        insn.code()
+                    );
+                }
+                at = insn.next_ip();
+            }
+        }
+        if matches!(placement, Placement::Far(_)) {
+            assert!(indirect > 0, "far placement: no exit went through the slot");
+        }
+    }
+}
