@@ -11,8 +11,21 @@ import re, subprocess, sys
 # Kernel trouble anywhere in the log fails the run: oopses, BUG/WARN
 # reports, kernel panics, and Rust panics ("rust_kernel: panicked at ...",
 # named on its own so that the pattern says so). The command-line echo is
-# exempt: it names panic=/oops= options.
-KERNEL_ERRORS = re.compile(r"Oops|BUG|WARNING|panicked|panic|general protection")
+# exempt: it names panic=/oops= options. A WARN report is "WARNING: CPU: ..."
+# (or "WARNING: at" from old kernels); the mitigation notices of an Intel
+# boot ("RETBleed: WARNING: Spectre v2 mitigation leaves CPU vulnerable") are
+# not kernel trouble.
+KERNEL_ERRORS = re.compile(r"Oops|BUG|WARNING: (?:CPU|at)|panicked|panic|general protection")
+
+
+def link_address(vmlinux, symbol):
+    """The address of `symbol` in vmlinux (the running kernel's, minus KASLR's offset)."""
+    out = subprocess.run(["nm", vmlinux], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[2] == symbol:
+            return int(fields[0], 16)
+    return None
 
 
 def objdump_insns(vmlinux, addr, count):
@@ -90,7 +103,9 @@ def main():
     elif not decoded:
         results.append((False, "decode_matches_objdump", "no decode: lines in the log"))
     else:
-        want = objdump_insns(vmlinux, decoded[0][0], len(decoded))
+        # The first line is kfree itself: with KASLR the kernel runs elsewhere than linked.
+        link = link_address(vmlinux, "kfree")
+        want = objdump_insns(vmlinux, link if link is not None else decoded[0][0], len(decoded))
         got = [(b, mn) for _, b, mn in decoded]
         mism = [f"kdbt {g} vs objdump {w[:2]}" for g, w in zip(got, want) if not same_insn(g, w)]
         ok = len(want) == len(got) and not mism

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: host tests (cargo test), user-space busybox check, VM suite.
-# Ends with one line "N passed, N failed" over everything.
+# `make test`: host tests (cargo test), user-space busybox check, the VM
+# suite on the small test kernel and on the distro-configuration kernel (each
+# built into the cache first if missing). Ends with one line
+# "N passed, N failed" over everything.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
@@ -22,10 +24,12 @@ echo "== host: user-check --quick (busybox under translation, both call/ret poli
 # instructions run from the cache; `make user-check` does them.
 if bash "$here/user-check.sh" --quick; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
-echo "== vm: tests/vm"
-bash "$here/vm-test.sh" | tee "$KDBT_BUILD/vm-test.log"
-read -r p f < <(sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$KDBT_BUILD/vm-test.log")
-passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
+for kernel in small distro; do
+    echo "== vm: tests/vm on the $kernel kernel"
+    KDBT_KERNEL=$kernel bash "$here/vm-test.sh" | tee "$KDBT_BUILD/vm-test-$kernel.log"
+    read -r p f < <(sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$KDBT_BUILD/vm-test-$kernel.log")
+    passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
+done
 
 echo "${passed} passed, ${failed} failed"
 [ "$failed" -eq 0 ]

@@ -3,8 +3,9 @@
 # KTAP results, plan, kernel errors in the console log, timeout, and the
 # decode check against objdump. One boot per pass:
 #   default    -smp 2, the whole suite, default code-cache size
-#   mincache   -smp 2, the whole suite, every test's cache at the smallest
-#              size the module allows
+#   mincache   -smp 2, the whole suite but hostile_gsbase (which runs at
+#              the smallest size itself), every test's cache at the smallest
+#              size the module allows, shortened by kdbt_test.quick=1
 #   smp1, smp4, smp8, smp64max2
 #              -smp 1 / 4 / 8 / 64 with the kernel's maxcpus=2 (64 possible CPU
 #              ids, 2 online at boot: QEMU's "-smp 2,maxcpus=64" gives the guest
@@ -19,6 +20,14 @@
 #              out); only smp_alternatives, which brings CPU 1 online under
 #              translation (the kernel patches its SMP code back in) and runs
 #              a lock-heavy load on both CPUs (not shortened)
+# With KDBT_KERNEL=distro (the Debian-configuration kernel, docs/distro.md),
+# results named distro-<pass>/<check>:
+#   all4       -smp 4, the whole suite
+#   rethunk    retbleed=force: return thunks and UNRET entry on the AMD-vendor
+#              TCG CPU (which otherwise needs none), translated_workloads
+#   intel      an Intel model (Skylake) with pti=off, translated_workloads
+#   intelpti   the same with PTI on, as the kernel selects it for that CPU:
+#              pti_refused (enable refuses with EOPNOTSUPP)
 # Prints KTAP-style results named <pass>/<check> and one count line
 # "vm: N passed, N failed" over all passes.
 # KDBT_PASSES="default smp4" runs only those passes; KDBT_TESTS=a,b runs only
@@ -35,35 +44,56 @@ MIN_CACHE_KB=3072
 REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug,module_reuse,static_key
 vmlinux="$("$here/kernel.sh")/vmlinux"
 passed=0; failed=0
-for pass in ${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2 smp2max1}; do
-    smp=2; mem=1G; only=; limit=1500; boot_cpus=
-    case "$pass" in
-        default) ;;
-        mincache) ;;
-        smp1) smp=1 ;;
-        smp4) smp=4 ;;
-        smp8) smp=8; mem=2G ;;
-        smp64max2) smp=64; boot_cpus=2 ;;
-        smp2max1) smp=2; boot_cpus=1 ;;
+if [ "$KDBT_KERNEL" = distro ]; then
+    passes="${KDBT_PASSES:-all4 rethunk intel intelpti}"
+else
+    passes="${KDBT_PASSES:-default mincache smp1 smp4 smp8 smp64max2 smp2max1}"
+fi
+# Skylake, as TCG can run it (QEMU drops what it lacks), without CX16 (see
+# docs/distro.md): the kernel's Intel paths.
+INTEL=Skylake-Client-v4,-cx16
+for pass in $passes; do
+    smp=2; mem=1G; only=; limit=1500; boot_cpus=; cpu=; extra=
+    case "$KDBT_KERNEL/$pass" in
+        distro/all4) smp=4 ;;
+        distro/rethunk) extra="retbleed=force"; only=translated_workloads ;;
+        distro/intel) cpu=$INTEL; extra="pti=off"; only=translated_workloads ;;
+        distro/intelpti) cpu=$INTEL; only=pti_refused ;;
+        distro/*) echo "not ok - distro-$pass/known_pass"; echo "    unknown pass '$pass'"; failed=$((failed + 1)); continue ;;
+        */default) ;;
+        */mincache) ;;
+        */smp1) smp=1 ;;
+        */smp4) smp=4 ;;
+        */smp8) smp=8; mem=2G ;;
+        */smp64max2) smp=64; boot_cpus=2 ;;
+        */smp2max1) smp=2; boot_cpus=1 ;;
         *) echo "not ok - $pass/known_pass"; echo "    unknown pass '$pass'"; failed=$((failed + 1)); continue ;;
     esac
-    case "$pass" in smp2max1) only=smp_alternatives; limit=300 ;; smp*) only=$REDUCED; limit=900 ;; esac
+    case "$KDBT_KERNEL/$pass" in
+        small/mincache) only=$(cd "$KDBT_ROOT/tests/vm" && ls t-*.sh | sed 's/^t-//; s/\.sh$//' | grep -vx hostile_gsbase | paste -sd,) ;;
+        small/smp2max1) only=smp_alternatives; limit=300 ;;
+        small/smp*) only=$REDUCED; limit=900 ;;
+        distro/rethunk | distro/intel | distro/intelpti) limit=600 ;;
+    esac
     only="${KDBT_TESTS:-$only}"
+    # Results of the distro kernel's passes are named distro-<pass>/...
+    name="$pass"; [ "$KDBT_KERNEL" = distro ] && name="distro-$pass"
     log="$KDBT_BUILD/vm/test-console-$pass.log"
     rm -f "$log"
-    append="${KDBT_APPEND:-} kdbt_test.cpus=${boot_cpus:-$smp}"
+    append="${KDBT_APPEND:-}${extra:+ $extra} kdbt_test.cpus=${boot_cpus:-$smp}"
     [ -n "$boot_cpus" ] && append="$append maxcpus=$boot_cpus kdbt_test.possible=$smp"
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
-    # The extra -smp boots: shorter workloads and fewer cycles (workload.inc).
-    case "$pass" in smp2max1) ;; smp*) append="$append kdbt_test.quick=1" ;; esac
-    echo "== vm pass: $pass (-smp $smp -m $mem${only:+, tests $only})"
+    # The extra -smp boots and mincache: shorter workloads and fewer cycles
+    # (workload.inc).
+    case "$KDBT_KERNEL/$pass" in small/smp2max1) ;; small/smp* | small/mincache) append="$append kdbt_test.quick=1" ;; esac
+    echo "== vm pass: $name (-smp $smp -m $mem${cpu:+ -cpu $cpu}${extra:+, $extra}${only:+, tests $only})"
     t0=$(date +%s)
-    KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 \
+    KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
         "$here/vm.sh" test "$log" "${KDBT_VM_TIMEOUT:-$limit}"
     rc=$?
-    echo "== vm pass: $pass took $(( $(date +%s) - t0 )) s"
-    out="$(python3 "$here/judge-vm.py" "$log" "$vmlinux" "$rc" "$pass")"
+    echo "== vm pass: $name took $(( $(date +%s) - t0 )) s"
+    out="$(python3 "$here/judge-vm.py" "$log" "$vmlinux" "$rc" "$name")"
     echo "$out" | grep -v '^vm: '
     read -r p f < <(echo "$out" | sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
     passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))

@@ -181,12 +181,27 @@ fn teardown(session: Option<KBox<Session>>) {
     }
 }
 
+/// `EOPNOTSUPP`, with the reason in the log, if the kernel enters through a
+/// mechanism kdbt does not translate (PTI active, FRED).
+fn unsupported_entry() -> Result {
+    // SAFETY: plain call; the helper returns a static string or null.
+    let reason = unsafe { crate::ffi::kdbt_unsupported_entry() };
+    if reason.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is one of the helper's static C strings.
+    let reason = unsafe { core::ffi::CStr::from_ptr(reason) };
+    pr_err!("cannot enable translation: {}\n", reason.to_str().unwrap_or("unsupported kernel entry"));
+    Err(crate::syscall::eopnotsupp())
+}
+
 /// Puts every online CPU under translation; `native` is kdbt's own text.
 pub(crate) fn enable(native: NativeRange) -> Result {
     let _c = Control::wait(true)?;
     if enabled() {
         return Ok(());
     }
+    unsupported_entry()?;
     let _h = NoHotplug::new();
     let d = idt::sidt();
     // SAFETY: `d` is this CPU's IDT register; all CPUs share the kernel's IDT.

@@ -16,6 +16,7 @@
 #include <linux/set_memory.h>
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
+#include <asm/cpufeature.h>
 
 #include "helpers.h"
 
@@ -39,6 +40,19 @@ void kdbt_control_unlock(void)
 unsigned long kdbt_page_kernel(void)
 {
 	return pgprot_val(PAGE_KERNEL);
+}
+
+/*
+ * Why this kernel's entry cannot be translated, or NULL. With PTI active the
+ * syscall entry switches CR3 before it has a stack; FRED replaces the IDT.
+ */
+const char *kdbt_unsupported_entry(void)
+{
+	if (cpu_feature_enabled(X86_FEATURE_PTI))
+		return "page-table isolation (PTI) is active; boot with pti=off";
+	if (cpu_feature_enabled(X86_FEATURE_FRED))
+		return "FRED is active; boot with fred=off";
+	return NULL;
 }
 
 unsigned int kdbt_this_cpu(void)

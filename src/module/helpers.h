@@ -9,6 +9,7 @@ int kdbt_control_lock(int interruptible);
 void kdbt_control_unlock(void);
 unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
+const char *kdbt_unsupported_entry(void);
 int kdbt_resolve_symbols(void);
 unsigned long kdbt_symbol(const char *name);
 void *kdbt_exec_alloc(size_t size, size_t rox);

@@ -29,7 +29,7 @@ pub(crate) struct Prologue {
 }
 
 /// `EOPNOTSUPP` (the 6.12 `kernel` crate does not name it).
-fn eopnotsupp() -> Error {
+pub(crate) fn eopnotsupp() -> Error {
     Error::from_errno(-(kernel::bindings::EOPNOTSUPP as i32))
 }
 

@@ -2,7 +2,7 @@
 # kprobes on a function only this case calls: kdbt_kprobe.ko
 # (tests/vm/modules/kprobe) arms a counting kprobe at __x64_sys_getppid (an
 # alias of __do_sys_getppid; at its fentry call the kernel makes an
-# ftrace-based probe) and at __x64_sys_getppid+5 (an int3 probe, which the
+# ftrace-based probe) and after that call (an int3 probe, which the
 # kprobe optimizer turns into a jump: waited for), and /kdbt/bin/sysloop
 # makes N getppid calls on each online CPU in turn (N = 5000, 1000 with
 # kdbt_test.quick=1): exactly N per CPU hits; after disarming, as many calls
@@ -26,35 +26,43 @@ calls() { # what: sysloop N on each online CPU
     done
 }
 base=$(awk -v s=$SYM '$3 == s { print $1; exit }' /proc/kallsyms)
-# The probe's kind in debugfs' kprobes list, found by address (the list
-# names $SYM by its alias __do_sys_getppid): FTRACE, OPTIMIZED, or int3.
-kind() { # offset
-    grep "^$(printf %016x $((0x$base + $1))) " $L | tr -s ' ' | cut -d' ' -f4- | sed 's/^$/int3/'
+# The probe's kind in debugfs' kprobes list, found by the address the kernel
+# gave it (/proc/kdbt_kprobe; the list names $SYM by its alias
+# __do_sys_getppid): FTRACE, OPTIMIZED, or int3.
+armed_at() { sed -n 's/.* at 0x\([0-9a-f]*\)$/\1/p' $P; }
+kind() {
+    grep "^$(printf %016x 0x$(armed_at)) " $L | tr -s ' ' | cut -d' ' -f4- | sed 's/^$/int3/'
 }
-probe() { # target what
-    case "$1" in *+*) off=${1#*+} ;; *) off=0 ;; esac
-    echo "arm $1" > $P || fail "$2: arming $1 failed"
+probe() { # offset what
+    off=$1
+    echo "arm $SYM+$off" > $P || fail "$2: arming $SYM+$off failed"
     # The optimizer turns an int3 probe into a jump some jiffies later.
     i=0
-    while [ $off != 0 ] && [ $i -lt 30 ] && ! kind $off | grep -q OPTIMIZED; do usleep 100000; i=$((i + 1)); done
-    k=$(kind $off)
-    [ -n "$k" ] || fail "$2: no probe at $1 in $L"
-    calls "$2, armed at $1"
-    expect_eq "$(cat $P)" "hits $HITS armed $SYM+$off" "$2: $1 ($k) after $N calls on each of CPUs $(echo $cpus)"
-    echo disarm > $P || fail "$2: disarming $1 failed"
+    while [ $off != 0 ] && [ $i -lt 30 ] && ! kind | grep -q OPTIMIZED; do usleep 100000; i=$((i + 1)); done
+    k=$(kind)
+    [ -n "$k" ] || fail "$2: no probe at $SYM+$off (0x$(armed_at)) in $L"
+    calls "$2, armed at $SYM+$off"
+    hits=$(cat $P)
+    expect_eq "${hits% at *}" "hits $HITS armed $SYM+$off" "$2: $SYM+$off ($k) after $N calls on each of CPUs $(echo $cpus)"
+    echo disarm > $P || fail "$2: disarming $SYM+$off failed"
     calls "$2, disarmed"
-    expect_eq "$(cat $P)" "hits $HITS disarmed" "$2: $1 after disarming and $HITS more calls"
-    echo "$2: $1 ($k): $HITS hits for $N calls on each of CPUs $(echo $cpus), none after disarming"
+    expect_eq "$(cat $P)" "hits $HITS disarmed" "$2: $SYM+$off after disarming and $HITS more calls"
+    echo "$2: $SYM+$off ($k): $HITS hits for $N calls on each of CPUs $(echo $cpus), none after disarming"
 }
+# A probe at the symbol lands on its fentry call, after the ENDBR on an IBT
+# kernel; the int3 probe goes on the instruction after that call.
+echo "arm $SYM" > $P || fail "arming $SYM failed"
+after_fentry=$(( 0x$(armed_at) - 0x$base + 5 ))
+echo disarm > $P
 calls "native, unarmed"
-probe $SYM native
-probe $SYM+5 native
+probe 0 native
+probe $after_fentry native
 kdbt_load
 echo 1 > $K/enabled || fail "enable failed"
 calls "translated, unarmed (hot)"
-probe $SYM translated
+probe 0 translated
 calls "translated, between probes"
-probe $SYM+5 translated
+probe $after_fentry translated
 echo 0 > $K/enabled || fail "disable failed"
 echo "blocks $(cat $K/stats/blocks_translated); $(inval_stats)"
 kdbt_unload

@@ -95,8 +95,9 @@ static ssize_t kp_read(struct file *file, char __user *ubuf, size_t len, loff_t 
 
 	mutex_lock(&kp_lock);
 	if (kp_armed)
-		n = scnprintf(buf, sizeof(buf), "hits %ld armed %s+%u\n", atomic_long_read(&kp_hits),
-			      kp_symbol, kp.offset);
+		n = scnprintf(buf, sizeof(buf), "hits %ld armed %s+%u at 0x%lx\n",
+			      atomic_long_read(&kp_hits), kp_symbol, kp.offset,
+			      (unsigned long)kp.addr);
 	else
 		n = scnprintf(buf, sizeof(buf), "hits %ld disarmed\n", atomic_long_read(&kp_hits));
 	mutex_unlock(&kp_lock);

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Stack traces taken while translated show the kernel functions they show
+# natively: /proc/PID/stack of a task that entered nanosleep under
+# translation (the ORC unwinder on the distro kernel, frame pointers on the
+# small one) lists the same functions as for one that did natively; and
+# sysrq-l's backtraces of every CPU (NMIs that interrupt translated code)
+# name kernel symbols only: no RIP or trace entry is a bare, symbol-less
+# address, which is what a code-cache address would print as.
+. ./lib.sh
+K=/sys/kernel/kdbt
+sleeper() { # file
+    sleep 100 &
+    pid=$!
+    usleep 300000
+    cat /proc/$pid/stack > "$1"
+    kill $pid
+    wait $pid 2> /dev/null
+    [ -s "$1" ] || fail "empty /proc/$pid/stack"
+}
+funcs() { sed 's/^\[<[0-9a-f]*>\] //; s/+0x[0-9a-f]*\/0x[0-9a-f]*$//' "$1"; }
+sleeper /tmp/st.native
+kdbt_load
+echo 1 > $K/enabled || fail "enable failed"
+sleeper /tmp/st.translated
+funcs /tmp/st.native > /tmp/st.native.f
+funcs /tmp/st.translated > /tmp/st.translated.f
+diff /tmp/st.native.f /tmp/st.translated.f || fail "/proc/PID/stack differs translated"
+echo "sleeping task, translated: $(cat /tmp/st.translated.f | tr '\n' ' ')"
+if [ -w /proc/sysrq-trigger ]; then
+    echo "kdbt-test: sysrq-l" > /dev/kmsg
+    echo l > /proc/sysrq-trigger
+    usleep 500000
+    dmesg | sed -n '/kdbt-test: sysrq-l/,$p' > /tmp/sysrq.log
+    n=$(grep -c "RIP: 0010:" /tmp/sysrq.log)
+    [ "$n" -gt 0 ] || { cat /tmp/sysrq.log; fail "sysrq-l printed no backtrace"; }
+    if grep -E 'RIP: 0010:0x|^\[[ 0-9.]*\] +(\? )?0x[0-9a-f]+' /tmp/sysrq.log; then
+        fail "a backtrace holds a bare address"
+    fi
+    echo "sysrq-l: $n CPU backtraces, every RIP and frame a kernel symbol"
+fi
+echo 0 > $K/enabled
+kdbt_unload
