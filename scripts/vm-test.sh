@@ -22,7 +22,7 @@
 #              a lock-heavy load on both CPUs (not shortened)
 # With KDBT_KERNEL=distro (the Debian-configuration kernel, docs/distro.md),
 # results named distro-<pass>/<check>:
-#   all4       -smp 4, the whole suite
+#   all4       -smp 4, the whole suite, shortened by kdbt_test.quick=1
 #   rethunk    retbleed=force: return thunks and UNRET entry on the AMD-vendor
 #              TCG CPU (which otherwise needs none), translated_workloads
 #   intel      an Intel model (Skylake) with pti=off, translated_workloads
@@ -84,9 +84,12 @@ for pass in $passes; do
     [ -n "$boot_cpus" ] && append="$append maxcpus=$boot_cpus kdbt_test.possible=$smp"
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
-    # The extra -smp boots and mincache: shorter workloads and fewer cycles
-    # (workload.inc).
-    case "$KDBT_KERNEL/$pass" in small/smp2max1) ;; small/smp* | small/mincache) append="$append kdbt_test.quick=1" ;; esac
+    # The extra -smp boots, mincache and all4: shorter workloads and fewer
+    # cycles (workload.inc).
+    case "$KDBT_KERNEL/$pass" in
+        small/smp2max1) ;;
+        small/smp* | small/mincache | distro/all4) append="$append kdbt_test.quick=1" ;;
+    esac
     echo "== vm pass: $name (-smp $smp -m $mem${cpu:+ -cpu $cpu}${extra:+, $extra}${only:+, tests $only})"
     t0=$(date +%s)
     KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
