@@ -20,6 +20,11 @@ echo 0 > /proc/sys/kernel/randomize_va_space
 st=/sys/kernel/kdbt/stats
 # The code-change benchmark's static key (lmbench skips it without the module).
 insmod /kdbt/modules/kdbt_skey.ko || echo "kdbt-bench: FAIL insmod kdbt_skey"
+# One unmeasured native pass first: under -icount the clock counts every
+# vCPU's instructions, so the kernel's own after-boot work (the distro
+# kernel's deferred initcalls and workers) would be charged to whichever pass
+# runs first; and caches (dentries, page cache, slabs) are warm for both.
+$bin "$scale" > /dev/null || echo "kdbt-bench: FAIL warm-up run exited $?"
 echo; echo "=== kdbt bench native (scale $scale%) ==="
 $bin "$scale" || echo "kdbt-bench: FAIL native run exited $?"
 echo "=== kdbt bench native end ==="
