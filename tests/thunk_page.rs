@@ -26,23 +26,12 @@ fn first(page: &[u8], off: usize) -> Instruction {
 
 /// The kernel's syscall prologue as `syscall::prologue` hands it over.
 fn prologue() -> Vec<Instruction> {
-    let gs = |d| MemoryOperand::with_base_displ(Register::None, d).with_segment(Register::GS);
+    let gs = |d| MemoryOperand::new(Register::None, Register::None, 1, d, 4, false, Register::GS);
     vec![
         Instruction::with(Code::Swapgs),
         Instruction::with2(Code::Mov_rm64_r64, gs(0x6014), Register::RSP).unwrap(),
         Instruction::with2(Code::Mov_r64_rm64, Register::RSP, gs(0x3f18)).unwrap(),
     ]
-}
-
-trait WithSegment {
-    fn with_segment(self, seg: Register) -> Self;
-}
-
-impl WithSegment for MemoryOperand {
-    fn with_segment(mut self, seg: Register) -> Self {
-        self.segment_prefix = seg;
-        self
-    }
 }
 
 fn page() -> Vec<u8> {

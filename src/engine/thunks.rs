@@ -46,9 +46,7 @@ impl Thunks {
         returns: [0; 8],
         indirect: [ThunkArray::NONE; 4],
     };
-}
 
-impl Thunks {
     /// The register whose indirect thunk is at `target`.
     fn indirect_register(&self, target: u64) -> Option<Register> {
         self.indirect.iter().find_map(|a| {
