@@ -10,6 +10,7 @@
 
 use alloc::vec::Vec;
 
+use crate::client::{Client, ClientKind};
 use crate::config::Config;
 use crate::emit::Scratch;
 use crate::error::Error;
@@ -56,6 +57,12 @@ pub(crate) struct Fragment {
     pub first_exit: u32,
     /// First exit linked to this fragment, or [`NONE`].
     pub incoming: u32,
+    /// The client's block-table slot of this fragment's range, or [`NONE`].
+    pub slot: u32,
+    /// Count client: arena offset of the execution counter, 0 without one.
+    pub counter: u32,
+    /// Count client: fragment-relative code offset from which an execution is counted.
+    pub commit: u32,
 }
 
 impl Fragment {
@@ -98,6 +105,7 @@ pub struct CodeCache<A> {
     shapes: Vec<Shape>,
     pub(crate) stats: Stats,
     scratch: Scratch,
+    client: Option<Client>,
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -127,6 +135,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             shapes: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::new(),
+            client: None,
         };
         cache.scratch.reserve()?;
         crate::decode::warm_up(&mut cache.scratch.encoded);
@@ -317,6 +326,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             table: self.exec_base.wrapping_add(TABLE_OFFSET as u64),
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
+            count_write: self
+                .client
+                .filter(|c| c.kind == ClientKind::Count)
+                .map(|c| c.write_offset),
         };
         self.scratch.reserve()?;
         let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
@@ -360,9 +373,9 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             _ => return Err(full),
         };
         let id = u32::try_from(self.fragments.len()).map_err(|_| full)?;
-        let slot = match self.guest_index(pc) {
+        let at = match self.guest_index(pc) {
             Ok(_) => return Err(Error::UnknownFragment),
-            Err(slot) => slot,
+            Err(at) => at,
         };
         // Every allocation first: on failure nothing has changed. Pools grow by a quarter
         // (not doubling), so their spare capacity stays small next to the cache.
@@ -381,14 +394,21 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         for _ in &built.exits {
             self.next_incoming.push(NONE);
         }
+        let slot = self.record(pc, built.guest_len);
+        let (counter, commit) = built
+            .counter
+            .map_or((0, 0), |(lit, commit)| (start.saturating_add(lit), commit));
         self.fragments.push(Fragment {
             guest_pc: pc,
             start,
             meta: start.saturating_add(code),
             first_exit,
             incoming: NONE,
+            slot,
+            counter,
+            commit,
         });
-        self.by_guest.insert(slot, id);
+        self.by_guest.insert(at, id);
         self.cursor = end;
         self.table_insert(pc, base);
         self.stats.blocks += 1;
@@ -486,6 +506,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// memory goes back to the heap, so the heap the cache holds follows the code it
     /// describes rather than its peak.
     pub fn flush(&mut self) {
+        self.harvest();
         self.fragments = Vec::new();
         self.by_guest = Vec::new();
         self.next_incoming = Vec::new();
@@ -496,16 +517,124 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.stats.flushes += 1;
     }
 
-    /// The fragment whose code contains `cache_pc`, its stream positioned after the header,
-    /// the header, and the fragment-relative offset.
-    fn fragment_at(&self, cache_pc: u64) -> Option<(Stream<'_>, Header, u32)> {
+    /// The client, if any.
+    pub fn client(&self) -> Option<Client> {
+        self.client
+    }
+
+    /// Changes the client: the counts so far go to the old client's table, then the cache
+    /// is flushed (translations carry the client's code and table slots).
+    pub fn set_client(&mut self, client: Option<Client>) {
+        self.flush();
+        self.client = client;
+    }
+
+    /// Forgets the counts not yet harvested and flushes: for a table about to be cleared.
+    pub fn discard_client_data(&mut self) {
+        for f in &mut self.fragments {
+            f.counter = 0;
+        }
+        self.flush();
+    }
+
+    /// The client's table slot for a new block's range; counted when there is no room.
+    fn record(&mut self, pc: u64, guest_len: u64) -> u32 {
+        let Some(client) = self.client else {
+            return NONE;
+        };
+        let slot = u32::try_from(guest_len)
+            .ok()
+            .and_then(|len| client.table.insert(pc, len));
+        slot.unwrap_or_else(|| {
+            self.stats.client_dropped += 1;
+            NONE
+        })
+    }
+
+    /// Count client: adds every fragment's counter to its range's count in the table and
+    /// zeroes it. On the CPU that runs this cache's code, with that code not running.
+    pub fn harvest(&mut self) {
+        let Some(client) = self.client else {
+            return;
+        };
+        for i in 0..self.fragments.len() {
+            let Some(f) = self.fragments.get(i) else {
+                break;
+            };
+            let (counter, slot) = (f.counter as usize, f.slot);
+            if counter == 0 || slot == NONE {
+                continue;
+            }
+            if let Some(n) = self.read_u64(counter).filter(|&n| n != 0) {
+                client.table.add(slot, n);
+                self.write_u64(counter, 0);
+            }
+        }
+    }
+
+    /// Count client: code interrupted at `cache_pc` was rolled back to guest state
+    /// (the PC map's), and will go on from a fragment entry. If the block's execution was
+    /// already counted, only the instructions before the rollback point ran: the count
+    /// moves from the block to that prefix's range. `true` if a count moved.
+    pub fn interrupted(&mut self, cache_pc: u64, mem: &dyn GuestMemory) -> bool {
+        let Some(client) = self.client else {
+            return false;
+        };
+        let Some((idx, rel)) = self.fragment_index(cache_pc) else {
+            return false;
+        };
+        let Some(f) = self.fragments.get(idx) else {
+            return false;
+        };
+        let (start, counter, commit) = (f.guest_pc, f.counter as usize, f.commit);
+        if counter == 0 || rel < commit {
+            return false;
+        }
+        let (Some(m), Some(h)) = (self.pc_map(cache_pc), self.header(f)) else {
+            return false;
+        };
+        let end = start.wrapping_add(h.guest_len);
+        // Guest state before `done`: the instructions from `start` up to it ran.
+        let done = if m.rollback.rip == RipSource::Guest(m.insn_pc) {
+            m.insn_pc
+        } else {
+            match crate::decode::length(mem, m.insn_pc) {
+                Some(len) => m.insn_pc.wrapping_add(len),
+                None => return false,
+            }
+        };
+        if done < start || done >= end {
+            return false;
+        }
+        let Some(n) = self.read_u64(counter) else {
+            return false;
+        };
+        self.write_u64(counter, n.wrapping_sub(1));
+        if done > start {
+            match client.table.insert(start, (done - start) as u32) {
+                Some(slot) => client.table.add(slot, 1),
+                None => self.stats.client_dropped += 1,
+            }
+        }
+        true
+    }
+
+    /// The index of the fragment whose code contains `cache_pc`, and the offset in it.
+    fn fragment_index(&self, cache_pc: u64) -> Option<(usize, u32)> {
         let off = u32::try_from(cache_pc.checked_sub(self.exec_base)?).ok()?;
         let idx = self
             .fragments
             .partition_point(|f| f.start <= off)
             .checked_sub(1)?;
         let f = self.fragments.get(idx)?;
-        let rel = off.saturating_sub(f.start);
+        Some((idx, off.saturating_sub(f.start)))
+    }
+
+    /// The fragment whose code contains `cache_pc`, its stream positioned after the header,
+    /// the header, and the fragment-relative offset.
+    fn fragment_at(&self, cache_pc: u64) -> Option<(Stream<'_>, Header, u32)> {
+        let (idx, rel) = self.fragment_index(cache_pc)?;
+        let f = self.fragments.get(idx)?;
         let mut s = self.stream(f);
         let h = s.header()?;
         (rel < h.code_end).then_some((s, h, rel))

@@ -21,6 +21,7 @@
 extern crate alloc;
 
 mod cache;
+mod client;
 mod config;
 mod decode;
 mod dispatch;
@@ -38,6 +39,7 @@ mod thunks;
 mod translate;
 
 pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
+pub use client::{BlockRange, BlockSlot, BlockTable, Client, ClientKind};
 pub use config::{CallRetPolicy, Config, IblSize};
 pub use dispatch::{Dispatch, Embedder, Step};
 pub use error::{Error, Unsupported};

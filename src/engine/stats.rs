@@ -35,6 +35,8 @@ pub struct Stats {
     pub invalidations: u64,
     /// Fragments invalidated (by a range or one at a time).
     pub blocks_invalidated: u64,
+    /// Ranges a client could not record: its block table had no room.
+    pub client_dropped: u64,
 }
 
 impl Stats {
@@ -55,5 +57,6 @@ impl Stats {
         self.blocks_invalidated = self
             .blocks_invalidated
             .wrapping_add(other.blocks_invalidated);
+        self.client_dropped = self.client_dropped.wrapping_add(other.client_dropped);
     }
 }

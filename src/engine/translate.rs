@@ -31,6 +31,9 @@ pub(crate) struct Layout {
     pub dispatcher_slot: u64,
     /// Id of the fragment's first exit.
     pub first_exit: u32,
+    /// Count client: the writable view's offset from the code (`Client::write_offset`);
+    /// the fragment then starts with its execution counter's increment.
+    pub count_write: Option<u64>,
 }
 
 /// One exit of a fragment under construction.
@@ -57,6 +60,20 @@ pub(crate) struct Built {
     pub return_sites: Vec<(u32, u64)>,
     pub guest_len: u64,
     pub guest_insns: u32,
+    /// Count client: the counter literal's fragment offset, and the code offset from which
+    /// this execution is counted.
+    pub counter: Option<(u32, u32)>,
+}
+
+/// The count client's increment in a fragment under construction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counter {
+    /// Literal index of the counter.
+    lit: usize,
+    /// Fragment offsets of the load's and the store's 64-bit address fields.
+    fields: [usize; 2],
+    /// Code offset just after the store.
+    commit: u32,
 }
 
 /// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
@@ -123,6 +140,7 @@ pub(crate) struct Builder<'c> {
     /// iced's encoder output (reserved room for one instruction).
     pub enc: Vec<u8>,
     pub info: Option<InstructionInfoFactory>,
+    pub counter: Option<Counter>,
 }
 
 /// Translates the guest block at `pc`.
@@ -157,7 +175,11 @@ fn build_from(
         return_sites: core::mem::take(&mut scratch.return_sites),
         enc: core::mem::take(&mut scratch.encoded),
         info: scratch.info.take(),
+        counter: None,
     };
+    if layout.count_write.is_some() {
+        b.count_prefix(pc);
+    }
     let mut ip = pc;
     let mut count = 0u32;
     loop {
@@ -335,6 +357,44 @@ impl Builder<'_> {
                 Ok(self.after_copy(insn, hooks::copied_flow(insn)))
             }
         }
+    }
+
+    /// The count client's increment of this fragment's counter, before the guest code:
+    ///
+    /// ```text
+    /// lea  rsp, [rsp - red_zone]
+    /// push rax
+    /// mov  rax, [counter]        ; moffs64: the counter's writable address
+    /// lea  rax, [rax + 1]
+    /// mov  [counter], rax        ; counted from here
+    /// pop  rax
+    /// lea  rsp, [rsp + red_zone]
+    /// ```
+    ///
+    /// No flag changes. Interrupted before the store, the rollback restores `rax` and `rsp`
+    /// and the block runs again from its start, increment included; after it,
+    /// [`crate::CodeCache::interrupted`] takes the execution back from the counter.
+    fn count_prefix(&mut self, pc: u64) {
+        let rz = self.rz();
+        let rax = [Some(Restore::new(Gpr::Rax, 0)), None, None];
+        let lit = self.e.literal(0);
+        self.e.map(pc, Rollback::at(pc));
+        self.e.lea_rsp(-to_i32(rz));
+        self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
+        self.e.push(Gpr::Rax);
+        self.e.map(pc, rb(rax, rz + 8, RipSource::Guest(pc)));
+        let load = self.e.mov_rax_moffs();
+        self.e.lea_rax_plus_one();
+        let store = self.e.mov_moffs_rax();
+        let commit = self.off32();
+        self.e.pop(Gpr::Rax);
+        self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
+        self.e.lea_rsp(to_i32(rz));
+        self.counter = Some(Counter {
+            lit,
+            fields: [load, store],
+            commit,
+        });
     }
 
     /// Ends the fragment as needed after an instruction copied as is; `true` if it ended.
@@ -632,6 +692,18 @@ impl Builder<'_> {
                 capacity: MAX_FRAGMENT as u32,
             });
         }
+        let counter = self.counter.map(|c| {
+            let off = literal_base + c.lit * 8;
+            let addr = self
+                .layout
+                .base
+                .wrapping_add(self.layout.count_write.unwrap_or(0))
+                .wrapping_add(off as u64);
+            for field in c.fields {
+                self.e.patch_u64(field, addr);
+            }
+            (u32::try_from(off).unwrap_or(u32::MAX), c.commit)
+        });
         if self.e.resolve(&self.exits, literal_base).is_none() {
             let pc = self.layout.base;
             self.recycle(scratch);
@@ -650,6 +722,7 @@ impl Builder<'_> {
             return_sites: self.return_sites,
             guest_len,
             guest_insns,
+            counter,
         })
     }
 }

@@ -1,0 +1,275 @@
+//! Instrumentation clients on real translated code: coverage records exactly the blocks a
+//! run reached, count gives exact execution counts (across runs, links and flushes), the
+//! count client's inserted code is precise under single-stepping, and an interrupt after
+//! the count moves it to the prefix that ran.
+
+mod common;
+
+use std::hint::black_box;
+
+use kdbt_engine::{BlockRange, BlockSlot, BlockTable, CallRetPolicy, Client, ClientKind};
+use kdbt_host::{Options, Placement, ProcessMemory, Runtime};
+
+fn table(n: usize) -> BlockTable<'static> {
+    let slots: Vec<BlockSlot> = (0..n).map(|_| BlockSlot::new()).collect();
+    BlockTable::new(Box::leak(slots.into_boxed_slice()))
+}
+
+fn runtime(policy: CallRetPolicy, kind: ClientKind, near: u64) -> (Runtime, BlockTable<'static>) {
+    let mut opts = Options::new(policy);
+    opts.placement = Placement::Near(near);
+    let mut rt = Runtime::new(opts).expect("runtime");
+    let table = table(1 << 14);
+    rt.cache_mut().set_client(Some(Client {
+        kind,
+        table,
+        // The host arena is mapped writable and executable at the same address.
+        write_offset: 0,
+    }));
+    (rt, table)
+}
+
+fn ranges_at(table: &BlockTable<'_>, start: u64) -> Vec<BlockRange> {
+    table.ranges().filter(|r| r.start == start).collect()
+}
+
+/// Executions entering `start`: the counts of every range starting there.
+fn entries_at(table: &BlockTable<'_>, start: u64) -> u64 {
+    ranges_at(table, start).iter().map(|r| r.count).sum()
+}
+
+#[inline(never)]
+extern "C" fn arm0(x: u64) -> u64 {
+    black_box(x.wrapping_mul(3) ^ 0x11)
+}
+#[inline(never)]
+extern "C" fn arm1(x: u64) -> u64 {
+    black_box(x.rotate_left(5) ^ 0x22)
+}
+#[inline(never)]
+extern "C" fn arm2(x: u64) -> u64 {
+    black_box(x.wrapping_add(0x3333))
+}
+#[inline(never)]
+extern "C" fn arm3(x: u64) -> u64 {
+    black_box(x.wrapping_sub(0x4444) ^ 7)
+}
+
+/// Calls arm `i` for every bit `i` set in `v`.
+#[inline(never)]
+extern "C" fn branchy(v: u64, x: u64) -> u64 {
+    let mut r = x;
+    if black_box(v) & 1 != 0 {
+        r = arm0(r);
+    }
+    if black_box(v) & 2 != 0 {
+        r = arm1(r);
+    }
+    if black_box(v) & 4 != 0 {
+        r = arm2(r);
+    }
+    if black_box(v) & 8 != 0 {
+        r = arm3(r);
+    }
+    r
+}
+
+#[inline(never)]
+extern "C" fn body(x: u64) -> u64 {
+    black_box(x.wrapping_mul(0x9e37_79b9).rotate_left(3))
+}
+
+/// Runs `body` `n` times.
+#[inline(never)]
+extern "C" fn looped(n: u64, x: u64) -> u64 {
+    let mut v = x;
+    for _ in 0..black_box(n) {
+        v = body(v);
+    }
+    v
+}
+
+const ARMS: [extern "C" fn(u64) -> u64; 4] = [arm0, arm1, arm2, arm3];
+
+#[test]
+fn coverage_records_exactly_the_arms_a_run_reached() {
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let entry = branchy as *const () as u64;
+        let (mut rt, table) = runtime(policy, ClientKind::Coverage, entry);
+        assert_eq!(
+            rt.run(entry, &[0b0101, 9]).expect("run"),
+            branchy(0b0101, 9)
+        );
+        assert_eq!(
+            rt.run(entry, &[0b0100, 9]).expect("run"),
+            branchy(0b0100, 9)
+        );
+        for (i, arm) in ARMS.iter().enumerate() {
+            let covered = !ranges_at(&table, *arm as *const () as u64).is_empty();
+            assert_eq!(covered, i == 0 || i == 2, "{policy:?}: arm {i}");
+        }
+        assert!(
+            !ranges_at(&table, entry).is_empty(),
+            "{policy:?}: entry block"
+        );
+        assert!(
+            table.ranges().all(|r| r.count == 0),
+            "coverage counts nothing"
+        );
+        // A flush keeps what was recorded; later runs add to it.
+        rt.cache_mut().flush();
+        rt.run(entry, &[0b1000, 1]).expect("run");
+        let arm3 = arm3 as *const () as u64;
+        assert!(!ranges_at(&table, arm3).is_empty());
+        assert!(!ranges_at(&table, arm0 as *const () as u64).is_empty());
+        assert!(ranges_at(&table, arm1 as *const () as u64).is_empty());
+    }
+}
+
+#[test]
+fn count_gives_exact_executions_across_runs_links_and_flushes() {
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let entry = looped as *const () as u64;
+        let body_pc = body as *const () as u64;
+        let (mut rt, table) = runtime(policy, ClientKind::Count, entry);
+        assert_eq!(rt.run(entry, &[1000, 5]).expect("run"), looped(1000, 5));
+        rt.cache_mut().harvest();
+        assert_eq!(entries_at(&table, body_pc), 1000, "{policy:?}: first run");
+        assert_eq!(entries_at(&table, entry), 1, "{policy:?}: function entry");
+        assert!(rt.cache().stats().links > 0, "the loop ran linked");
+        rt.run(entry, &[37, 5]).expect("run");
+        // The flush harvests what the runs since the last harvest counted.
+        rt.cache_mut().flush();
+        assert_eq!(
+            entries_at(&table, body_pc),
+            1037,
+            "{policy:?}: after a flush"
+        );
+        rt.run(entry, &[3, 5]).expect("run");
+        rt.cache_mut().harvest();
+        rt.cache_mut().harvest();
+        assert_eq!(
+            entries_at(&table, body_pc),
+            1040,
+            "{policy:?}: harvest twice"
+        );
+        assert_eq!(entries_at(&table, entry), 3);
+    }
+}
+
+#[test]
+fn count_prefix_only_shows_native_states_when_single_stepped() {
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let entry = looped as *const () as u64;
+        let (mut rt, _) = runtime(policy, ClientKind::Count, entry);
+        let what = format!("count client {policy:?}");
+        let (result, seen) =
+            common::assert_stepped_states_are_native(&mut rt, entry, &[5, 3], || {}, &what);
+        assert_eq!(result, looped(5, 3));
+        // Each stepped block trapped inside its increment, with rax spilled.
+        assert!(seen.spills > 10, "{what}: {seen:?}");
+    }
+}
+
+#[test]
+fn an_interrupt_after_the_count_moves_it_to_the_prefix_that_ran() {
+    let entry = looped as *const () as u64;
+    let (mut rt, table) = runtime(CallRetPolicy::Transparent, ClientKind::Count, entry);
+    rt.run(entry, &[10, 1]).expect("run");
+    rt.cache_mut().harvest();
+    let full = ranges_at(&table, entry);
+    assert_eq!(full.len(), 1);
+    let len = u64::from(full[0].len);
+    // An instruction boundary inside the entry block, in its copied code.
+    let mid = (1..len)
+        .map(|d| entry + d)
+        .find(|&pc| {
+            rt.cache()
+                .cache_pc_for(pc)
+                .is_some_and(|c| rt.cache().pc_map(c).is_some_and(|m| m.insn_pc == pc))
+        })
+        .expect("a copied instruction after the first");
+    let cache_pc = rt.cache().cache_pc_for(mid).expect("mapped");
+    rt.run(entry, &[10, 1]).expect("run");
+    assert!(rt.cache_mut().interrupted(cache_pc, &ProcessMemory));
+    rt.cache_mut().harvest();
+    let mut after = ranges_at(&table, entry);
+    after.sort_by_key(|r| r.len);
+    assert_eq!(after.len(), 2, "{after:x?}");
+    assert_eq!(u64::from(after[0].len), mid - entry, "the prefix");
+    assert_eq!(after[0].count, 1);
+    assert_eq!(
+        after[1].count, 1,
+        "the second run's full execution was taken back"
+    );
+    assert_eq!(
+        entries_at(&table, entry),
+        2,
+        "entries into the block stay exact"
+    );
+    // Before the increment's store nothing was counted: nothing to move.
+    let start = rt.cache().cache_pc_for(entry).expect("entry");
+    assert!(!rt.cache_mut().interrupted(start, &ProcessMemory));
+}
+
+#[test]
+fn no_client_adds_no_code() {
+    let entry = looped as *const () as u64;
+    let mut sizes = Vec::new();
+    for client in [None, Some(ClientKind::Coverage), Some(ClientKind::Count)] {
+        let mut opts = Options::new(CallRetPolicy::Transparent);
+        opts.placement = Placement::Near(entry);
+        let mut rt = Runtime::new(opts).expect("runtime");
+        if let Some(kind) = client {
+            let t = table(1 << 10);
+            rt.cache_mut().set_client(Some(Client {
+                kind,
+                table: t,
+                write_offset: 0,
+            }));
+        }
+        rt.run(entry, &[4, 1]).expect("run");
+        sizes.push(rt.cache().stats().cache_bytes);
+    }
+    assert_eq!(sizes[0], sizes[1], "coverage leaves translations unchanged");
+    assert!(sizes[2] > sizes[0], "count adds its increment: {sizes:?}");
+}
+
+#[test]
+fn count_prefix_decodes_to_a_flag_free_increment_of_the_fragments_counter() {
+    use iced_x86::{Code, Decoder, DecoderOptions, Register};
+    let entry = looped as *const () as u64;
+    let (mut rt, _) = runtime(CallRetPolicy::Transparent, ClientKind::Count, entry);
+    rt.run(entry, &[1, 1]).expect("run");
+    let at = rt.cache().cache_pc_for(entry).expect("translated");
+    let off = (at - rt.cache().exec_base()) as usize;
+    // The host's red zone (128 bytes) is skipped first and restored last.
+    let code = &rt.cache().arena().as_ref()[off..off + 39];
+    let all: Vec<_> = Decoder::with_ip(64, code, at, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    assert_eq!(all[0].code(), Code::Lea_r64_m);
+    assert_eq!(all[0].memory_displacement64() as i64, -128);
+    assert_eq!(all[6].code(), Code::Lea_r64_m);
+    assert_eq!(all[6].memory_displacement64(), 128);
+    let insns = &all[1..6];
+    let codes: Vec<Code> = insns.iter().map(|i| i.code()).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Push_r64,
+            Code::Mov_RAX_moffs64,
+            Code::Lea_r64_m,
+            Code::Mov_moffs64_RAX,
+            Code::Pop_r64
+        ]
+    );
+    assert!(insns.iter().all(|i| i.rflags_modified() == 0));
+    assert_eq!(insns[2].memory_base(), Register::RAX);
+    assert_eq!(insns[2].memory_displacement64(), 1);
+    // Load and store name the same counter, 8-byte aligned, after the fragment's code.
+    let counter = insns[1].memory_displacement64();
+    assert_eq!(counter, insns[3].memory_displacement64());
+    assert_eq!(counter % 8, 0);
+    assert!(counter > at && rt.arena_range().contains(&counter));
+}
