@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Switching translation on and off, flushing, the cache size, and CPU
-//! hotplug: the operations behind the sysfs knobs and the hotplug callbacks.
+//! Switching translation on and off, flushing, the cache size, the client,
+//! and CPU hotplug: the operations behind the sysfs knobs and the hotplug
+//! callbacks.
 //!
 //! The knobs run in process context, one at a time (a mutex: a second writer
 //! waits and then sees the state the first left). Per-CPU changes of enable,
@@ -13,9 +14,11 @@
 //! and gives its cache back.
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use kdbt_engine::ClientKind;
 use kernel::bindings;
 use kernel::prelude::*;
 
+use crate::client;
 use crate::cpu::{self, CpuState, NativeRange, Setup};
 use crate::ffi::{self, MSR_LSTAR};
 use crate::heap::{self, Chunk};
@@ -145,7 +148,24 @@ unsafe extern "C" fn install_on_cpu(_: *mut core::ffi::c_void) -> i32 {
 unsafe extern "C" fn remove_from_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
+        cpu.cache.harvest();
         cpu.remove();
+    }
+    0
+}
+
+unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: stop_machine runs this on each CPU with interrupts off.
+    if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
+        cpu.while_busy(CpuState::apply_client);
+    }
+    0
+}
+
+unsafe extern "C" fn harvest_on_cpu(_: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: stop_machine runs this on each CPU with interrupts off.
+    if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
+        cpu.cache.harvest();
     }
     0
 }
@@ -266,6 +286,52 @@ pub(crate) fn flush() -> Result {
     Ok(())
 }
 
+/// Sets the client of every cache. Switching from one recording client to
+/// the other clears the data; `none` keeps it.
+pub(crate) fn set_client(kind: Option<ClientKind>) -> Result {
+    let _c = Control::wait(true)?;
+    if kind == client::selected() {
+        return Ok(());
+    }
+    let clear = kind.is_some() && client::recorded().is_some_and(|r| Some(r) != kind);
+    change_client(kind, clear)
+}
+
+/// Zeroes the client's data.
+pub(crate) fn reset_client() -> Result {
+    let _c = Control::wait(true)?;
+    change_client(client::selected(), true)
+}
+
+/// With the control mutex held: every cache drops its client (harvesting
+/// its counts), the table is cleared if asked, then every cache takes `kind`.
+fn change_client(kind: Option<ClientKind>, clear: bool) -> Result {
+    let _h = NoHotplug::new();
+    client::select(None);
+    if enabled() {
+        on_all_cpus(client_on_cpu)?;
+    }
+    if clear {
+        client::clear();
+    }
+    client::select(kind);
+    if enabled() && kind.is_some() {
+        on_all_cpus(client_on_cpu)?;
+    }
+    Ok(())
+}
+
+/// Runs `f` with the control mutex held and every count harvested into the
+/// block table, so that `f` sees the counts of everything run so far.
+pub(crate) fn with_client_data<T>(f: impl FnOnce() -> T) -> Result<T> {
+    let _c = Control::wait(true)?;
+    if enabled() && client::selected() == Some(ClientKind::Count) {
+        let _h = NoHotplug::new();
+        on_all_cpus(harvest_on_cpu)?;
+    }
+    Ok(f())
+}
+
 /// CPU hotplug, `CPUHP_AP_ONLINE_DYN` startup: runs on CPU `id` itself, in
 /// its hotplug thread, while enable and disable are excluded.
 unsafe extern "C" fn cpu_online_cb(id: u32) -> i32 {
@@ -300,6 +366,7 @@ unsafe extern "C" fn cpu_offline_cb(id: u32) -> i32 {
         let _irq = IrqGuard::new();
         // SAFETY: this is CPU `id`, interrupts are off, outside the dispatcher.
         if let Some(cpu) = unsafe { cpu::get(id) } {
+            cpu.cache.harvest();
             cpu.remove();
         }
     }

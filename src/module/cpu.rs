@@ -54,6 +54,8 @@ pub(crate) struct CpuState {
     pub(crate) syscall_map: [(usize, u64); 5],
     pub(crate) native: NativeRange,
     pub(crate) stats: &'static CpuStats,
+    /// Where the cache's arena is written, minus where it executes.
+    write_offset: u64,
     /// Guest PCs of the hardware execute breakpoints armed on this CPU: they
     /// run natively, where the CPU can see them.
     pub(crate) exec_breakpoints: [Option<u64>; 4],
@@ -112,10 +114,12 @@ impl CpuState {
             ibl: IblSize::Large,
             thunks: setup.thunks,
         };
-        let cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
+        let write_offset = (arena.as_ptr() as u64).wrapping_sub(exec + thunks::SIZE as u64);
+        let mut cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
             pr_err!("cpu {}: code cache: {}\n", id, e);
             EINVAL
         })?;
+        cache.set_client(crate::client::for_cache(write_offset));
         let mut stack = Vec::new();
         stack.try_reserve_exact(STACK_BYTES / 8).map_err(|_| ENOMEM)?;
         stack.resize(STACK_BYTES / 8, 0u64);
@@ -147,6 +151,7 @@ impl CpuState {
                 syscall_map,
                 native: setup.native,
                 stats,
+                write_offset,
                 exec_breakpoints: [None; 4],
                 // The cache is empty: nothing logged so far concerns it.
                 log_applied: crate::consistency::published(),
@@ -182,6 +187,13 @@ impl CpuState {
     /// syscall entry again, which the `syscall` stub must always reach.
     pub(crate) fn flush(&mut self) {
         self.cache.flush();
+        crate::stats::bump(&self.stats.flushes);
+        self.retarget_syscall();
+    }
+
+    /// Gives this CPU's cache the selected client, which flushes it.
+    pub(crate) fn apply_client(&mut self) {
+        self.cache.set_client(crate::client::for_cache(self.write_offset));
         crate::stats::bump(&self.stats.flushes);
         self.retarget_syscall();
     }

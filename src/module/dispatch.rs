@@ -138,6 +138,7 @@ pub(crate) fn publish_stats(cpu: &CpuState) {
     c.native_fallbacks.store(s.native_fallbacks, Relaxed);
     c.invalidations.store(s.invalidations, Relaxed);
     c.blocks_invalidated.store(s.blocks_invalidated, Relaxed);
+    c.client_dropped.store(s.client_dropped, Relaxed);
 }
 
 /// The code-cache PC to run guest `pc` at on this CPU, translating it if
@@ -255,7 +256,7 @@ fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, u64)> {
 
 /// Turns an interrupted code-cache state in `regs` + hardware frame `hw` into
 /// the precise guest state. Returns whether anything was rewritten.
-fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) -> bool {
+fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) -> bool {
     let rip = hw.rip;
     let exec = cpu.exec;
     if rip < exec || (rip >= exec + thunks::SIZE as u64 && !cpu.cache.contains(rip)) {
@@ -276,6 +277,8 @@ fn rewrite_interrupted(cpu: &CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) 
             bump(&stats.rollbacks);
         }
         store_frame(regs, &f);
+        // The count client's execution of this block ends here.
+        cpu.cache.interrupted(rip, &KernelText);
         (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw.rsp))
     } else if let Some((pc, pushed)) = in_entry_stub(cpu, off as usize) {
         // An IST event inside a vector stub or the syscall stub: the native

@@ -45,7 +45,17 @@ extern "C" {
     pub(crate) fn kdbt_cpuhp_remove(state: i32);
     pub(crate) fn kdbt_hooks_register() -> i32;
     pub(crate) fn kdbt_hooks_unregister() -> u64;
+    pub(crate) fn kdbt_debugfs_create(names: *const *const core::ffi::c_char, n: i32);
+    pub(crate) fn kdbt_debugfs_remove();
+    pub(crate) fn kdbt_sprint_symbol(buf: *mut u8, addr: u64) -> i32;
+    pub(crate) fn kdbt_kaslr_offset() -> u64;
+    pub(crate) fn kdbt_module_text(addr: u64, base: *mut u64, size: *mut u64, name: *mut u8) -> i32;
 }
+
+/// Room for what `sprint_symbol` writes (`KSYM_SYMBOL_LEN` is about 630).
+pub(crate) const KSYM_SYMBOL_LEN: usize = 1024;
+/// `MODULE_NAME_LEN`.
+pub(crate) const MODULE_NAME_LEN: usize = 56;
 
 /// `VM_MAP` from `<linux/vmalloc.h>`.
 pub(crate) const VM_MAP: u64 = 0x4;

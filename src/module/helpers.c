@@ -9,7 +9,10 @@
  */
 #include <linux/cpu.h>
 #include <linux/cpuhotplug.h>
+#include <linux/debugfs.h>
 #include <linux/execmem.h>
+#include <linux/fs.h>
+#include <linux/kallsyms.h>
 #include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -17,6 +20,7 @@
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
 #include <asm/cpufeature.h>
+#include <asm/setup.h>
 
 #include "helpers.h"
 
@@ -302,4 +306,99 @@ unsigned long kdbt_hooks_unregister(void)
 	for (i = 0; i < ARRAY_SIZE(code_probes); i++)
 		missed += probe_missed(code_probes[i]);
 	return missed;
+}
+
+/*
+ * Client reports (report.rs): /sys/kernel/debug/kdbt/, one file per report
+ * kind. Opening builds the report (Rust, as a whole: the data is a snapshot),
+ * reads copy from it, release frees it.
+ */
+static struct dentry *kdbt_debugfs_dir;
+
+static int report_open(struct inode *inode, struct file *file)
+{
+	void *report = kdbt_report_build((long)inode->i_private);
+
+	if (IS_ERR(report))
+		return PTR_ERR(report);
+	file->private_data = report;
+	return 0;
+}
+
+static ssize_t report_read(struct file *file, char __user *buf, size_t count, loff_t *pos)
+{
+	size_t len;
+	const char *data = kdbt_report_bytes(file->private_data, &len);
+
+	return simple_read_from_buffer(buf, count, pos, data, len);
+}
+
+static int report_release(struct inode *inode, struct file *file)
+{
+	kdbt_report_free(file->private_data);
+	return 0;
+}
+
+static const struct file_operations report_fops = {
+	.owner = THIS_MODULE,
+	.open = report_open,
+	.read = report_read,
+	.llseek = default_llseek,
+	.release = report_release,
+};
+
+/* Creates the directory and its files; no debugfs is not an error. */
+void kdbt_debugfs_create(const char *const *names, int n)
+{
+	long i;
+
+	kdbt_debugfs_dir = debugfs_create_dir("kdbt", NULL);
+	if (IS_ERR(kdbt_debugfs_dir))
+		return;
+	for (i = 0; i < n; i++)
+		debugfs_create_file(names[i], 0400, kdbt_debugfs_dir, (void *)i, &report_fops);
+}
+
+void kdbt_debugfs_remove(void)
+{
+	debugfs_remove_recursive(kdbt_debugfs_dir);
+	kdbt_debugfs_dir = NULL;
+}
+
+/* What %pS prints for addr; returns its length. */
+int kdbt_sprint_symbol(char *buf, unsigned long addr)
+{
+	return sprint_symbol(buf, addr);
+}
+
+/* Runtime minus link-time address of the kernel's text (kaslr_offset()). */
+unsigned long kdbt_kaslr_offset(void)
+{
+	return kdbt_symbol("_text") - __START_KERNEL;
+}
+
+typedef struct module *(*module_address_fn)(unsigned long);
+
+/*
+ * The text of the module containing addr: its base and size, and its name
+ * copied into name (MODULE_NAME_LEN bytes); 0 if no module has addr.
+ */
+int kdbt_module_text(unsigned long addr, unsigned long *base, unsigned long *size, char *name)
+{
+	module_address_fn module_address = (module_address_fn)kdbt_symbol("__module_address");
+	struct module *mod;
+	int found = 0;
+
+	if (!module_address)
+		return 0;
+	preempt_disable();
+	mod = module_address(addr);
+	if (mod) {
+		*base = (unsigned long)mod->mem[MOD_TEXT].base;
+		*size = mod->mem[MOD_TEXT].size;
+		strscpy(name, mod->name, MODULE_NAME_LEN);
+		found = 1;
+	}
+	preempt_enable();
+	return found;
 }

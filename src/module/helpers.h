@@ -19,8 +19,19 @@ void kdbt_cpuhp_remove(int state);
 int kdbt_hooks_register(void);
 unsigned long kdbt_hooks_unregister(void);
 
+void kdbt_debugfs_create(const char *const *names, int n);
+void kdbt_debugfs_remove(void);
+int kdbt_sprint_symbol(char *buf, unsigned long addr);
+unsigned long kdbt_kaslr_offset(void);
+int kdbt_module_text(unsigned long addr, unsigned long *base, unsigned long *size, char *name);
+
 /* Rust (consistency.rs), called from here. */
 void kdbt_code_changed(unsigned long start, unsigned long end);
 void kdbt_apply_log(void);
+
+/* Rust (report.rs), called from here. */
+void *kdbt_report_build(long kind);
+const char *kdbt_report_bytes(void *report, size_t *len);
+void kdbt_report_free(void *report);
 
 #endif

@@ -6,13 +6,15 @@
 //! and off), `idt` + `entry` (shadow IDT, entry stubs), `dispatch` (the
 //! dispatcher: PC rewriting, rollback, translate-and-run), `cpu` (per-CPU
 //! state), `execmem` (executable cache memory), `heap` (the allocator behind
-//! `alloc`), `stats` + `sysfs` (the user interface). Translation itself is
+//! `alloc`), `stats` + `sysfs` (the user interface), `client` + `report` (the
+//! instrumentation clients and their debugfs reports). Translation itself is
 //! the `kdbt_engine` crate.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 
+mod client;
 mod consistency;
 mod control;
 mod cpu;
@@ -25,6 +27,7 @@ mod heap;
 mod idt;
 mod irq;
 mod mitigations;
+mod report;
 mod selftest;
 mod stats;
 mod syscall;
@@ -80,6 +83,7 @@ impl Kdbt {
         this.hooks = Some(consistency::Hooks::register()?);
         this.hotplug = Some(control::Hotplug::register()?);
         this.sysfs = Some(sysfs::Sysfs::new()?);
+        report::create();
         heap::mark_tables();
         pr_info!("loaded (heap: {} KiB in use, iced-x86's tables)\n", heap::tables() >> 10);
         Ok(this)
@@ -88,8 +92,10 @@ impl Kdbt {
 
 impl Drop for Kdbt {
     fn drop(&mut self) {
-        // Sysfs removal waits for running handlers, so no knob runs after it.
+        // Sysfs and debugfs removal wait for running handlers, so no knob or
+        // report runs after them.
         self.sysfs = None;
+        report::remove();
         if let Err(e) = control::disable_at_unload() {
             // Some CPU may still enter kdbt: keep everything it could use.
             pr_crit!("disable at unload failed ({:?}): leaking kdbt's memory\n", e);

@@ -21,6 +21,7 @@ pub(crate) struct CpuStats {
     pub(crate) native_fallbacks: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) blocks_invalidated: AtomicU64,
+    pub(crate) client_dropped: AtomicU64,
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
@@ -39,6 +40,7 @@ impl CpuStats {
             native_fallbacks: ZERO,
             invalidations: ZERO,
             blocks_invalidated: ZERO,
+            client_dropped: ZERO,
             entries_by_vector: [ZERO; VECTORS],
         }
     }
@@ -50,7 +52,7 @@ pub(crate) fn all() -> &'static [CpuStats] {
 }
 
 /// The scalar statistics, by sysfs file name.
-pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 11] = [
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 12] = [
     ("blocks_translated", |s| &s.blocks_translated),
     ("cache_bytes_used", |s| &s.cache_bytes_used),
     ("dispatcher_entries", |s| &s.dispatcher_entries),
@@ -62,6 +64,7 @@ pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 11] = [
     ("native_fallbacks", |s| &s.native_fallbacks),
     ("invalidations", |s| &s.invalidations),
     ("blocks_invalidated", |s| &s.blocks_invalidated),
+    ("client_dropped", |s| &s.client_dropped),
 ];
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/sys/kernel/kdbt/`: the knobs (`enabled`, `flush`, `cache_kb`) and the
+//! `/sys/kernel/kdbt/`: the knobs (`enabled`, `flush`, `cache_kb`, `client`,
+//! `client_reset`) and the
 //! statistics (`stats/NAME` totals, `stats/cpuN/NAME` per CPU). See
 //! `docs/ABI/sysfs-kernel-kdbt`. Writes that do not parse, or are out of
 //! range, fail with `EINVAL` and change nothing.
@@ -33,13 +34,14 @@ const STAT_NAMES: [&CStr; NSTATS] = [
     c"native_fallbacks",
     c"invalidations",
     c"blocks_invalidated",
+    c"client_dropped",
     c"entries_by_vector",
 ];
 
 // sysfs keeps pointers to attributes and groups for as long as they are
 // registered, so they live in statics, written once in `Sysfs::new` before
 // registration.
-const NKNOBS: usize = 5;
+const NKNOBS: usize = 7;
 static mut KNOBS: [bindings::kobj_attribute; NKNOBS] = [const { zeroed_attr() }; NKNOBS];
 static mut KNOB_PTRS: [*mut bindings::attribute; NKNOBS + 1] = [ptr::null_mut(); NKNOBS + 1];
 static mut KNOB_GROUP: bindings::attribute_group = const { zeroed_group() };
@@ -149,6 +151,35 @@ unsafe extern "C" fn cache_kb_store(
     store_result(parse(buf, count).and_then(control::set_cache_kb), count)
 }
 
+unsafe extern "C" fn client_show(_: *mut bindings::kobject, _: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
+    emit(buf, |p| writeln!(p, "{}", crate::client::name(crate::client::selected())))
+}
+
+unsafe extern "C" fn client_store(
+    _: *mut bindings::kobject,
+    _: *mut bindings::kobj_attribute,
+    buf: *const u8,
+    count: usize,
+) -> isize {
+    // SAFETY: sysfs passes `count` readable bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(buf, count) };
+    let r = core::str::from_utf8(bytes).map_err(|_| EINVAL).and_then(crate::client::parse);
+    store_result(r.and_then(control::set_client), count)
+}
+
+unsafe extern "C" fn client_reset_store(
+    _: *mut bindings::kobject,
+    _: *mut bindings::kobj_attribute,
+    buf: *const u8,
+    count: usize,
+) -> isize {
+    let r = match parse(buf, count) {
+        Ok(1) => control::reset_client(),
+        _ => Err(EINVAL),
+    };
+    store_result(r, count)
+}
+
 unsafe extern "C" fn heap_show(_: *mut bindings::kobject, _: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
     emit(buf, |p| writeln!(p, "{}", crate::heap::usage().0))
 }
@@ -250,6 +281,8 @@ impl Sysfs {
             knobs[2] = attr(c"cache_kb", 0o644, Some(cache_kb_show), Some(cache_kb_store));
             knobs[3] = attr(c"heap_bytes_used", 0o444, Some(heap_show), None);
             knobs[4] = attr(c"heap_bytes_tables", 0o444, Some(heap_tables_show), None);
+            knobs[5] = attr(c"client", 0o644, Some(client_show), Some(client_store));
+            knobs[6] = attr(c"client_reset", 0o200, None, Some(client_reset_store));
             let ptrs = &mut *ptr::addr_of_mut!(KNOB_PTRS);
             for (p, k) in ptrs.iter_mut().zip(knobs.iter_mut()) {
                 *p = &mut k.attr;
