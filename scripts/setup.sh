@@ -8,7 +8,7 @@ BINDGEN_VERSION="0.69.5"
 
 PKGS=(linux-source-6.12 clang lld llvm libclang-dev qemu-system-x86 busybox-static
       flex bison bc libelf-dev libssl-dev cpio kmod xz-utils binutils make gcc
-      python3 file libc6-dev)
+      python3 file libc6-dev lcov python3-matplotlib)
 RUST_PKGS=(rustc-web rust-web-src libstd-rust-web-dev)
 
 die() { echo "setup: $*" >&2; exit 1; }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: host tests (cargo test), user-space busybox check, the VM
-# suite on the small test kernel and on the distro-configuration kernel (each
-# built into the cache first if missing). Ends with one line
-# "N passed, N failed" over everything.
+# `make test`: host tests (cargo test, kdbt_report.py's unittest), user-space
+# busybox check, the VM suite on the small test kernel and on the
+# distro-configuration kernel (each built into the cache first if missing).
+# Ends with one line "N passed, N failed" over everything.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
@@ -17,6 +17,15 @@ read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ 
                      END { print p + 0, f + 0 }' "$KDBT_BUILD/cargo-test.log")
 # A build failure runs no test at all: count it as one failure.
 [ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+passed=$((passed + p)); failed=$((failed + f))
+
+echo "== host: kdbt_report.py (make coverage / make profile reports of synthetic data on a tiny ELF)"
+/usr/bin/python3 -m unittest discover -s "$here" -p 'test_*.py' 2>&1 | tee "$KDBT_BUILD/report-test.log"
+# unittest ends with "Ran N tests" and "OK" or "FAILED (failures=F, errors=E)"; no
+# "Ran" line (it could not start) or no test run counts as one failure.
+read -r p f < <(awk '/^Ran [0-9]+ tests? in/ { n = $2 }
+                     /^FAILED/ { while (match($0, /(failures|errors)=[0-9]+/)) { v = substr($0, RSTART, RLENGTH); sub(/.*=/, "", v); f += v; $0 = substr($0, RSTART + RLENGTH) } }
+                     END { if (n == "" || n == 0) print 0, 1; else print n - f, f + 0 }' "$KDBT_BUILD/report-test.log")
 passed=$((passed + p)); failed=$((failed + f))
 
 echo "== host: user-check --quick (busybox under translation, both call/ret policies)"
