@@ -1,7 +1,7 @@
 # kdbt: top-level commands. Kbuild (not this file) describes kdbt.ko.
 # Every target installs what it is missing first (scripts/setup.sh).
 SHELL := /bin/bash
-.PHONY: all setup kernel module run test host-test vm-test user-check bench-engine bench clean
+.PHONY: all setup kernel module run coverage profile test host-test vm-test user-check bench-engine bench clean
 
 all: module
 
@@ -16,6 +16,12 @@ module: setup
 
 run: setup
 	@bash scripts/run.sh
+
+coverage: setup
+	@bash scripts/coverage.sh
+
+profile: setup
+	@bash scripts/profile.sh
 
 test: setup
 	@bash scripts/test.sh

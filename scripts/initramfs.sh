@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: busybox-static, kdbt.ko, the VM tests, the test
-# kernel modules (scripts/test-modules.sh, in /kdbt/modules), /init.
+# kernel modules (scripts/test-modules.sh, in /kdbt/modules), /init, and
+# $KDBT_WORKLOAD when set (as /kdbt/client-workload.sh).
 # usage: initramfs.sh KO OUT.cpio
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,6 +20,10 @@ cp "$ko" "$root/kdbt/kdbt.ko"
 cp "$KDBT_ROOT"/tests/vm/*.sh "$KDBT_ROOT"/tests/vm/*.inc "$root/kdbt/tests/"
 [ -d "$KDBT_ROOT/tests/bench" ] && cp -r "$KDBT_ROOT"/tests/bench/. "$root/kdbt/bench/"
 cp "$KDBT_ROOT/tests/vm/init" "$root/init"
+# KDBT_WORKLOAD: the shell file `make coverage` / `make profile` run translated.
+if [ -n "${KDBT_WORKLOAD:-}" ]; then
+    cp "$KDBT_WORKLOAD" "$root/kdbt/client-workload.sh" || die "KDBT_WORKLOAD=$KDBT_WORKLOAD: cannot copy it"
+fi
 progs="$("$here/guest-progs.sh")"
 mkdir -p "$root/kdbt/bin"
 cp -r "$progs/." "$root/kdbt/bin/"

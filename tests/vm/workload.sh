@@ -11,11 +11,7 @@ echo "--- echo 1 > $K/enabled (cache_kb=$(cat $K/cache_kb) per CPU)"
 echo 1 > $K/enabled
 start=$(cat /proc/uptime | cut -d' ' -f1)
 echo "--- workload, translated: 200 fork+exec, a pipeline, tmpfs, sockets, faults"
-i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i + 1)); done
-echo "sum 1..5000 = $(seq 1 5000 | awk '{ s += $1 } END { print s }')"
-dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo "tmpfs md5 $(md5sum < /tmp/f | cut -c1-32)"; rm /tmp/f
-/kdbt/bin/sockets
-/kdbt/bin/faults
+. /kdbt/tests/short-workload.sh
 echo "--- kernel stack of this shell, as the kernel sees it while translated:"
 cat /proc/self/stack
 echo "--- statistics (total / cpu0 / cpu1):"
