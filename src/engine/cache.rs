@@ -529,14 +529,6 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.client = client;
     }
 
-    /// Forgets the counts not yet harvested and flushes: for a table about to be cleared.
-    pub fn discard_client_data(&mut self) {
-        for f in &mut self.fragments {
-            f.counter = 0;
-        }
-        self.flush();
-    }
-
     /// The client's table slot for a new block's range; counted when there is no room.
     fn record(&mut self, pc: u64, guest_len: u64) -> u32 {
         let Some(client) = self.client else {

@@ -134,11 +134,20 @@ fn on_all_cpus(f: unsafe extern "C" fn(*mut core::ffi::c_void) -> i32) -> Result
     Ok(())
 }
 
+/// Makes this CPU's next interrupt come as soon as interrupts are on again:
+/// a stop_machine callback returns natively, and the code after it would run
+/// natively until then.
+fn recapture() {
+    // SAFETY: plain call; interrupts are off, the IPI waits until they are on.
+    unsafe { ffi::kdbt_recapture() };
+}
+
 unsafe extern "C" fn install_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     match unsafe { cpu::get(this_cpu()) } {
         Some(cpu) => {
             cpu.install();
+            recapture();
             0
         }
         None => -(bindings::ENODEV as i32),
@@ -158,6 +167,7 @@ unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.while_busy(CpuState::apply_client);
+        recapture();
     }
     0
 }
@@ -166,6 +176,7 @@ unsafe extern "C" fn harvest_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.cache.harvest();
+        recapture();
     }
     0
 }
@@ -176,6 +187,7 @@ unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
         // Busy like the dispatcher: a fault while re-translating the syscall
         // entry goes to the kernel's handler, not into this CPU's state.
         cpu.while_busy(CpuState::flush);
+        recapture();
     }
     0
 }

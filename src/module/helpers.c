@@ -19,7 +19,9 @@
 #include <linux/set_memory.h>
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
+#include <asm/apic.h>
 #include <asm/cpufeature.h>
+#include <asm/irq_vectors.h>
 #include <asm/setup.h>
 
 #include "helpers.h"
@@ -57,6 +59,19 @@ const char *kdbt_unsupported_entry(void)
 	if (cpu_feature_enabled(X86_FEATURE_FRED))
 		return "FRED is active; boot with fred=off";
 	return NULL;
+}
+
+/*
+ * A reschedule IPI to this CPU. kdbt's own functions run natively, and so
+ * return natively: a stop_machine callback returns into the stopper, which
+ * would run natively (and switch natively to the task it preempted) until
+ * the CPU's next interrupt. The IPI, delivered as soon as the stopper
+ * enables interrupts again, is that interrupt: its handler's iretq is
+ * kdbt's, and resumes the stopper under translation.
+ */
+void kdbt_recapture(void)
+{
+	apic->send_IPI_self(RESCHEDULE_VECTOR);
 }
 
 unsigned int kdbt_this_cpu(void)

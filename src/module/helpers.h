@@ -9,6 +9,7 @@ int kdbt_control_lock(int interruptible);
 void kdbt_control_unlock(void);
 unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
+void kdbt_recapture(void);
 const char *kdbt_unsupported_entry(void);
 int kdbt_resolve_symbols(void);
 unsigned long kdbt_symbol(const char *name);
