@@ -135,8 +135,9 @@ fn on_all_cpus(f: unsafe extern "C" fn(*mut core::ffi::c_void) -> i32) -> Result
 }
 
 /// Makes this CPU's next interrupt come as soon as interrupts are on again:
-/// a stop_machine callback returns natively, and the code after it would run
-/// natively until then.
+/// the enable's callback returns into a stopper not yet translated, which
+/// would run natively until then. (The other callbacks are called from
+/// translated code and return through the gate, `entry::gate_return`.)
 fn recapture() {
     // SAFETY: plain call; interrupts are off, the IPI waits until they are on.
     unsafe { ffi::kdbt_recapture() };
@@ -167,7 +168,6 @@ unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.while_busy(CpuState::apply_client);
-        recapture();
     }
     0
 }
@@ -176,7 +176,6 @@ unsafe extern "C" fn harvest_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.cache.harvest();
-        recapture();
     }
     0
 }
@@ -187,7 +186,6 @@ unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
         // Busy like the dispatcher: a fault while re-translating the syscall
         // entry goes to the kernel's handler, not into this CPU's state.
         cpu.while_busy(CpuState::flush);
-        recapture();
     }
     0
 }

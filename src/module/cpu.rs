@@ -231,6 +231,7 @@ impl CpuState {
         unsafe {
             idt::lidt(&d);
             idt::wrmsr(crate::ffi::MSR_LSTAR, self.exec + thunks::SYSCALL as u64);
+            crate::ffi::kdbt_gate_set(self.exec + thunks::EXIT as u64);
         }
     }
 
@@ -244,6 +245,7 @@ impl CpuState {
         unsafe {
             idt::lidt(&self.original_idt);
             idt::wrmsr(crate::ffi::MSR_LSTAR, self.original_lstar);
+            crate::ffi::kdbt_gate_set(crate::entry::gate_native());
         }
         self.original_lstar = 0;
         table_slots()[self.id].thunks.store(0, Ordering::Release);

@@ -13,14 +13,15 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use kdbt_engine::{
-    CodeCache, Dispatch, Embedder, Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, MemoryFault, RipSource, Step,
+    CodeCache, Dispatch, Embedder, Error, ExitReason, Frame, GuestMemory, Gpr, HookClass, IndirectKind, MemoryFault, RipSource,
+    Step,
 };
 use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kernel::prelude::*;
 
 use crate::consistency;
 use crate::cpu::{self, CpuState, NativeRange};
-use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK};
+use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK, GATE_EXIT};
 use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
@@ -224,6 +225,9 @@ pub(crate) fn read_u64(addr: u64) -> Option<u64> {
 
 /// The guest PC where an exit reported by `exit_id`/`aux` leaves the guest.
 fn exit_guest_pc(cpu: &CpuState, exit_id: u64, aux: u64) -> Option<u64> {
+    if exit_id == GATE_EXIT {
+        return Some(aux);
+    }
     Some(match cpu.cache.exit_reason(exit_id, aux).ok()? {
         ExitReason::DirectMiss { target, .. } | ExitReason::IndirectMiss { target, .. } => target,
         ExitReason::Hook(site) => site.pc,
@@ -467,6 +471,13 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
     let ExitFrame { exit_id: id, aux } = unsafe { above.read() };
     let guest_rsp = above.wrapping_add(1) as u64;
     bump(&cpu.stats.dispatcher_entries);
+    if id == GATE_EXIT {
+        // A kdbt function returned through the gate: on to its return address.
+        let hw = kernel_frame(target_for(cpu, aux), rflags, guest_rsp);
+        let hw = settle(cpu, hw);
+        resume(cpu, regs, hw);
+        return;
+    }
     let hw = match step(cpu, Step::Exit { exit_id: id, aux }) {
         Ok(Dispatch::Hook(site)) if site.class == HookClass::IRETQ => {
             // SAFETY: `iretq` is about to pop its 5-word frame at the guest rsp.
@@ -484,7 +495,7 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
         Ok(Dispatch::Hook(site)) => kernel_frame(site.pc, rflags, guest_rsp),
         Ok(d) => {
             let pc = run_at(cpu, d).unwrap_or(cpu.exec + thunks::UD2 as u64);
-            kernel_frame(pc, rflags, guest_rsp)
+            kernel_frame(pc, rflags, through_gate(cpu, d, id, aux, guest_rsp))
         }
         Err(e) => {
             pr_crit!("cpu {}: bad exit {:#x}: {}\n", cpu.id, id, e);
@@ -494,6 +505,29 @@ pub(crate) fn on_cache_exit(regs: &mut EntryFrame) {
     };
     let hw = settle(cpu, hw);
     resume(cpu, regs, hw);
+}
+
+/// The stack pointer to run `d` with. A call or tail call into kdbt's own
+/// text (which runs natively) gets the return gate as its return address,
+/// below the real one, so that it returns into translated code; otherwise
+/// `guest_rsp`.
+fn through_gate(cpu: &CpuState, d: Dispatch, id: u64, aux: u64, guest_rsp: u64) -> u64 {
+    let Dispatch::Native { pc, error: None } = d else { return guest_rsp };
+    if pc < cpu.native.start || pc >= cpu.native.end {
+        return guest_rsp;
+    }
+    // No flush since the exit: `runs_natively` came before any translation.
+    match cpu.cache.exit_reason(id, aux) {
+        Ok(ExitReason::IndirectMiss { kind: IndirectKind::Call | IndirectKind::Jmp, .. }) => {
+            let slot = guest_rsp - 8;
+            // SAFETY: the word below the guest stack pointer is free (no red
+            // zone in the kernel) and this CPU's dispatcher runs with
+            // interrupts off; the callee finds it as its return address.
+            unsafe { (slot as *mut u64).write(crate::entry::gate_return()) };
+            slot
+        }
+        _ => guest_rsp,
+    }
 }
 
 /// Applies this CPU's pending code changes before it resumes at `hw`

@@ -216,7 +216,36 @@ core::arch::global_asm!(
     iret_frame = const thunks::IRET_FRAME,
 );
 
+/// The exit id the return gate pushes: no exit of the engine's has it.
+pub(crate) const GATE_EXIT: u64 = u64::MAX;
+
+// The return gate. kdbt's own functions run natively; one called (or
+// tail-called) from translated code gets `kdbt_gate_return` as its return
+// address, one word below the real one (`dispatch::on_cache_exit`; kdbt's
+// callbacks take no stack arguments). Its `ret` lands here, with the real
+// return address on top of the stack: pushing `GATE_EXIT` makes that an
+// exit frame (id, aux = the return address) for this CPU's exit thunk, and
+// the dispatcher goes on in the translation of the return address. A CPU
+// not translating (disabled since the call, or never enabled) has
+// `kdbt_gate_native` in `kdbt_gate` instead, which drops the id and returns.
+// `jmp gs:` reads this CPU's slot in one instruction: a migration between
+// the two instructions cannot make it use another CPU's exit thunk.
+core::arch::global_asm!(
+    ".pushsection .text",
+    "kdbt_gate_return:",
+    "push {gate_exit}",
+    "jmp qword ptr gs:[rip + kdbt_gate]",
+    "kdbt_gate_native:",
+    "endbr64",
+    "lea rsp, [rsp + 8]",
+    "ret",
+    ".popsection",
+    gate_exit = const GATE_EXIT as i64,
+);
+
 extern "C" {
+    fn kdbt_gate_return();
+    fn kdbt_gate_native();
     fn kdbt_idt_common();
     fn kdbt_exit_common();
     fn kdbt_ud2();
@@ -227,6 +256,16 @@ extern "C" {
 /// to the word below the hardware frame, which holds the handler, and `ret`s.
 pub(crate) fn private_return_address() -> u64 {
     kdbt_private_return as usize as u64
+}
+
+/// The return address kdbt functions called from translated code get.
+pub(crate) fn gate_return() -> u64 {
+    kdbt_gate_return as usize as u64
+}
+
+/// Where the gate goes on a CPU that does not translate.
+pub(crate) fn gate_native() -> u64 {
+    kdbt_gate_native as usize as u64
 }
 
 /// kdbt's common entry and exit, where the thunk page's stubs jump.

@@ -34,6 +34,8 @@ extern "C" {
     pub(crate) fn kdbt_page_kernel() -> u64;
     pub(crate) fn kdbt_this_cpu() -> u32;
     pub(crate) fn kdbt_recapture();
+    pub(crate) fn kdbt_gate_init(native: u64);
+    pub(crate) fn kdbt_gate_set(target: u64);
     pub(crate) fn kdbt_unsupported_entry() -> *const core::ffi::c_char;
     pub(crate) fn kdbt_resolve_symbols() -> i32;
     pub(crate) fn kdbt_symbol(name: *const core::ffi::c_char) -> u64;

@@ -62,16 +62,34 @@ const char *kdbt_unsupported_entry(void)
 }
 
 /*
- * A reschedule IPI to this CPU. kdbt's own functions run natively, and so
- * return natively: a stop_machine callback returns into the stopper, which
- * would run natively (and switch natively to the task it preempted) until
- * the CPU's next interrupt. The IPI, delivered as soon as the stopper
- * enables interrupts again, is that interrupt: its handler's iretq is
- * kdbt's, and resumes the stopper under translation.
+ * A reschedule IPI to this CPU: the enable's stop_machine callback runs in
+ * a stopper that is not translated yet, and returns into it; the IPI,
+ * delivered as soon as the stopper enables interrupts again, brings it
+ * under translation at once (the handler's iretq is kdbt's) rather than at
+ * the CPU's next interrupt.
  */
 void kdbt_recapture(void)
 {
 	apic->send_IPI_self(RESCHEDULE_VECTOR);
+}
+
+/*
+ * The return gate (entry.rs): this CPU's exit thunk while it translates,
+ * else the gate's native return.
+ */
+DEFINE_PER_CPU(unsigned long, kdbt_gate);
+
+void kdbt_gate_init(unsigned long native)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		per_cpu(kdbt_gate, cpu) = native;
+}
+
+void kdbt_gate_set(unsigned long target)
+{
+	this_cpu_write(kdbt_gate, target);
 }
 
 unsigned int kdbt_this_cpu(void)

@@ -10,6 +10,8 @@ void kdbt_control_unlock(void);
 unsigned long kdbt_page_kernel(void);
 unsigned int kdbt_this_cpu(void);
 void kdbt_recapture(void);
+void kdbt_gate_init(unsigned long native);
+void kdbt_gate_set(unsigned long target);
 const char *kdbt_unsupported_entry(void);
 int kdbt_resolve_symbols(void);
 unsigned long kdbt_symbol(const char *name);

@@ -73,6 +73,8 @@ impl kernel::Module for Kdbt {
 
 impl Kdbt {
     fn start(module: &'static ThisModule) -> Result<Self> {
+        // SAFETY: plain call; every CPU's gate slot starts native.
+        unsafe { ffi::kdbt_gate_init(entry::gate_native()) };
         selftest::decode_kernel_function()?;
         execmem::init()?;
         // SAFETY: `module` is this live module; its text layout is fixed once loaded.
