@@ -71,6 +71,7 @@ class Function:
     section: str = "vmlinux"
     blocks: int = 0
     hit: int = 0
+    block_hits: list = field(default_factory=list)
     ranges: int = 0
     insns: int = 0
     entries: int = 0
@@ -174,15 +175,14 @@ def has_line_info(elf):
 
 
 def symbol_objects(archive):
-    """{text symbol: [object paths defining it]} from `nm -A` of an archive or object."""
+    """{text symbol: [(object path, size)]} from `nm -A -S` of an archive (objects in its
+    order, for vmlinux.a the link order) or of one object."""
     owners = {}
-    for line in run(["nm", "-A", "--defined-only", archive]).splitlines():
-        prefix, kind, name = line.rsplit(" ", 2)
-        if kind in TEXT_TYPES:
-            obj = prefix.split(":")[-2]
-            owners.setdefault(name, [])
-            if obj not in owners[name]:
-                owners[name].append(obj)
+    for line in run(["nm", "-A", "-S", "--defined-only", archive]).splitlines():
+        fields = line.split(" ")
+        if fields[-2] in TEXT_TYPES:
+            size = int(fields[1], 16) if len(fields) == 4 else 0
+            owners.setdefault(fields[-1], []).append((fields[0].split(":")[-2], size))
     return owners
 
 
@@ -196,25 +196,30 @@ def source_of(obj, tree):
 
 
 def assign_files(functions, archive, tree):
-    """Each function's source file: the object defining its name; a local name defined by
-    several objects goes to the neighbouring function's object (link order keeps an
-    object's functions together), else to the first of them."""
+    """Each function's source file: the object that defines its name. Where several objects
+    define it (static functions, copies of a static inline), the copies of one size in
+    address order go to the objects defining it with that size in link order, when they are
+    as many; else a copy goes to the object of a neighbouring function that defines it, else
+    to the first."""
     owners = symbol_objects(archive)
     objects = [None] * len(functions)
+    copies = {}
     for i, f in enumerate(functions):
-        candidates = owners.get(f.name, [])
-        if len(candidates) == 1:
-            objects[i] = candidates[0]
+        copies.setdefault((f.name, f.end - f.start), []).append(i)
+    for (name, size), indices in copies.items():
+        candidates = [o for o, s in owners.get(name, []) if s == size] or [o for o, _ in owners.get(name, [])]
+        if len(candidates) == len(indices):
+            for i, obj in zip(indices, candidates):
+                objects[i] = obj
     for order in (range(len(functions)), reversed(range(len(functions)))):
         near = None
         for i in order:
-            candidates = owners.get(functions[i].name, [])
-            if objects[i] is None and near in candidates:
+            if objects[i] is None and any(o == near for o, _ in owners.get(functions[i].name, [])):
                 objects[i] = near
             near = objects[i] or near
     for i, f in enumerate(functions):
         candidates = owners.get(f.name)
-        obj = objects[i] or (candidates[0] if candidates else None)
+        obj = objects[i] or (candidates[0][0] if candidates else None)
         if obj:
             f.file = source_of(obj, tree)
 
@@ -401,17 +406,17 @@ def measure_blocks(image, covered):
     """Counts each vmlinux function's blocks and executed blocks. With line info, also
     returns {(file, line): executed} and {file: [(line, executed)]} of the blocks whose
     first instruction comes from that file."""
-    line_hits, block_hits = {}, {}
+    line_hits, blocks_by_file = {}, {}
     for f, body in by_function(image.functions, disassemble(image.elf, image.bounds, image.lines)):
         blocks = basic_blocks(f, body)
         hits = [covered.overlaps(start, end) for start, end, _ in blocks]
-        f.blocks, f.hit = len(blocks), sum(hits)
+        f.blocks, f.hit, f.block_hits = len(blocks), sum(hits), hits
         if image.lines:
             note_lines(f, body, covered, line_hits)
             for (_, _, loc), hit in zip(blocks, hits):
                 if loc:
-                    block_hits.setdefault(loc[0], []).append((loc[1], hit))
-    return line_hits, block_hits
+                    blocks_by_file.setdefault(loc[0], []).append((loc[1], hit))
+    return line_hits, blocks_by_file
 
 
 def note_lines(f, body, covered, line_hits):
@@ -433,7 +438,7 @@ def coverage(args):
     owned = image.attribute(ranges)
     k = header.kaslr_offset
     covered = Intervals((r.start - k, r.start - k + r.size) for r, f, _ in owned if f.section == "vmlinux")
-    line_hits, block_hits = measure_blocks(image, covered)
+    line_hits, blocks_by_file = measure_blocks(image, covered)
     image.functions = [f for f in image.functions if f.blocks]    # no code: linker-script marks
     for f in image.extra.values():
         f.hit = f.ranges
@@ -441,7 +446,7 @@ def coverage(args):
     files = group_by_file(image)
     info, listing = os.path.join(args.out, "kdbt.info"), os.path.abspath(os.path.join(args.out, "listing"))
     shutil.rmtree(listing, ignore_errors=True)
-    write_tracefile(info, image, files, line_hits, block_hits, listing)
+    write_tracefile(info, image, files, line_hits, blocks_by_file, listing)
     write_function_table(os.path.join(args.out, "functions.tsv"), image, files)
     write_file_table(os.path.join(args.out, "files.tsv"), image, files)
     summary = coverage_summary(header, image, files, line_hits, ranges)
@@ -483,7 +488,7 @@ def write_listing(root, file, functions):
     return os.path.abspath(path)
 
 
-def write_tracefile(path, image, files, line_hits, block_hits, listing_root):
+def write_tracefile(path, image, files, line_hits, blocks_by_file, listing_root):
     """The lcov tracefile. With line info: source lines, functions at their first line, one
     branch (BRDA) per basic block at the line of its first instruction, taken when the
     block was executed. Without (and for modules): one line per function in a listing
@@ -497,10 +502,10 @@ def write_tracefile(path, image, files, line_hits, block_hits, listing_root):
             functions = files.get(file, [])
             if file in lines_by_file:
                 numbered = [(f.line, f) for f in functions if f.line]
-                write_record(out, image.absolute(file), numbered, lines_by_file[file], block_hits.get(file, []))
+                write_record(out, image.absolute(file), numbered, lines_by_file[file], blocks_by_file.get(file, []))
             else:
                 numbered = list(enumerate(functions, 1))
-                blocks = [(n, i < f.hit) for n, f in numbered if f.section == "vmlinux" for i in range(f.blocks)]
+                blocks = [(n, hit) for n, f in numbered for hit in f.block_hits]
                 write_record(out, write_listing(listing_root, image.relative(file), functions), numbered,
                              {n: f.hit > 0 for n, f in numbered}, blocks)
 

@@ -16,12 +16,22 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kdbt_report  # noqa: E402
 
-# a.S: f_straight (1 block), f_branch (4 blocks; the int3 after ret is padding), a local
-# helper (1 block). b.S: __fentry__ (1), f_call (2: `call __fentry__` does not end a
-# block), another local helper (1), f_unsized (no .size: up to f_last; 1), f_last (1).
+# a.S: a local dup (1 block), f_straight (1), f_branch (4; the int3 after ret is
+# padding), a local helper (1). b.S: another dup, the same code (1), __fentry__ (1),
+# f_call (2: `call __fentry__` does not end a block), another local helper, 3 bytes
+# longer (1), f_unsized (no .size: up to f_last; 1), f_last (1). The dups are told apart
+# by link order only (a neighbour would give b's to a.S), the helpers by size.
+DUP = """\
+	.type dup, @function
+dup:
+	mov $7, %eax
+	ret
+	.size dup, .-dup
+"""
 A_S = """\
 	.text
 	.p2align 4
+""" + DUP + """\
 	.globl f_straight
 	.type f_straight, @function
 f_straight:
@@ -51,6 +61,7 @@ helper:
 B_S = """\
 	.text
 	.p2align 4
+""" + DUP + """\
 	.globl __fentry__
 	.type __fentry__, @function
 __fentry__:
@@ -139,6 +150,7 @@ class Fixture(unittest.TestCase):
         symbols = build(cls.elf_dir, cls.debug)
         cls.sym = {name: addr for addr, _, _, name in symbols}
         cls.helpers = sorted(addr for addr, _, _, name in symbols if name == "helper")
+        cls.dups = sorted(addr for addr, _, _, name in symbols if name == "dup")
         cls.end = cls.sym["f_last"] + 1
 
     @classmethod
@@ -169,6 +181,7 @@ class Coverage(Fixture):
                 f"{rt(s['f_call']):#x} 12 3 f_call+0x0/0xe",
                 f"{rt(s['f_call']) + 5:#x} 7 2 f_call+0x5/0xe",
                 f"{rt(self.helpers[1]):#x} 6 2 helper+0x0/0x6",
+                f"{rt(self.dups[1]):#x} 6 2 dup+0x0/0x6",
                 "0xffffffffa0000010 8 2 kdbt_cov_arm0+0x10/0x20 [kdbt_cov]",
                 "0xffffffffc0001000 8 2 bpf_prog_abc+0x0/0x40"]
 
@@ -179,8 +192,8 @@ class Coverage(Fixture):
 
     def test_summary_totals_and_entry_points(self):
         summary = self.report()
-        self.assertRegex(summary, r"functions\s+4 / 8\s+executed\s+50.0%")
-        self.assertRegex(summary, r"blocks\s+6 / 12\s+executed\s+50.0%")
+        self.assertRegex(summary, r"functions\s+5 / 10\s+executed\s+50.0%")
+        self.assertRegex(summary, r"blocks\s+7 / 14\s+executed\s+50.0%")
         self.assertRegex(summary, r"files\s+2 / 2\s+with an executed block")
         self.assertIn("module kdbt_cov: 1 functions, 1 ranges (kdbt_cov_arm0)", summary)
         self.assertIn("other kernel text: 1 functions, 1 ranges (bpf_prog_abc)", summary)
@@ -191,22 +204,25 @@ class Coverage(Fixture):
         self.report()
         rec = records(os.path.join(self.tmp, "coverage", "kdbt.info"))
         a, b = rec["a.S"], rec["b.S"]
-        self.assertEqual(a["FNDA"], ["1,f_straight", "1,f_branch", "0,helper"])
-        self.assertEqual(b["FNDA"], ["0,__fentry__", "1,f_call", "1,helper", "0,f_unsized", "0,f_last"])
-        self.assertEqual((a["BRF"], a["BRH"], b["BRF"], b["BRH"]), (["6"], ["4"], ["6"], ["2"]))
+        self.assertEqual(a["FNDA"], ["0,dup", "1,f_straight", "1,f_branch", "0,helper"])
+        self.assertEqual(b["FNDA"], ["1,dup", "0,__fentry__", "1,f_call", "1,helper", "0,f_unsized", "0,f_last"])
+        self.assertEqual((a["BRF"], a["BRH"], b["BRF"], b["BRH"]), (["7"], ["4"], ["7"], ["3"]))
         self.assertEqual(rec["kdbt_cov"]["FNDA"], ["1,kdbt_cov_arm0"])
         self.assertEqual(rec["kernel-text"]["FNDA"], ["1,bpf_prog_abc"])
         if not self.debug:
-            self.assertEqual(a["FN"], ["1,f_straight", "2,f_branch", "3,helper"])
-            self.assertEqual(a["BRDA"], ["1,0,0,1", "2,0,1,1", "2,0,2,1", "2,0,3,1", "2,0,4,0", "3,0,5,0"])
+            self.assertEqual(a["FN"], ["1,dup", "2,f_straight", "3,f_branch", "4,helper"])
+            self.assertEqual(a["BRDA"], ["1,0,0,0", "2,0,1,1", "3,0,2,1", "3,0,3,0", "3,0,4,1", "3,0,5,1",
+                                         "4,0,6,0"])
 
     def test_tables(self):
         self.report()
         files = {r["file"]: r for r in table(os.path.join(self.tmp, "coverage", "files.tsv"))}
-        self.assertEqual(files["a.S"]["blocks_executed"] + "/" + files["a.S"]["blocks"], "4/6")
+        self.assertEqual(files["a.S"]["blocks_executed"] + "/" + files["a.S"]["blocks"], "4/7")
         functions = table(os.path.join(self.tmp, "coverage", "functions.tsv"))
         unsized = next(r for r in functions if r["function"] == "f_unsized")
         self.assertEqual((unsized["blocks"], unsized["address"]), ("1", f"{self.sym['f_unsized']:#x}"))
+        dups = [(r["file"], r["address"], r["blocks_executed"]) for r in functions if r["function"] == "dup"]
+        self.assertEqual(dups, [("a.S", f"{self.dups[0]:#x}", "0"), ("b.S", f"{self.dups[1]:#x}", "1")])
         module = next(r for r in functions if r["function"] == "kdbt_cov_arm0")
         self.assertEqual((module["file"], module["address"]), ("modules/kdbt_cov", "kdbt_cov+0x0"))
 
@@ -218,13 +234,13 @@ class CoverageWithLines(Coverage):
 
     def test_lines(self):
         summary = self.report()
-        self.assertRegex(summary, r"lines\s+12 / 21\s+executed")
+        self.assertRegex(summary, r"lines\s+14 / 25\s+executed")
         rec = records(os.path.join(self.tmp, "coverage", "kdbt.info"))
         line = A_S.splitlines().index("f_branch:") + 2
         self.assertIn(f"{line},f_branch", rec["a.S"]["FN"])
-        self.assertEqual((rec["a.S"]["LF"], rec["a.S"]["LH"]), (["11"], ["7"]))
-        self.assertEqual((rec["b.S"]["LF"], rec["b.S"]["LH"]), (["10"], ["5"]))
-        self.assertIn(f"{line + 4},0,3,1", rec["a.S"]["BRDA"])
+        self.assertEqual((rec["a.S"]["LF"], rec["a.S"]["LH"]), (["13"], ["7"]))
+        self.assertEqual((rec["b.S"]["LF"], rec["b.S"]["LH"]), (["12"], ["7"]))
+        self.assertIn(f"{line + 4},0,4,1", rec["a.S"]["BRDA"])
 
 
 class Profile(Fixture):
