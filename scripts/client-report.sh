@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
-mode="$1"; out="$KDBT_BUILD/$mode"
+mode="${1:-}"; out="$KDBT_BUILD/$mode"
 case "$mode" in
     coverage) report=(coverage "$out/coverage" --html) ;;
     profile) report=(profile "$out/counts" --plot) ;;
