@@ -12,6 +12,13 @@ kdbt_load() {
     done
 }
 kdbt_unload() { rmmod kdbt || fail "rmmod failed"; }
+# Writing $2 to file $1 fails with EINVAL and leaves what it reads unchanged.
+bad_write() {
+    before=$(cat "$1" 2>/dev/null)
+    err=$(sh -c "echo '$2' > $1" 2>&1) && fail "writing '$2' to $1 succeeded"
+    echo "$err" | grep -q 'Invalid argument' || fail "writing '$2' to $1: '$err', want Invalid argument"
+    [ "$(cat "$1" 2>/dev/null)" = "$before" ] || fail "$1 changed after a bad write"
+}
 # A fork+exec load that translates a lot, until stop_load. Sets $load_pid.
 # Its output goes nowhere: it must not hold the runner's pipe open, and a
 # case that fails while it runs stops it on exit. `start_load all`: one such
