@@ -7,12 +7,19 @@ mod common;
 
 use std::hint::black_box;
 
+use std::sync::atomic::AtomicU64;
+
 use kdbt_engine::{BlockRange, BlockSlot, BlockTable, CallRetPolicy, Client, ClientKind};
 use kdbt_host::{Options, Placement, ProcessMemory, Runtime};
 
 fn table(n: usize) -> BlockTable<'static> {
     let slots: Vec<BlockSlot> = (0..n).map(|_| BlockSlot::new()).collect();
     BlockTable::new(Box::leak(slots.into_boxed_slice()))
+}
+
+fn counters(n: usize) -> &'static [AtomicU64] {
+    let c: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    Box::leak(c.into_boxed_slice())
 }
 
 fn runtime(policy: CallRetPolicy, kind: ClientKind, near: u64) -> (Runtime, BlockTable<'static>) {
@@ -23,8 +30,7 @@ fn runtime(policy: CallRetPolicy, kind: ClientKind, near: u64) -> (Runtime, Bloc
     rt.cache_mut().set_client(Some(Client {
         kind,
         table,
-        // The host arena is mapped writable and executable at the same address.
-        write_offset: 0,
+        counters: counters(1 << 12),
     }));
     (rt, table)
 }
@@ -225,7 +231,7 @@ fn no_client_adds_no_code() {
             rt.cache_mut().set_client(Some(Client {
                 kind,
                 table: t,
-                write_offset: 0,
+                counters: counters(64),
             }));
         }
         rt.run(entry, &[4, 1]).expect("run");
@@ -239,37 +245,73 @@ fn no_client_adds_no_code() {
 fn count_prefix_decodes_to_a_flag_free_increment_of_the_fragments_counter() {
     use iced_x86::{Code, Decoder, DecoderOptions, Register};
     let entry = looped as *const () as u64;
-    let (mut rt, _) = runtime(CallRetPolicy::Transparent, ClientKind::Count, entry);
+    let table = table(64);
+    let counters = counters(64);
+    let mut rt = Runtime::new(Options::new(CallRetPolicy::Transparent)).expect("runtime");
+    rt.cache_mut().set_client(Some(Client {
+        kind: ClientKind::Count,
+        table,
+        counters,
+    }));
     rt.run(entry, &[1, 1]).expect("run");
     let at = rt.cache().cache_pc_for(entry).expect("translated");
     let off = (at - rt.cache().exec_base()) as usize;
-    // The host's red zone (128 bytes) is skipped first and restored last.
-    let code = &rt.cache().arena().as_ref()[off..off + 39];
+    let code = &rt.cache().arena().as_ref()[off..off + 64];
     let all: Vec<_> = Decoder::with_ip(64, code, at, DecoderOptions::NONE)
         .into_iter()
+        .take(7)
         .collect();
+    // The host's red zone (128 bytes) is skipped first and restored last.
     assert_eq!(all[0].code(), Code::Lea_r64_m);
     assert_eq!(all[0].memory_displacement64() as i64, -128);
     assert_eq!(all[6].code(), Code::Lea_r64_m);
     assert_eq!(all[6].memory_displacement64(), 128);
     let insns = &all[1..6];
-    let codes: Vec<Code> = insns.iter().map(|i| i.code()).collect();
-    assert_eq!(
-        codes,
-        [
-            Code::Push_r64,
-            Code::Mov_RAX_moffs64,
-            Code::Lea_r64_m,
-            Code::Mov_moffs64_RAX,
-            Code::Pop_r64
-        ]
-    );
+    assert_eq!(insns[0].code(), Code::Push_r64);
+    assert_eq!(insns[2].code(), Code::Lea_r64_m);
+    assert_eq!(insns[4].code(), Code::Pop_r64);
     assert!(insns.iter().all(|i| i.rflags_modified() == 0));
     assert_eq!(insns[2].memory_base(), Register::RAX);
     assert_eq!(insns[2].memory_displacement64(), 1);
-    // Load and store name the same counter, 8-byte aligned, after the fragment's code.
-    let counter = insns[1].memory_displacement64();
-    assert_eq!(counter, insns[3].memory_displacement64());
-    assert_eq!(counter % 8, 0);
-    assert!(counter > at && rt.arena_range().contains(&counter));
+    // Load and store name the same counter: the first of the client's counters, outside
+    // the cache (a heap allocation here, likely out of RIP-relative reach: moffs64).
+    let (load, store) = (&insns[1], &insns[3]);
+    assert!(matches!(
+        load.code(),
+        Code::Mov_r64_rm64 | Code::Mov_RAX_moffs64
+    ));
+    assert!(matches!(
+        store.code(),
+        Code::Mov_rm64_r64 | Code::Mov_moffs64_RAX
+    ));
+    let addr = |i: &iced_x86::Instruction| {
+        if i.is_ip_rel_memory_operand() {
+            i.ip_rel_memory_address()
+        } else {
+            i.memory_displacement64()
+        }
+    };
+    assert_eq!(addr(load), counters.as_ptr() as u64);
+    assert_eq!(addr(store), counters.as_ptr() as u64);
+    assert!(!rt.arena_range().contains(&addr(load)));
+}
+
+#[test]
+fn running_out_of_counters_flushes_and_goes_on_counting() {
+    let entry = looped as *const () as u64;
+    let body_pc = body as *const () as u64;
+    let table = table(256);
+    let mut opts = Options::new(CallRetPolicy::Transparent);
+    opts.placement = Placement::Near(entry);
+    let mut rt = Runtime::new(opts).expect("runtime");
+    // Fewer counters than the loop has blocks: the cache is full before it is.
+    rt.cache_mut().set_client(Some(Client {
+        kind: ClientKind::Count,
+        table,
+        counters: counters(3),
+    }));
+    assert_eq!(rt.run(entry, &[50, 2]).expect("run"), looped(50, 2));
+    rt.cache_mut().harvest();
+    assert!(rt.cache().stats().flushes > 1, "{:?}", rt.cache().stats());
+    assert_eq!(entries_at(&table, body_pc), 50);
 }

@@ -9,6 +9,7 @@
 //! ```
 
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
 
 use crate::client::{Client, ClientKind};
 use crate::config::Config;
@@ -59,7 +60,7 @@ pub(crate) struct Fragment {
     pub incoming: u32,
     /// The client's block-table slot of this fragment's range, or [`NONE`].
     pub slot: u32,
-    /// Count client: arena offset of the execution counter, 0 without one.
+    /// Count client: index of the execution counter, or [`NONE`].
     pub counter: u32,
     /// Count client: fragment-relative code offset from which an execution is counted.
     pub commit: u32,
@@ -106,6 +107,8 @@ pub struct CodeCache<A> {
     pub(crate) stats: Stats,
     scratch: Scratch,
     client: Option<Client>,
+    /// Count client: counters handed out since the last flush.
+    counters_used: u32,
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -136,6 +139,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             stats: Stats::default(),
             scratch: Scratch::new(),
             client: None,
+            counters_used: 0,
         };
         cache.scratch.reserve()?;
         crate::decode::warm_up(&mut cache.scratch.encoded);
@@ -321,21 +325,21 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             needed: 0,
             available: 0,
         })?;
+        let counter = self.next_counter()?;
         let layout = Layout {
             base: self.exec_base.wrapping_add(u64::from(start)),
             table: self.exec_base.wrapping_add(TABLE_OFFSET as u64),
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
-            count_write: self
-                .client
-                .filter(|c| c.kind == ClientKind::Count)
-                .map(|c| c.write_offset),
+            counter: counter.map(|(_, addr)| addr),
         };
         self.scratch.reserve()?;
         let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
         let mut stream = core::mem::take(&mut self.scratch.meta);
-        let result = meta::encode(pc, &built, &mut self.shapes, &mut stream)
-            .and_then(|()| self.place(pc, start, first_exit, layout.base, &built, &stream));
+        let result = meta::encode(pc, &built, &mut self.shapes, &mut stream).and_then(|()| {
+            let counter = counter.map_or(NONE, |(i, _)| i);
+            self.place(pc, start, first_exit, counter, &built, &stream)
+        });
         self.scratch.meta = stream;
         self.scratch.code = built.bytes;
         self.scratch.entries = built.entries;
@@ -351,7 +355,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         pc: u64,
         start: u32,
         first_exit: u32,
-        base: u64,
+        counter: u32,
         built: &Built,
         stream: &[u8],
     ) -> Result<FragmentId, Error> {
@@ -395,9 +399,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             self.next_incoming.push(NONE);
         }
         let slot = self.record(pc, built.guest_len);
-        let (counter, commit) = built
-            .counter
-            .map_or((0, 0), |(lit, commit)| (start.saturating_add(lit), commit));
+        let commit = built.commit.unwrap_or(0);
+        if counter != NONE {
+            self.counters_used += 1;
+        }
         self.fragments.push(Fragment {
             guest_pc: pc,
             start,
@@ -410,7 +415,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         });
         self.by_guest.insert(at, id);
         self.cursor = end;
-        self.table_insert(pc, base);
+        self.table_insert(pc, self.exec_base.wrapping_add(u64::from(start)));
         self.stats.blocks += 1;
         self.stats.guest_insns += u64::from(built.guest_insns);
         self.stats.guest_bytes += built.guest_len;
@@ -512,6 +517,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.next_incoming = Vec::new();
         self.shapes = Vec::new();
         self.cursor = self.code_start;
+        self.counters_used = 0;
         self.generation = self.generation.wrapping_add(1);
         self.clear_table();
         self.stats.flushes += 1;
@@ -527,6 +533,22 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     pub fn set_client(&mut self, client: Option<Client>) {
         self.flush();
         self.client = client;
+    }
+
+    /// Count client: the next counter (index, runtime address) for a new fragment;
+    /// `CacheFull` when every counter is in use (flush and retry).
+    fn next_counter(&self) -> Result<Option<(u32, u64)>, Error> {
+        let Some(client) = self.client.filter(|c| c.kind == ClientKind::Count) else {
+            return Ok(None);
+        };
+        let i = self.counters_used;
+        match client.counters.get(i as usize) {
+            Some(c) => Ok(Some((i, c.as_ptr() as u64))),
+            None => Err(Error::CacheFull {
+                needed: 8,
+                available: 0,
+            }),
+        }
     }
 
     /// The client's table slot for a new block's range; counted when there is no room.
@@ -553,13 +575,14 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             let Some(f) = self.fragments.get(i) else {
                 break;
             };
-            let (counter, slot) = (f.counter as usize, f.slot);
-            if counter == 0 || slot == NONE {
+            if f.slot == NONE {
                 continue;
             }
-            if let Some(n) = self.read_u64(counter).filter(|&n| n != 0) {
-                client.table.add(slot, n);
-                self.write_u64(counter, 0);
+            if let Some(c) = client.counters.get(f.counter as usize) {
+                let n = c.swap(0, Relaxed);
+                if n != 0 {
+                    client.table.add(f.slot, n);
+                }
             }
         }
     }
@@ -579,7 +602,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             return false;
         };
         let (start, counter, commit) = (f.guest_pc, f.counter as usize, f.commit);
-        if counter == 0 || rel < commit {
+        let Some(c) = client.counters.get(counter) else {
+            return false;
+        };
+        if rel < commit {
             return false;
         }
         let (Some(m), Some(h)) = (self.pc_map(cache_pc), self.header(f)) else {
@@ -598,10 +624,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         if done < start || done >= end {
             return false;
         }
-        let Some(n) = self.read_u64(counter) else {
-            return false;
-        };
-        self.write_u64(counter, n.wrapping_sub(1));
+        c.fetch_sub(1, Relaxed);
         if done > start {
             match client.table.insert(start, (done - start) as u32) {
                 Some(slot) => client.table.add(slot, 1),

@@ -4,9 +4,9 @@
 //!
 //! - [`ClientKind::Coverage`] records each block when it is translated (a block is
 //!   translated only when execution reaches it); translated code is unchanged.
-//! - [`ClientKind::Count`] starts each block's translation with a flag-free increment of a
-//!   counter in the fragment's literals; [`crate::CodeCache::harvest`] folds the counters
-//!   into the table. See `docs/clients.md` for what the recorded ranges mean.
+//! - [`ClientKind::Count`] starts each block's translation with a flag-free increment of
+//!   the fragment's counter ([`Client::counters`]); [`crate::CodeCache::harvest`] folds the
+//!   counters into the table. See `docs/clients.md` for what the recorded ranges mean.
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -25,9 +25,10 @@ pub struct Client {
     pub kind: ClientKind,
     /// The table the ranges go to.
     pub table: BlockTable<'static>,
-    /// Runtime address of the arena's writable view minus the arena's execution address:
-    /// translated code writes its counters there (0 when the code mapping is writable).
-    pub write_offset: u64,
+    /// Count client: one execution counter per fragment, which translated code increments
+    /// at its runtime address. Outside the code cache, and writable where translated code
+    /// runs. A cache with more fragments than counters is full.
+    pub counters: &'static [AtomicU64],
 }
 
 /// One entry of a [`BlockTable`]: a packed (start, length) key, 0 while free, and a count.

@@ -300,35 +300,6 @@ impl Emitter {
         self.byte(0x58 | (r & 7));
     }
 
-    /// `mov rax, [moffs64]` with a zero address; returns the address field's offset.
-    pub fn mov_rax_moffs(&mut self) -> usize {
-        self.bytes(&[0x48, 0xa1]);
-        let field = self.off();
-        self.bytes(&[0; 8]);
-        field
-    }
-
-    /// `mov [moffs64], rax` with a zero address; returns the address field's offset.
-    pub fn mov_moffs_rax(&mut self) -> usize {
-        self.bytes(&[0x48, 0xa3]);
-        let field = self.off();
-        self.bytes(&[0; 8]);
-        field
-    }
-
-    /// `lea rax, [rax + 1]`: an increment that leaves the flags alone.
-    pub fn lea_rax_plus_one(&mut self) {
-        self.bytes(&[0x48, 0x8d, 0x40, 0x01]);
-    }
-
-    /// Overwrites the 8 bytes at `at` with `value`.
-    pub fn patch_u64(&mut self, at: usize, value: u64) {
-        match at.checked_add(8).and_then(|end| self.code.get_mut(at..end)) {
-            Some(field) => field.copy_from_slice(&value.to_le_bytes()),
-            None => self.overflow = true,
-        }
-    }
-
     /// `push imm32` (sign-extended to 64 bits).
     pub fn push_imm(&mut self, imm: i32) {
         self.byte(0x68);

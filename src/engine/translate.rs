@@ -7,8 +7,8 @@
 
 use alloc::vec::Vec;
 use iced_x86::{
-    Code, ConditionCode, Encoder, FlowControl, Instruction, InstructionInfoFactory, OpKind,
-    Register,
+    Code, ConditionCode, Encoder, FlowControl, IcedError, Instruction, InstructionInfoFactory,
+    MemoryOperand, OpKind, Register,
 };
 
 use crate::config::{CallRetPolicy, Config};
@@ -31,9 +31,9 @@ pub(crate) struct Layout {
     pub dispatcher_slot: u64,
     /// Id of the fragment's first exit.
     pub first_exit: u32,
-    /// Count client: the writable view's offset from the code (`Client::write_offset`);
-    /// the fragment then starts with its execution counter's increment.
-    pub count_write: Option<u64>,
+    /// Count client: the runtime address of the fragment's execution counter, whose
+    /// increment then starts the fragment.
+    pub counter: Option<u64>,
 }
 
 /// One exit of a fragment under construction.
@@ -60,20 +60,8 @@ pub(crate) struct Built {
     pub return_sites: Vec<(u32, u64)>,
     pub guest_len: u64,
     pub guest_insns: u32,
-    /// Count client: the counter literal's fragment offset, and the code offset from which
-    /// this execution is counted.
-    pub counter: Option<(u32, u32)>,
-}
-
-/// The count client's increment in a fragment under construction.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Counter {
-    /// Literal index of the counter.
-    lit: usize,
-    /// Fragment offsets of the load's and the store's 64-bit address fields.
-    fields: [usize; 2],
-    /// Code offset just after the store.
-    commit: u32,
+    /// Count client: the code offset from which an execution is counted.
+    pub commit: Option<u32>,
 }
 
 /// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
@@ -140,7 +128,8 @@ pub(crate) struct Builder<'c> {
     /// iced's encoder output (reserved room for one instruction).
     pub enc: Vec<u8>,
     pub info: Option<InstructionInfoFactory>,
-    pub counter: Option<Counter>,
+    /// Count client: the code offset just after the counter's store.
+    pub commit: Option<u32>,
 }
 
 /// Translates the guest block at `pc`.
@@ -175,10 +164,13 @@ fn build_from(
         return_sites: core::mem::take(&mut scratch.return_sites),
         enc: core::mem::take(&mut scratch.encoded),
         info: scratch.info.take(),
-        counter: None,
+        commit: None,
     };
-    if layout.count_write.is_some() {
-        b.count_prefix(pc);
+    if let Some(counter) = layout.counter {
+        if let Err(e) = b.count_prefix(pc, counter) {
+            b.recycle(scratch);
+            return Err(e);
+        }
     }
     let mut ip = pc;
     let mut count = 0u32;
@@ -364,37 +356,83 @@ impl Builder<'_> {
     /// ```text
     /// lea  rsp, [rsp - red_zone]
     /// push rax
-    /// mov  rax, [counter]        ; moffs64: the counter's writable address
+    /// mov  rax, [counter]        ; RIP-relative, or moffs64 out of reach
     /// lea  rax, [rax + 1]
     /// mov  [counter], rax        ; counted from here
     /// pop  rax
     /// lea  rsp, [rsp + red_zone]
     /// ```
     ///
-    /// No flag changes. Interrupted before the store, the rollback restores `rax` and `rsp`
-    /// and the block runs again from its start, increment included; after it,
-    /// [`crate::CodeCache::interrupted`] takes the execution back from the counter.
-    fn count_prefix(&mut self, pc: u64) {
+    /// No flag changes. The counter lives outside the cache (a write near translated code
+    /// would be self-modifying code to the CPU). Interrupted before the store, the
+    /// rollback restores `rax` and `rsp` and the block runs again from its start, increment
+    /// included; after it, [`crate::CodeCache::interrupted`] takes the execution back.
+    fn count_prefix(&mut self, pc: u64, counter: u64) -> Result<(), Error> {
         let rz = self.rz();
         let rax = [Some(Restore::new(Gpr::Rax, 0)), None, None];
-        let lit = self.e.literal(0);
         self.e.map(pc, Rollback::at(pc));
         self.e.lea_rsp(-to_i32(rz));
         self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
         self.e.push(Gpr::Rax);
         self.e.map(pc, rb(rax, rz + 8, RipSource::Guest(pc)));
-        let load = self.e.mov_rax_moffs();
-        self.e.lea_rax_plus_one();
-        let store = self.e.mov_moffs_rax();
-        let commit = self.off32();
+        let plus_one = MemoryOperand::with_base_displ(Register::RAX, 1);
+        let steps = [
+            self.counter_access(counter, true),
+            Instruction::with2(Code::Lea_r64_m, Register::RAX, plus_one),
+            self.counter_access(counter, false),
+        ];
+        for step in steps {
+            let insn = step.map_err(|_| Error::Encode { pc })?;
+            self.encode(&insn, pc)?;
+            self.e.bytes(&self.enc);
+        }
+        self.commit = Some(self.off32());
         self.e.pop(Gpr::Rax);
         self.e.map(pc, rb([None; 3], rz, RipSource::Guest(pc)));
         self.e.lea_rsp(to_i32(rz));
-        self.counter = Some(Counter {
-            lit,
-            fields: [load, store],
-            commit,
-        });
+        Ok(())
+    }
+
+    /// `mov rax, [counter]` (`load`) or `mov [counter], rax`, RIP-relative when in reach.
+    fn counter_access(&self, counter: u64, load: bool) -> Result<Instruction, IcedError> {
+        let (code, mem) = if self.reaches(counter) {
+            let code = if load {
+                Code::Mov_r64_rm64
+            } else {
+                Code::Mov_rm64_r64
+            };
+            let near = MemoryOperand::new(
+                Register::RIP,
+                Register::None,
+                1,
+                counter as i64,
+                8,
+                false,
+                Register::None,
+            );
+            (code, near)
+        } else {
+            let code = if load {
+                Code::Mov_RAX_moffs64
+            } else {
+                Code::Mov_moffs64_RAX
+            };
+            let abs = MemoryOperand::new(
+                Register::None,
+                Register::None,
+                1,
+                counter as i64,
+                8,
+                false,
+                Register::None,
+            );
+            (code, abs)
+        };
+        if load {
+            Instruction::with2(code, Register::RAX, mem)
+        } else {
+            Instruction::with2(code, mem, Register::RAX)
+        }
     }
 
     /// Ends the fragment as needed after an instruction copied as is; `true` if it ended.
@@ -692,18 +730,6 @@ impl Builder<'_> {
                 capacity: MAX_FRAGMENT as u32,
             });
         }
-        let counter = self.counter.map(|c| {
-            let off = literal_base + c.lit * 8;
-            let addr = self
-                .layout
-                .base
-                .wrapping_add(self.layout.count_write.unwrap_or(0))
-                .wrapping_add(off as u64);
-            for field in c.fields {
-                self.e.patch_u64(field, addr);
-            }
-            (u32::try_from(off).unwrap_or(u32::MAX), c.commit)
-        });
         if self.e.resolve(&self.exits, literal_base).is_none() {
             let pc = self.layout.base;
             self.recycle(scratch);
@@ -722,7 +748,7 @@ impl Builder<'_> {
             return_sites: self.return_sites,
             guest_len,
             guest_insns,
-            counter,
+            commit: self.commit,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! and the block table the caches share, which lives from load to unload so
 //! that its data outlasts flushes and enable/disable cycles.
 
-use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use kdbt_engine::{BlockSlot, BlockTable, Client, ClientKind};
 use kernel::prelude::*;
 
@@ -66,10 +66,9 @@ pub(crate) fn clear() {
     RECORDED.store(NONE, Relaxed);
 }
 
-/// The client for a cache whose arena is written `write_offset` bytes away
-/// from where it executes.
-pub(crate) fn for_cache(write_offset: u64) -> Option<Client> {
-    selected().map(|kind| Client { kind, table: table(), write_offset })
+/// The client for a cache with these counters.
+pub(crate) fn for_cache(counters: &'static [AtomicU64]) -> Option<Client> {
+    selected().map(|kind| Client { kind, table: table(), counters })
 }
 
 pub(crate) fn name(kind: Option<ClientKind>) -> &'static str {

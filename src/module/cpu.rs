@@ -7,7 +7,7 @@
 //! possible CPU id, through which the entry paths find it.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use iced_x86::Instruction;
 use kdbt_engine::{CallRetPolicy, CodeCache, Config, HookClass, IblSize};
 use kernel::bindings;
@@ -18,6 +18,11 @@ use crate::execmem::Region;
 use crate::idt::{self, Gate, VECTORS};
 use crate::stats::CpuStats;
 
+
+/// Cache bytes per counter byte: one 8-byte counter per 128 bytes of cache,
+/// fewer than fragments with an increment take (a cache out of counters is
+/// full).
+const COUNTER_DIVISOR: usize = 16;
 
 /// Bytes of each dispatcher stack.
 pub(crate) const STACK_BYTES: usize = 32 << 10;
@@ -54,8 +59,8 @@ pub(crate) struct CpuState {
     pub(crate) syscall_map: [(usize, u64); 5],
     pub(crate) native: NativeRange,
     pub(crate) stats: &'static CpuStats,
-    /// Where the cache's arena is written, minus where it executes.
-    write_offset: u64,
+    /// The count client's counters (in `_region`).
+    counters: &'static [AtomicU64],
     /// Guest PCs of the hardware execute breakpoints armed on this CPU: they
     /// run natively, where the CPU can see them.
     pub(crate) exec_breakpoints: [Option<u64>; 4],
@@ -82,7 +87,7 @@ impl CpuState {
     /// Builds the state of CPU `id`. Process context; may sleep.
     pub(crate) fn new(id: usize, setup: &Setup) -> Result<KBox<Self>> {
         let stats = table().and_then(|t| t.stats.as_slice().get(id)).ok_or(ENODEV)?;
-        let region = Region::new(thunks::SIZE + setup.cache_bytes)?;
+        let region = Region::new(thunks::SIZE + setup.cache_bytes, setup.cache_bytes / COUNTER_DIVISOR)?;
         let exec = region.exec();
         // SAFETY: the only split of `region`, which the state owns and drops last.
         let (thunk_page, arena, data) = unsafe { region.split(thunks::SIZE)? };
@@ -114,12 +119,15 @@ impl CpuState {
             ibl: IblSize::Large,
             thunks: setup.thunks,
         };
-        let write_offset = (arena.as_ptr() as u64).wrapping_sub(exec + thunks::SIZE as u64);
+        // SAFETY: the state holds the view no longer than `_region`.
+        let counters = unsafe { region.counters() };
+        // Fresh memory is not zeroed; counters are zero whenever no fragment has them.
+        counters.iter().for_each(|c| c.store(0, Ordering::Relaxed));
         let mut cache = CodeCache::new(arena, exec + thunks::SIZE as u64, config).map_err(|e| {
             pr_err!("cpu {}: code cache: {}\n", id, e);
             EINVAL
         })?;
-        cache.set_client(crate::client::for_cache(write_offset));
+        cache.set_client(crate::client::for_cache(counters));
         let mut stack = Vec::new();
         stack.try_reserve_exact(STACK_BYTES / 8).map_err(|_| ENOMEM)?;
         stack.resize(STACK_BYTES / 8, 0u64);
@@ -151,7 +159,7 @@ impl CpuState {
                 syscall_map,
                 native: setup.native,
                 stats,
-                write_offset,
+                counters,
                 exec_breakpoints: [None; 4],
                 // The cache is empty: nothing logged so far concerns it.
                 log_applied: crate::consistency::published(),
@@ -193,7 +201,7 @@ impl CpuState {
 
     /// Gives this CPU's cache the selected client, which flushes it.
     pub(crate) fn apply_client(&mut self) {
-        self.cache.set_client(crate::client::for_cache(self.write_offset));
+        self.cache.set_client(crate::client::for_cache(self.counters));
         crate::stats::bump(&self.stats.flushes);
         self.retarget_syscall();
     }

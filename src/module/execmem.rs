@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Executable memory for the code caches, within ±2 GB of kernel text.
+//! Executable memory for the code caches, within ±2 GB of kernel text, and
+//! the count client's counters next to it.
 //!
 //! `execmem_alloc` and `set_memory_rox` are not exported; the C helpers find
 //! them with `kallsyms_lookup_name` (`helpers.c`) and hand out read-only,
@@ -9,6 +10,7 @@
 //! the same pages made with the exported `vmap` (W^X holds per mapping).
 
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
 use kernel::bindings;
 use kernel::prelude::*;
 
@@ -32,13 +34,16 @@ pub(crate) fn init() -> Result {
 /// One CPU's executable region and its writable alias.
 ///
 /// # Invariants
-/// `exec` is `len` bytes from `kdbt_exec_alloc`, read-only executable but
-/// for its last [`DATA_BYTES`] (read-write data); `alias` maps the same pages
-/// writable; both live until drop, and nothing else writes the pages.
+/// `exec` is `len` bytes from `kdbt_exec_alloc`: `code` bytes read-only
+/// executable, then `counters` bytes and [`DATA_BYTES`] read-write; `alias`
+/// maps the same pages writable; both live until drop, and nothing else
+/// writes the pages.
 pub(crate) struct Region {
     exec: NonNull<u8>,
     alias: NonNull<u8>,
     len: usize,
+    code: usize,
+    counters: usize,
 }
 
 // SAFETY: the region is plain memory owned by this value.
@@ -47,11 +52,13 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Allocates `code` bytes of code (whole pages) and [`DATA_BYTES`] of
-    /// data after them. Process context; may sleep.
-    pub(crate) fn new(code: usize) -> Result<Self> {
+    /// Allocates `code` bytes of code and `counters` bytes of data written by
+    /// that code (whole pages each), and [`DATA_BYTES`] of data after them.
+    /// Process context; may sleep.
+    pub(crate) fn new(code: usize, counters: usize) -> Result<Self> {
         let code = code.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
-        let len = code.checked_add(DATA_BYTES).ok_or(EINVAL)?;
+        let counters = counters.checked_next_multiple_of(PAGE).ok_or(EINVAL)?;
+        let len = code.checked_add(counters).and_then(|n| n.checked_add(DATA_BYTES)).ok_or(EINVAL)?;
         // SAFETY: plain call; returns null or `len` bytes, the first `code` ROX.
         let exec = NonNull::new(unsafe { ffi::kdbt_exec_alloc(len, code) }.cast::<u8>()).ok_or(ENOMEM)?;
         let npages = len / PAGE;
@@ -72,7 +79,7 @@ impl Region {
         })();
         match mapped {
             // INVARIANT: `alias` maps exactly the `len` bytes at `exec`.
-            Ok(alias) => Ok(Self { exec, alias, len }),
+            Ok(alias) => Ok(Self { exec, alias, len, code, counters }),
             Err(e) => {
                 // SAFETY: `exec` came from `kdbt_exec_alloc` and is unused.
                 unsafe { ffi::kdbt_exec_free(exec.as_ptr().cast()) };
@@ -97,16 +104,29 @@ impl Region {
     /// Called at most once per region: the parts must be its only views, and
     /// must not outlive it.
     pub(crate) unsafe fn split(&self, at: usize) -> Result<(&'static mut [u8], &'static mut [u8], &'static mut [u8])> {
-        let code = self.len - DATA_BYTES;
-        if at > code {
+        if at > self.code {
             return Err(EINVAL);
         }
         // SAFETY: the alias maps `len` writable bytes; exclusivity and
         // lifetime are the caller's contract.
         let all = unsafe { core::slice::from_raw_parts_mut(self.alias.as_ptr(), self.len) };
-        let (code, data) = all.split_at_mut(code);
+        let (code, rest) = all.split_at_mut(self.code);
         let (low, high) = code.split_at_mut(at);
-        Ok((low, high, data))
+        Ok((low, high, &mut rest[self.counters..]))
+    }
+
+    /// The counters, at their execution addresses (read-write there, unlike
+    /// the code, so translated code increments them in place).
+    ///
+    /// # Safety
+    /// The slice must not outlive the region.
+    pub(crate) unsafe fn counters(&self) -> &'static [AtomicU64] {
+        // SAFETY: `counters` read-write bytes follow the code at `exec`, page
+        // aligned (so 8-byte aligned), and zeroed or written only as
+        // counters; the lifetime is the caller's contract.
+        unsafe {
+            core::slice::from_raw_parts(self.exec.as_ptr().add(self.code).cast::<AtomicU64>(), self.counters / 8)
+        }
     }
 }
 
