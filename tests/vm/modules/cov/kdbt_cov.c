@@ -6,10 +6,15 @@
  * Writes to /proc/kdbt_cov (one command a write, serialized):
  *	branch V	V in 0..255: kdbt_cov_branch(V) calls kdbt_cov_arm<i>
  *			for each bit i set in V, lowest first
- *	loop K		K in 0..100000000: kdbt_cov_loop(K) calls
- *			kdbt_cov_body K times
+ *	loop K [MS]	K in 0..100000000: kdbt_cov_loop(K) calls
+ *			kdbt_cov_body K times; after every 1024th call it
+ *			sleeps MS (0..100) milliseconds, or with MS 0 or
+ *			absent calls cond_resched() (so that a flush's
+ *			stop_machine can run in the middle of a long loop;
+ *			MS makes the loop last at least K / 1024 * MS ms
+ *			however fast it runs)
  *	reset		zeroes the counters below
- * Anything else: EINVAL. V and K in decimal or 0x hex.
+ * Anything else: EINVAL. Numbers in decimal or 0x hex.
  *
  * Reading prints the functions' call counters, one "<name> <calls>" line
  * each: arm0 .. arm7, body, branch, loop (the number of branch and loop
@@ -22,6 +27,7 @@
  * counts its call.
  */
 #include <linux/kernel.h>
+#include <linux/delay.h>
 #include <linux/kstrtox.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -38,6 +44,7 @@
 
 #define COV_ARMS 8
 #define COV_MAX_LOOP 100000000U
+#define COV_MAX_PAUSE_MS 100U
 
 static DEFINE_MUTEX(cov_lock);
 static unsigned long cov_arm_calls[COV_ARMS];
@@ -87,7 +94,7 @@ COV_FN void kdbt_cov_body(void)
 	WRITE_ONCE(cov_body_calls, cov_body_calls + 1);
 }
 
-COV_FN void kdbt_cov_loop(unsigned int k)
+COV_FN void kdbt_cov_loop(unsigned int k, unsigned int pause_ms)
 {
 	unsigned int i;
 
@@ -95,15 +102,19 @@ COV_FN void kdbt_cov_loop(unsigned int k)
 	for (i = 0; i < k; i++) {
 		kdbt_cov_body();
 		/* Long loops let the stop_machine of a flush in (no preemption here). */
-		if ((i & 1023) == 1023)
+		if ((i & 1023) != 1023)
+			continue;
+		if (pause_ms)
+			msleep(pause_ms);
+		else
 			cond_resched();
 	}
 }
 
 static ssize_t cov_write(struct file *file, const char __user *ubuf, size_t len, loff_t *pos)
 {
-	char buf[64], *arg, *cmd;
-	unsigned int n;
+	char buf[64], *arg, *cmd, *arg2;
+	unsigned int n, ms = 0;
 	int err = -EINVAL;
 
 	if (len >= sizeof(buf))
@@ -113,14 +124,18 @@ static ssize_t cov_write(struct file *file, const char __user *ubuf, size_t len,
 	buf[len] = 0;
 	arg = strim(buf);
 	cmd = strsep(&arg, " ");
-	if (arg && kstrtouint(strim(arg), 0, &n))
+	arg2 = arg ? strim(arg) : NULL;
+	arg = arg2 ? strsep(&arg2, " ") : NULL;
+	if (arg && kstrtouint(arg, 0, &n))
+		return -EINVAL;
+	if (arg2 && (strcmp(cmd, "loop") || kstrtouint(strim(arg2), 0, &ms) || ms > COV_MAX_PAUSE_MS))
 		return -EINVAL;
 	mutex_lock(&cov_lock);
 	if (!strcmp(cmd, "branch") && arg && n < (1U << COV_ARMS)) {
 		kdbt_cov_branch(n);
 		err = 0;
 	} else if (!strcmp(cmd, "loop") && arg && n <= COV_MAX_LOOP) {
-		kdbt_cov_loop(n);
+		kdbt_cov_loop(n, ms);
 		err = 0;
 	} else if (!strcmp(cmd, "reset") && !arg) {
 		memset(cov_arm_calls, 0, sizeof(cov_arm_calls));
