@@ -11,6 +11,9 @@ ko="$1"; out="$2"
 command -v cpio >/dev/null || die "cpio missing: install the Debian package cpio (make setup)"
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
+# The archive's "." becomes the guest's /: mktemp's 0700 would keep every
+# user but root out of every path (the tests' uid 1000 could not exec a thing).
+chmod 755 "$root"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,root,kdbt/tests,kdbt/bench,kdbt/modules}
 cp /bin/busybox "$root/bin/busybox"
 for app in $(/bin/busybox --list); do
