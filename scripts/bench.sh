@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: boots the test VM under QEMU -icount shift=0,sleep=off (guest
 # time = guest instructions, 1 ns each), runs the lmbench-style suite
-# (tests/bench/lmbench.c, driven by tests/bench/run.sh) natively and then with
-# the kernel translated by kdbt in the same boot, and prints one row per
-# benchmark: native ns/op, translated ns/op, translated/native and kdbt
-# dispatcher entries per op, then the geometric-mean ratio. See docs/bench.md.
+# (tests/bench/lmbench.c, driven by tests/bench/run.sh) natively, then with
+# the kernel translated by kdbt, then translated with the count client and
+# with the coverage client (docs/clients.md), in the same boot, and prints
+# one row per benchmark: native ns/op, then for each translated pass its
+# ns/op, its ratio to native and kdbt dispatcher entries per op; then the
+# geometric-mean ratios, one line per pass ("geomean ratio translated/native
+# (12 of 12 benchmarks): 1.91", then "geomean ratio count/native: 2.10" and
+# "geomean ratio coverage/native: 1.95"). See docs/bench.md.
 # Environment: KDBT_BENCH_SCALE (iteration-count percent, default 100),
 # KDBT_BENCH_PASSES (translated passes in the same boot, default 1; each extra
 # pass adds a column group), KDBT_VM_TIMEOUT (seconds, default 900),
@@ -26,6 +30,8 @@ BENCHES=(null_syscall read_devnull write_devnull open_close stat pipe_rtt unix_r
 EXTRA=(static_key_flip)
 PASSES=(translated)
 for ((i = 2; i <= passes; i++)); do PASSES+=("translated$i"); done
+# The client passes, after the translated ones.
+CLIENTS=(count coverage)
 
 if [ -n "${KDBT_BENCH_LOG:-}" ]; then
     # Re-read an earlier run's console log instead of booting.
@@ -34,6 +40,12 @@ if [ -n "${KDBT_BENCH_LOG:-}" ]; then
     passes="$(tr -d '\r' <"$log" | grep -c '=== kdbt bench translated[0-9]* (' || true)"
     PASSES=(translated)
     for ((i = 2; i <= passes; i++)); do PASSES+=("translated$i"); done
+    # A log from before the client passes has none.
+    found=()
+    for c in "${CLIENTS[@]}"; do
+        if tr -d '\r' <"$log" | grep -c "=== kdbt bench $c (" >/dev/null; then found+=("$c"); fi
+    done
+    CLIENTS=("${found[@]}")
 else
     # The module is built from the working tree; say which tree the figures belong to.
     ko="$("$here/module.sh")"
@@ -72,17 +84,17 @@ grep -q '=== kdbt bench done ===' <<<"$clean" || { echo "bench: guest run did no
 
 native="$(results native)"
 declare -A res logsum count
-for p in "${PASSES[@]}"; do res[$p]="$(results "$p")"; logsum[$p]=0; count[$p]=0; done
+for p in "${PASSES[@]}" "${CLIENTS[@]}"; do res[$p]="$(results "$p")"; logsum[$p]=0; count[$p]=0; done
 
 header="$(printf '%-14s %11s' benchmark native)"
-for p in "${PASSES[@]}"; do header+="$(printf ' %13s %7s %8s' "$p" ratio disp/op)"; done
+for p in "${PASSES[@]}" "${CLIENTS[@]}"; do header+="$(printf ' %13s %7s %8s' "$p" ratio disp/op)"; done
 echo "$header"
 for b in "${BENCHES[@]}" "${EXTRA[@]}"; do
     [ "$b" = "${EXTRA[0]}" ] && echo "-- code changes (not in the geomean):"
     nv="$(value "$native" "$b")"
     row="$(printf '%-14s %11s' "$b" "${nv:-MISSING}")"
     [ -n "$nv" ] || bad=1
-    for p in "${PASSES[@]}"; do
+    for p in "${PASSES[@]}" "${CLIENTS[@]}"; do
         tv="$(value "${res[$p]}" "$b")"
         if [ -z "$tv" ] || [ -z "$nv" ]; then
             row+="$(printf ' %13s %7s %8s' "${tv:-MISSING}" - -)"; bad=1; continue
@@ -95,12 +107,17 @@ for b in "${BENCHES[@]}" "${EXTRA[@]}"; do
     done
     echo "$row"
 done
-for p in "${PASSES[@]}"; do
+# The translated passes' lines name how many benchmarks they cover; the
+# clients' only when some benchmark is missing (which fails the run).
+for p in "${PASSES[@]}" "${CLIENTS[@]}"; do
     [ "${count[$p]}" -gt 0 ] || continue
-    awk -v p="$p" -v s="${logsum[$p]}" -v n="${count[$p]}" -v all="${#BENCHES[@]}" \
-        'BEGIN { printf "geomean ratio %s/native (%d of %d benchmarks): %.2f\n", p, n, all, exp(s / n) }'
+    client=0; [[ " ${CLIENTS[*]} " == *" $p "* ]] && client=1
+    awk -v p="$p" -v s="${logsum[$p]}" -v n="${count[$p]}" -v all="${#BENCHES[@]}" -v client=$client 'BEGIN {
+        r = exp(s / n); of = sprintf(" (%d of %d benchmarks)", n, all)
+        if (client) printf "geomean ratio %s/native: %.2f%s\n", p, r, (n < all ? of : "")
+        else printf "geomean ratio %s/native%s: %.2f\n", p, of, r }'
 done
 echo "(ns/op = guest instructions per op under -icount shift=0; disp/op = kdbt dispatcher entries per op)"
-grep -E '^kdbt-bench: (stat|dispatcher)' <<<"$clean" || true
+grep -E '^kdbt-bench: (stat|dispatcher|client)' <<<"$clean" || true
 echo "console log: $log"
 exit "$bad"

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Guest side of `make bench` (run by /init in mode bench): the lmbench-style
-# suite natively, then with the kernel translated by kdbt, in the same boot.
-# scripts/bench.sh reads the result sets between the === markers.
+# suite natively, then with the kernel translated by kdbt, then translated
+# with each instrumentation client (docs/clients.md: count, then coverage),
+# in the same boot. scripts/bench.sh reads the result sets between the ===
+# markers (native, translated..., count, coverage).
 # Kernel command-line options: kdbt.bench_scale=PERCENT scales the iteration
 # counts; kdbt.bench_passes=N runs the translated suite N times in a row
 # (markers "translated", then "translated2" ... "translatedN").
@@ -45,6 +47,24 @@ echo "kdbt-bench: dispatcher_entries during translated run: $((e1 - e0))"
 for f in blocks_translated cache_bytes_used lookup_hits lookup_misses pc_rewrites rollbacks flushes invalidations blocks_invalidated; do
     echo "kdbt-bench: stat $f $(cat $st/$f 2>/dev/null)"
 done
+# One pass per client, each from a fresh enable with its data reset, as the
+# translated pass starts from a fresh insmod; then the client's header line
+# (how many blocks it recorded).
+k=/sys/kernel/kdbt
+grep -q '^[^ ]* /sys/kernel/debug debugfs ' /proc/mounts || mount -t debugfs none /sys/kernel/debug
+for client in count coverage; do
+    [ -f $k/client ] || { echo "kdbt-bench: FAIL no $k/client: no $client pass"; continue; }
+    echo $client > $k/client || { echo "kdbt-bench: FAIL client $client"; continue; }
+    echo 1 > $k/client_reset || echo "kdbt-bench: FAIL client_reset ($client)"
+    echo 1 > $k/enabled || { echo "kdbt-bench: FAIL enable ($client)"; continue; }
+    echo "=== kdbt bench $client (scale $scale%) ==="
+    $bin "$scale" || echo "kdbt-bench: FAIL $client run exited $?"
+    echo "=== kdbt bench $client end ==="
+    echo 0 > $k/enabled || echo "kdbt-bench: FAIL disable ($client)"
+    file=/sys/kernel/debug/kdbt/$([ $client = count ] && echo counts || echo coverage)
+    if h="$(head -1 $file)"; then echo "kdbt-bench: client $client: $h"; else echo "kdbt-bench: FAIL reading $file"; fi
+done
+[ -f $k/client ] && echo none > $k/client
 rmmod kdbt || echo "kdbt-bench: FAIL rmmod"
 rmmod kdbt_skey || echo "kdbt-bench: FAIL rmmod kdbt_skey"
 echo "=== kdbt bench done ==="
