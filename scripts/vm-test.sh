@@ -3,8 +3,9 @@
 # KTAP results, plan, kernel errors in the console log, timeout, and the
 # decode check against objdump. One boot per pass:
 #   default    -smp 2, the whole suite, default code-cache size
-#   mincache   -smp 2, the whole suite but hostile_gsbase (which runs at
-#              the smallest size itself), every test's cache at the smallest
+#   mincache   -smp 2, the whole suite but hostile_gsbase and client_count
+#              (which run at the smallest size themselves) and client_sysfs
+#              (24 client switches: minutes), every test's cache at the smallest
 #              size the module allows, shortened by kdbt_test.quick=1
 #   smp1, smp4, smp8, smp64max2
 #              -smp 1 / 4 / 8 / 64 with the kernel's maxcpus=2 (64 possible CPU
@@ -70,7 +71,7 @@ for pass in $passes; do
         *) echo "not ok - $pass/known_pass"; echo "    unknown pass '$pass'"; failed=$((failed + 1)); continue ;;
     esac
     case "$KDBT_KERNEL/$pass" in
-        small/mincache) only=$(cd "$KDBT_ROOT/tests/vm" && ls t-*.sh | sed 's/^t-//; s/\.sh$//' | grep -vx hostile_gsbase | paste -sd,) ;;
+        small/mincache) only=$(cd "$KDBT_ROOT/tests/vm" && ls t-*.sh | sed 's/^t-//; s/\.sh$//' | grep -vxE 'hostile_gsbase|client_count|client_sysfs' | paste -sd,) ;;
         small/smp2max1) only=smp_alternatives; limit=300 ;;
         small/smp*) only=$REDUCED; limit=900 ;;
         distro/rethunk | distro/intel | distro/intelpti) limit=600 ;;
