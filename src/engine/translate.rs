@@ -395,39 +395,23 @@ impl Builder<'_> {
 
     /// `mov rax, [counter]` (`load`) or `mov [counter], rax`, RIP-relative when in reach.
     fn counter_access(&self, counter: u64, load: bool) -> Result<Instruction, IcedError> {
-        let (code, mem) = if self.reaches(counter) {
-            let code = if load {
-                Code::Mov_r64_rm64
-            } else {
-                Code::Mov_rm64_r64
-            };
-            let near = MemoryOperand::new(
-                Register::RIP,
-                Register::None,
-                1,
-                counter as i64,
-                8,
-                false,
-                Register::None,
-            );
-            (code, near)
-        } else {
-            let code = if load {
-                Code::Mov_RAX_moffs64
-            } else {
-                Code::Mov_moffs64_RAX
-            };
-            let abs = MemoryOperand::new(
-                Register::None,
-                Register::None,
-                1,
-                counter as i64,
-                8,
-                false,
-                Register::None,
-            );
-            (code, abs)
+        let near = self.reaches(counter);
+        let code = match (near, load) {
+            (true, true) => Code::Mov_r64_rm64,
+            (true, false) => Code::Mov_rm64_r64,
+            (false, true) => Code::Mov_RAX_moffs64,
+            (false, false) => Code::Mov_moffs64_RAX,
         };
+        let base = if near { Register::RIP } else { Register::None };
+        let mem = MemoryOperand::new(
+            base,
+            Register::None,
+            1,
+            counter as i64,
+            8,
+            false,
+            Register::None,
+        );
         if load {
             Instruction::with2(code, Register::RAX, mem)
         } else {
