@@ -8,14 +8,24 @@
 # address, which is what a code-cache address would print as.
 . ./lib.sh
 K=/sys/kernel/kdbt
+# The unwinder refuses a task that is running on another CPU (an empty
+# stack), so wait until the sleeper has reached nanosleep, up to 10 s.
 sleeper() { # file
     sleep 100 &
     pid=$!
-    usleep 300000
-    cat /proc/$pid/stack > "$1"
+    i=0
+    while :; do
+        cat /proc/$pid/stack > "$1"
+        grep -q nanosleep "$1" && break
+        [ $i -lt 50 ] || break
+        usleep 200000
+        i=$((i + 1))
+    done
+    state=$(sed 's/^.*) //; s/ .*//' /proc/$pid/stat)
     kill $pid
     wait $pid 2> /dev/null
-    [ -s "$1" ] || fail "empty /proc/$pid/stack"
+    [ -s "$1" ] || fail "empty /proc/$pid/stack (state $state)"
+    grep -q nanosleep "$1" || { cat "$1"; fail "/proc/$pid/stack names no nanosleep (state $state)"; }
 }
 funcs() { sed 's/^\[<[0-9a-f]*>\] //; s/+0x[0-9a-f]*\/0x[0-9a-f]*$//' "$1"; }
 sleeper /tmp/st.native
