@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
 
 use kdbt_engine::{BlockRange, BlockSlot, BlockTable, CallRetPolicy, Client, ClientKind};
-use kdbt_host::{Options, Placement, ProcessMemory, Runtime};
+use kdbt_host::{ExecMemory, Options, Placement, ProcessMemory, Runtime};
 
 fn table(n: usize) -> BlockTable<'static> {
     let slots: Vec<BlockSlot> = (0..n).map(|_| BlockSlot::new()).collect();
@@ -218,27 +218,66 @@ fn an_interrupt_after_the_count_moves_it_to_the_prefix_that_ran() {
     assert!(!rt.cache_mut().interrupted(start, &ProcessMemory));
 }
 
-#[test]
-fn no_client_adds_no_code() {
-    let entry = looped as *const () as u64;
-    let mut sizes = Vec::new();
-    for client in [None, Some(ClientKind::Coverage), Some(ClientKind::Count)] {
-        let mut opts = Options::new(CallRetPolicy::Transparent);
-        opts.placement = Placement::Near(entry);
-        let mut rt = Runtime::new(opts).expect("runtime");
-        if let Some(kind) = client {
-            let t = table(1 << 10);
-            rt.cache_mut().set_client(Some(Client {
-                kind,
-                table: t,
-                counters: counters(64),
-            }));
-        }
-        rt.run(entry, &[4, 1]).expect("run");
-        sizes.push(rt.cache().stats().cache_bytes);
+/// Runs the guest function at `entry` with (`a`, `b`) translated with `client`; (result,
+/// blocks, cache bytes).
+fn run_with(client: Option<ClientKind>, entry: u64, a: u64, b: u64) -> [u64; 3] {
+    let mut opts = Options::new(CallRetPolicy::Transparent);
+    opts.placement = Placement::Near(entry);
+    let mut rt = Runtime::new(opts).expect("runtime");
+    if let Some(kind) = client {
+        rt.cache_mut().set_client(Some(Client {
+            kind,
+            table: table(1 << 10),
+            counters: counters(64),
+        }));
     }
-    assert_eq!(sizes[0], sizes[1], "coverage leaves translations unchanged");
-    assert!(sizes[2] > sizes[0], "count adds its increment: {sizes:?}");
+    let result = rt.run(entry, &[a, b]).expect("run");
+    let s = rt.cache().stats();
+    [result, s.blocks, s.cache_bytes]
+}
+
+#[test]
+fn coverage_adds_no_code_and_count_adds_its_increment() {
+    // arm0 is one straight-line block, the same block with or without a client.
+    let entry = arm0 as *const () as u64;
+    let runs = [None, Some(ClientKind::Coverage), Some(ClientKind::Count)]
+        .map(|c| run_with(c, entry, 5, 0));
+    assert!(
+        runs.iter().all(|r| r[0] == arm0(5) && r[1] == 1),
+        "{runs:?}"
+    );
+    assert_eq!(
+        runs[0][2], runs[1][2],
+        "coverage leaves translations unchanged"
+    );
+    assert!(
+        runs[2][2] > runs[0][2],
+        "count adds its increment: {runs:?}"
+    );
+}
+
+#[test]
+fn without_a_client_blocks_go_on_past_conditional_branches() {
+    let code = [
+        0x48, 0x89, 0xf8, // mov rax, rdi
+        0x48, 0x85, 0xff, // test rdi, rdi
+        0x74, 0x04, //       jz +4
+        0x48, 0x83, 0xc0, 0x01, // add rax, 1
+        0x48, 0x85, 0xf6, // test rsi, rsi
+        0x74, 0x04, //       jz +4
+        0x48, 0x83, 0xc0, 0x02, // add rax, 2
+        0xc3, //             ret
+    ];
+    let mut page = ExecMemory::new(4096).expect("code page");
+    page.as_mut()[..code.len()].copy_from_slice(&code);
+    let entry = page.base();
+    // Neither jz taken: one block without a client; a client's blocks end at each jz.
+    let plain = run_with(None, entry, 1, 1);
+    let covered = run_with(Some(ClientKind::Coverage), entry, 1, 1);
+    assert_eq!((plain[0], plain[1]), (4, 1), "{plain:?}");
+    assert_eq!((covered[0], covered[1]), (4, 3), "{covered:?}");
+    // Taken, the first jz leaves for a block from the second test to the ret.
+    assert_eq!(run_with(None, entry, 0, 1)[..2], [2, 2]);
 }
 
 #[test]

@@ -305,6 +305,16 @@ fn corpus_matches_native_fast_cache_far_from_guest() {
 }
 
 #[test]
+fn corpus_matches_native_transparent_cache_in_low_2gib() {
+    assert_busy(&run_corpus(CallRetPolicy::Transparent, Placement::Low));
+}
+
+#[test]
+fn corpus_matches_native_fast_cache_in_low_2gib() {
+    assert_busy(&run_corpus(CallRetPolicy::Fast, Placement::Low));
+}
+
+#[test]
 fn small_lookup_table_still_matches_native() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {

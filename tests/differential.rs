@@ -2,7 +2,8 @@
 //! through a pointer and RIP-relative, forward jcc/jmp, `loop`, `jrcxz`, direct calls,
 //! indirect calls and jumps through registers and `[rsp]`, `ret imm16`, push/pop) are assembled with iced, run
 //! natively and translated under both call/ret policies, both red zones and a cache near
-//! and far from them, and must leave identical registers, flags and memory.
+//! them, far from them and in the low 2 GiB, and must leave identical registers, flags and
+//! memory.
 
 use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Code, Instruction, InstructionBlock, MemoryOperand, Register,
@@ -292,16 +293,24 @@ fn assemble(insns: &[Instruction], page: &ExecMemory) -> Vec<u8> {
     bytes
 }
 
-/// A runtime whose cache is near `code` (or more than 4 GiB from it when `far`).
-fn runtime(policy: CallRetPolicy, red_zone: u32, far: bool, code: u64) -> Runtime {
+/// A runtime with its cache placed near `code`, more than 4 GiB from it, or in the low
+/// 2 GiB (the kernel's two-register lookups).
+fn runtime(policy: CallRetPolicy, red_zone: u32, place: Place, code: u64) -> Runtime {
     let mut opts = Options::new(policy);
     opts.red_zone = red_zone;
-    opts.placement = if far {
-        Placement::Far(code)
-    } else {
-        Placement::Near(code)
+    opts.placement = match place {
+        Place::Near => Placement::Near(code),
+        Place::Far => Placement::Far(code),
+        Place::Low => Placement::Low,
     };
     Runtime::new(opts).expect("runtime")
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    Near,
+    Far,
+    Low,
 }
 
 /// Runs the program at `code` with a fresh copy of its bytes and buffer; returns the
@@ -339,13 +348,13 @@ fn random_programs_give_native_results_under_every_configuration() {
         let bytes = assemble(&insns, &page);
         for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
             for red_zone in [128, 0] {
-                for far in [false, true] {
-                    let mut rt = runtime(policy, red_zone, far, page.base());
+                for place in [Place::Near, Place::Far, Place::Low] {
+                    let mut rt = runtime(policy, red_zone, place, page.base());
                     let native = execute(&mut rt, &mut page, &bytes, false);
                     let translated = execute(&mut rt, &mut page, &bytes, true);
                     assert_eq!(
                         translated, native,
-                        "program {n} {policy:?} red zone {red_zone} far {far}"
+                        "program {n} {policy:?} red zone {red_zone} {place:?}"
                     );
                     // Again, now linked.
                     assert_eq!(
@@ -361,7 +370,7 @@ fn random_programs_give_native_results_under_every_configuration() {
             }
         }
     }
-    assert_eq!(runs, 120 * 8);
+    assert_eq!(runs, 120 * 12);
     // The programs are really different, and their translations were linked.
     assert!(outcomes.len() > 100, "{} distinct outcomes", outcomes.len());
     assert!(links > 1000, "{links} links");
@@ -377,8 +386,8 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
         let bytes = assemble(&insns, &page);
         let base = page.base() as *mut u8;
         for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
-            for (red_zone, far) in [(128, false), (0, true)] {
-                let mut rt = runtime(policy, red_zone, far, page.base());
+            for (red_zone, place) in [(128, Place::Near), (0, Place::Far), (0, Place::Low)] {
+                let mut rt = runtime(policy, red_zone, place, page.base());
                 let mut buf = vec![7u64; BUF];
                 let buf_ptr = buf.as_mut_ptr();
                 let reset = || {
@@ -392,7 +401,7 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
                         }
                     }
                 };
-                let what = format!("program {n} {policy:?} red zone {red_zone} far {far}");
+                let what = format!("program {n} {policy:?} red zone {red_zone} {place:?}");
                 let (_, seen) = assert_stepped_states_are_native(
                     &mut rt,
                     page.base(),

@@ -50,6 +50,7 @@ fn cache(code_bytes: usize) -> CodeCache<Vec<u8>> {
         hooks: HookClass::INT3,
         ibl: IblSize::Small,
         thunks: Thunks::NONE,
+        through_jcc: true,
     };
     CodeCache::new(vec![0u8; 64 + 256 * 16 + code_bytes], 0x1_0000_0000, cfg).unwrap()
 }

@@ -164,14 +164,18 @@ fn segv_in_indirect_call_through_bad_memory_rolls_back_to_the_call() {
     c.extend([0x48, 0x89, 0xf8]); // mov rax, rdi
     c.extend([0xff, 0x50, 0x08]); // call [rax + 8]
     c.push(0xc3);
+    // Near: the three-register lookup; Low: the two-register one (the kernel's).
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 4);
 }
 
 #[test]
 fn segv_in_indirect_jmp_through_bad_memory_rolls_back_to_the_jmp() {
     let mut c = prologue();
     c.extend([0xff, 0x27]); // jmp [rdi]
+                            // Near: the three-register lookup; Low: the two-register one (the kernel's).
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 4);
 }
 
 #[test]
@@ -181,7 +185,9 @@ fn segv_in_rsp_relative_indirect_call_uses_the_guest_rsp() {
     let mut c = prologue();
     c.extend([0x48, 0x89, 0xfc]); // mov rsp, rdi  (rsp = 0x10)
     c.extend([0xff, 0x54, 0x24, 0x08]); // call [rsp + 8]
+                                        // Near: the three-register lookup; Low: the two-register one (the kernel's).
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 4);
 }
 
 #[test]
@@ -191,7 +197,9 @@ fn segv_in_ret_lookup_with_bad_stack_rolls_back_to_the_ret() {
     c.push(0xc3); // ret
                   // Transparent: the lookup's first spill faults (after skipping a red zone of 128, which
                   // the rollback undoes; with red zone 0 nothing is undone); Fast: `ret` is copied.
+                  // Near: the three-register lookup; Low: the two-register one (the kernel's).
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 1);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 1);
 }
 
 #[test]
@@ -385,17 +393,18 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
     let cases: [(extern "C" fn(u64, u64) -> u64, u64, u64); 2] =
         [(step_fib, 7, 0), (step_mix, 40, 5)];
     for (policy, red_zone) in policies_and_red_zones() {
-        for far in [false, true] {
+        // Near and Far: three-register lookups; Low: two-register ones (the kernel's).
+        for place in ["near", "far", "low"] {
             let mut total = common::Stepped::default();
             for (f, a, b) in cases {
                 let entry = f as *const () as u64;
-                let placement = if far {
-                    Placement::Far(entry)
-                } else {
-                    Placement::Near(entry)
+                let placement = match place {
+                    "far" => Placement::Far(entry),
+                    "low" => Placement::Low,
+                    _ => Placement::Near(entry),
                 };
                 let mut rt = runtime(policy, placement, red_zone);
-                let what = format!("{policy:?} red zone {red_zone} far={far}");
+                let what = format!("{policy:?} red zone {red_zone} {place}");
                 let (result, seen) =
                     common::assert_stepped_states_are_native(&mut rt, entry, &[a, b], || {}, &what);
                 assert_eq!(result, f(a, b));
@@ -406,7 +415,7 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
             // The traced runs went through lookup sequences (spills) and their miss paths.
             assert!(
                 total.spills > 0 && total.from_stack > 0,
-                "{policy:?} {red_zone} far={far}: {total:?}"
+                "{policy:?} {red_zone} {place}: {total:?}"
             );
         }
     }

@@ -18,6 +18,7 @@ fn cache() -> CodeCache<Vec<u8>> {
         hooks: HookClass::empty(),
         ibl: IblSize::Small,
         thunks: Thunks::NONE,
+        through_jcc: true,
     };
     CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache")
 }
@@ -146,11 +147,12 @@ fn lookups_are_hits_plus_misses_and_failed_translations_add_no_block() {
     assert_eq!((s.lookups, s.hits, s.misses, s.blocks), (3, 1, 2, 1));
 }
 
-/// The guest PC and cache PC stored in the lookup-table slot of `pc` (Small table).
+/// The guest PC and cache PC stored in the lookup-table slot of `pc` (Small table: 256
+/// negated guest PCs, then 256 cache PCs).
 fn table_entry(cache: &CodeCache<Vec<u8>>, pc: u64) -> (u64, u64) {
-    let off = kdbt_engine::TABLE_OFFSET + (pc & 0xff) as usize * 16;
+    let off = kdbt_engine::TABLE_OFFSET + (pc & 0xff) as usize * 8;
     let word = |o: usize| u64::from_le_bytes(cache.arena()[o..o + 8].try_into().expect("8 bytes"));
-    (word(off), word(off + 8))
+    (word(off).wrapping_neg(), word(off + 256 * 8))
 }
 
 #[test]

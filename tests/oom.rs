@@ -75,6 +75,7 @@ fn kernel_config() -> Config {
         hooks: HookClass::IRETQ_TO_KERNEL,
         ibl: IblSize::Small,
         thunks: Thunks::NONE,
+        through_jcc: true,
     }
 }
 

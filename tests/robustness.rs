@@ -31,6 +31,7 @@ fn config(rng: &mut Rng) -> Config {
         hooks: HookClass::from_bits_truncate(rng.next() as u32),
         ibl: IblSize::Small,
         thunks: Thunks::NONE,
+        through_jcc: true,
     }
 }
 
@@ -141,6 +142,7 @@ fn cfg(policy: CallRetPolicy) -> Config {
         hooks: HookClass::empty(),
         ibl: IblSize::Small,
         thunks: Thunks::NONE,
+        through_jcc: true,
     }
 }
 

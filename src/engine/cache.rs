@@ -4,7 +4,8 @@
 //! Arena layout (offsets from the arena start, runtime address `exec_base`):
 //! ```text
 //! 0                 8-byte dispatcher slot (absolute address, for `jmp [rip + slot]`)
-//! 64                lookup table: entries of (guest PC u64, cache PC u64)
+//! 64                lookup table keys: `entries` negated guest PCs (u64)
+//! 64 + 8*entries    lookup table values: `entries` cache PCs (u64)
 //! 64 + 16*entries   fragments, each 8-byte aligned: body, exit stubs, literals
 //! ```
 
@@ -227,33 +228,55 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 
-    fn table_slot(&self, guest_pc: u64) -> (usize, u64) {
-        let idx = guest_pc & u64::from(self.cfg.ibl.entries() - 1);
-        (TABLE_OFFSET + idx as usize * 16, idx)
+    /// Arena offsets of the key and the value of `idx`'s table entry.
+    fn table_offsets(&self, idx: u64) -> (usize, usize) {
+        let key = TABLE_OFFSET + idx as usize * 8;
+        (key, key + self.cfg.ibl.entries() as usize * 8)
+    }
+
+    fn table_index(&self, guest_pc: u64) -> u64 {
+        guest_pc & u64::from(self.cfg.ibl.entries() - 1)
+    }
+
+    /// A key that matches no guest PC hashed to `idx`: the negation of `!idx`, whose low
+    /// bits differ from `idx`'s. (Keys are negated so that the probe's `key + target` is
+    /// zero on a match.)
+    fn empty_key(idx: u64) -> u64 {
+        (!idx).wrapping_neg()
     }
 
     fn clear_table(&mut self) {
         for idx in 0..u64::from(self.cfg.ibl.entries()) {
-            // `!idx` has low bits different from `idx`: never matches a target hashed here.
-            self.write_u64(TABLE_OFFSET + idx as usize * 16, !idx);
-            self.write_u64(TABLE_OFFSET + idx as usize * 16 + 8, 0);
+            let (key, value) = self.table_offsets(idx);
+            self.write_u64(key, Self::empty_key(idx));
+            self.write_u64(value, 0);
         }
     }
 
-    /// Points the table entry for `guest_pc` at `cache_pc`. The guest PC is invalidated
-    /// first and written last, so a concurrent lookup sees either the old pair, a miss, or
-    /// the new pair (x86 keeps stores in order).
+    /// Points the table entry for `guest_pc` at `cache_pc`. The key is invalidated first
+    /// and written last, so a concurrent lookup sees either the old pair, a miss, or the
+    /// new pair (x86 keeps stores in order).
     fn table_insert(&mut self, guest_pc: u64, cache_pc: u64) {
-        let (off, idx) = self.table_slot(guest_pc);
-        self.write_u64(off, !idx);
-        self.write_u64(off + 8, cache_pc);
-        self.write_u64(off, guest_pc);
+        let idx = self.table_index(guest_pc);
+        let (key, value) = self.table_offsets(idx);
+        self.write_u64(key, Self::empty_key(idx));
+        self.write_u64(value, cache_pc);
+        self.write_u64(key, guest_pc.wrapping_neg());
     }
 
-    pub(crate) fn table_remove(&mut self, guest_pc: u64) {
-        let (off, idx) = self.table_slot(guest_pc);
-        if self.read_u64(off) == Some(guest_pc) {
-            self.write_u64(off, !idx);
+    /// Whether no inline lookup can hit: every table entry holds its empty key.
+    pub fn lookup_table_is_empty(&self) -> bool {
+        (0..u64::from(self.cfg.ibl.entries()))
+            .all(|idx| self.read_u64(self.table_offsets(idx).0) == Some(Self::empty_key(idx)))
+    }
+
+    /// Drops `guest_pc` from the inline lookup table (if it is there), so that indirect
+    /// branches to it go through the dispatcher.
+    pub fn table_remove(&mut self, guest_pc: u64) {
+        let idx = self.table_index(guest_pc);
+        let (key, _) = self.table_offsets(idx);
+        if self.read_u64(key) == Some(guest_pc.wrapping_neg()) {
+            self.write_u64(key, Self::empty_key(idx));
         }
     }
 
@@ -332,6 +355,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             dispatcher_slot: self.exec_base.wrapping_add(DISPATCHER_SLOT_OFFSET as u64),
             first_exit,
             counter: counter.map(|(_, addr)| addr),
+            through_jcc: self.cfg.through_jcc && self.client.is_none(),
         };
         self.scratch.reserve()?;
         let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;

@@ -57,6 +57,11 @@ pub struct Config {
     pub ibl: IblSize,
     /// The kernel's mitigation thunks.
     pub thunks: Thunks,
+    /// Whether a block goes on past a conditional branch into its fall-through (a
+    /// single-entry, multiple-exit block: one `jmp` fewer per branch not taken). Off
+    /// where each fragment must run whole or not at all, as for kdbt-user's counted runs;
+    /// a client's blocks never do.
+    pub through_jcc: bool,
 }
 
 impl Config {

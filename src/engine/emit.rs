@@ -1,8 +1,8 @@
 //! Machine-code emission for one fragment: hand-assembled fixed sequences, PC-map entries,
 //! and fixups of rel32 fields that point at exit stubs and literals.
 //!
-//! Every sequence emitted here is flag-free (`lea`, `mov`, `movzx`, `not`, `push`, `pop`,
-//! `jrcxz`, `jmp`, `ret`), so guest flags survive translated code untouched.
+//! Every sequence emitted here is flag-free (`lea`, `mov`, `push`, `pop`, `jrcxz`, `jmp`,
+//! `ret`), so guest flags survive translated code untouched.
 
 use alloc::vec::Vec;
 use iced_x86::InstructionInfoFactory;
@@ -343,35 +343,9 @@ impl Emitter {
         self.bytes(&imm.to_le_bytes());
     }
 
-    /// The flag-free indirect-branch lookup core. On entry `rax` = guest target; `rcx`, `rdx`
-    /// are free. Leaves `rdx` = table entry address; jumps (`jrcxz rel8`) to the hit path
-    /// when the entry's guest PC equals `rax`, else falls through. Returns the offset of the
-    /// `jrcxz` displacement byte, to be set with [`Emitter::patch_rel8`].
-    ///
-    /// ```text
-    /// movzx ecx, ax | al          ; slot index = low bits of the target
-    /// lea   rcx, [rcx + rcx]      ; index * 2
-    /// lea   rdx, [rip + table]
-    /// lea   rdx, [rdx + rcx*8]    ; entry = table + index * 16
-    /// mov   rcx, [rdx]            ; entry guest PC
-    /// not   rcx
-    /// lea   rcx, [rcx + rax + 1]  ; rcx = target - entry guest PC
-    /// jrcxz hit
-    /// ```
-    pub fn ibl_probe(&mut self, table: u64, bits16: bool) -> usize {
-        if bits16 {
-            self.bytes(&[0x0f, 0xb7, 0xc8]);
-        } else {
-            self.bytes(&[0x0f, 0xb6, 0xc8]);
-        }
-        self.bytes(&[0x48, 0x8d, 0x0c, 0x09]);
-        self.bytes(&[0x48, 0x8d, 0x15]);
-        let rel = table.wrapping_sub(self.here().wrapping_add(4)) as u32;
-        self.bytes(&rel.to_le_bytes());
-        self.bytes(&[0x48, 0x8d, 0x14, 0xca]);
-        self.bytes(&[0x48, 0x8b, 0x0a]);
-        self.bytes(&[0x48, 0xf7, 0xd1]);
-        self.bytes(&[0x48, 0x8d, 0x4c, 0x01, 0x01]);
+    /// `jrcxz` forward, its displacement to be set with [`Emitter::patch_rel8`]; returns
+    /// the displacement byte's offset.
+    pub fn jrcxz_forward(&mut self) -> usize {
         self.bytes(&[0xe3, 0]);
         self.code.len().saturating_sub(1)
     }
@@ -382,11 +356,6 @@ impl Emitter {
         let rel = i8::try_from(self.code.len().checked_sub(at.checked_add(1)?)?).ok()?;
         *self.code.get_mut(at)? = rel as u8;
         Some(())
-    }
-
-    /// `mov rcx, [rdx + 8]` (the table entry's cache PC).
-    pub fn load_entry_target(&mut self) {
-        self.bytes(&[0x48, 0x8b, 0x4a, 0x08]);
     }
 
     /// `ret imm16`.

@@ -8,7 +8,53 @@ use crate::config::IblSize;
 use crate::error::{Error, Unsupported};
 use crate::exit::{ExitKind, IndirectKind};
 use crate::pcmap::{Gpr, Restore, RipSource, Rollback};
-use crate::translate::{gpr_of, rb, to_i32, Builder, SPILL};
+use crate::translate::{gpr_of, rb, to_i32, Builder};
+
+/// The registers a lookup sequence spills, in push order, and where each one's slot is
+/// (from the `rsp` after the last push).
+#[derive(Clone, Copy)]
+struct Spill {
+    /// Two (`rax`, `rcx`) when the table is addressable with an absolute disp32 (the
+    /// kernel's code caches, in the top 2 GiB), else three (`rdx` too, to hold the
+    /// RIP-relative table address).
+    n: u32,
+}
+
+impl Spill {
+    const REGS: [Gpr; 3] = [Gpr::Rax, Gpr::Rcx, Gpr::Rdx];
+
+    fn bytes(self) -> u32 {
+        8 * self.n
+    }
+
+    /// Every spilled register still to restore; `restored` of them (the lowest slots
+    /// first) are live again.
+    fn slots(self, restored: u32) -> [Option<Restore>; 3] {
+        let mut out = [None; 3];
+        for (i, reg) in Self::REGS.iter().enumerate().take(self.n as usize) {
+            let off = 8 * (self.n - 1 - i as u32);
+            if off >= 8 * restored {
+                if let Some(o) = out.get_mut(i) {
+                    *o = Some(Restore::new(*reg, off));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `[rcx*8 + array]`, `array` at an absolute address in disp32 reach.
+fn by_index(array: u64) -> MemoryOperand {
+    MemoryOperand::new(
+        Register::None,
+        Register::RCX,
+        8,
+        array as i64,
+        4,
+        false,
+        Register::None,
+    )
+}
 
 impl Builder<'_> {
     pub(crate) fn ibl(
@@ -20,21 +66,37 @@ impl Builder<'_> {
         self.ibl_with(insn, kind, pop, None)
     }
 
+    /// Whether the whole lookup table is addressable as `[index*8 + disp32]`.
+    fn table_absolute(&self) -> bool {
+        let end = self
+            .layout
+            .table
+            .wrapping_add(u64::from(self.cfg.ibl.entries()) * 16);
+        let fits = |a: u64| i32::try_from(a as i64).is_ok();
+        fits(self.layout.table) && fits(end) && end > self.layout.table
+    }
+
     /// The inline indirect-branch lookup. `pop` is what `ret` pops (8 + imm16); `ret_lit`
     /// the literal holding the return address a `call` pushes.
     ///
-    /// With `L` the spill distance, the spill area `S = old_rsp - L - 24` holds rdx, rcx, rax;
-    /// `post` is the guest rsp after the branch; `k = post - red_zone - 16 - S`:
+    /// The table holds `entries` negated guest PCs, then `entries` cache PCs, so that
+    /// `key + target` is zero on a match. With `L` the spill distance, `n` spilled
+    /// registers, the spill area `S = old_rsp - L - 8n`; `post` is the guest rsp after the
+    /// branch; `k = post - red_zone - 16 - S`. With the table in disp32 reach (`n = 2`):
     /// ```text
-    /// lea  rsp, [rsp - L] ; push rax ; push rcx ; push rdx
-    /// mov  rax, <target>                 ; operand, rsp-relative ones adjusted by L + 24
-    /// (call) mov rcx, [rip + ret_lit] ; mov [rsp + L + 16], rcx   ; the pushed return address
-    /// probe (see Emitter::ibl_probe) ; jrcxz hit
-    /// miss: mov [rsp + k + 8], rax ; mov rdx, [rsp] ; mov rcx, [rsp + 8] ; mov rax, [rsp + 16]
+    /// lea  rsp, [rsp - L] ; push rax ; push rcx
+    /// mov  rax, <target>                 ; operand, rsp-relative ones adjusted by L + 16
+    /// (call) mov rcx, [rip + ret_lit] ; mov [rsp + L + 8], rcx    ; the pushed return address
+    /// movzx ecx, ax|al ; mov rcx, [rcx*8 + keys] ; lea rcx, [rcx + rax] ; jrcxz hit
+    /// miss: mov [rsp + k + 8], rax ; mov rcx, [rsp] ; mov rax, [rsp + 8]
     ///       mov qword [rsp + k], exit_id ; lea rsp, [rsp + k] ; jmp dispatcher
-    /// hit:  mov rcx, [rdx + 8] ; mov rdx, [rsp] ; mov [rsp], rcx ; mov rcx, [rsp + 8]
-    ///       mov rax, [rsp + 16] ; ret k + red_zone + 8
+    /// hit:  movzx ecx, ax|al ; mov rcx, [rcx*8 + values] ; mov rax, [rsp + 8]
+    ///       mov [rsp + 8], rcx ; pop rcx ; ret k + red_zone
     /// ```
+    /// Otherwise (`n = 3`, rdx pushed after rcx) the key is found through rdx:
+    /// `movzx ecx, ax|al ; lea rdx, [rip + keys] ; lea rdx, [rdx + rcx*8] ; mov rcx, [rdx]`,
+    /// and the hit is `mov rcx, [rdx + 8*entries] ; mov rdx, [rsp] ; mov [rsp], rcx ;
+    /// mov rcx, [rsp + 8] ; mov rax, [rsp + 16] ; ret k + red_zone + 8`.
     pub(crate) fn ibl_with(
         &mut self,
         insn: &Instruction,
@@ -44,71 +106,89 @@ impl Builder<'_> {
     ) -> Result<(), Error> {
         let pc = insn.ip();
         let rz = self.rz();
-        // L: old_rsp - rsp after the first lea; k as documented above.
-        let (l, k) = match kind {
-            IndirectKind::Jmp => (rz + 8, 16),
-            IndirectKind::Call => (rz + 16, 16),
-            IndirectKind::Ret => (rz, 8 + pop),
+        let abs = self.table_absolute();
+        let sp = Spill {
+            n: if abs { 2 } else { 3 },
         };
-        let hit_ret = u16::try_from(k + rz + 8).map_err(|_| Error::Unsupported {
+        let s = sp.bytes();
+        // L: old_rsp - rsp after the first lea; k as documented above. The target slot
+        // (k + 8) lies above the spill area, so the miss path can store it first.
+        let (l, k) = match kind {
+            IndirectKind::Jmp => (rz + 8, s - 8),
+            IndirectKind::Call => (rz + 16, s - 8),
+            IndirectKind::Ret => (rz, pop + s - 16),
+        };
+        let hit_ret = u16::try_from(k + rz + s - 16).map_err(|_| Error::Unsupported {
             pc,
             what: Unsupported::RetImmediate,
         })?;
-        let before = l + 24;
+        let before = l + s;
         let after = k + rz + 16;
         let i = self.add_exit(ExitKind::Indirect { insn_pc: pc, kind }, pc, None);
         let id = self.exit_id(i)?;
-        let full = |adj| rb(SPILL, adj, RipSource::Guest(pc));
+        let guest = RipSource::Guest(pc);
 
         self.e.map(pc, Rollback::at(pc));
         self.e.lea_rsp(-to_i32(l));
-        self.e.map(pc, rb([None; 3], l, RipSource::Guest(pc)));
-        self.e.push(Gpr::Rax);
-        self.e.map(
-            pc,
-            rb(
-                [Some(Restore::new(Gpr::Rax, 0)), None, None],
-                l + 8,
-                RipSource::Guest(pc),
-            ),
-        );
-        self.e.push(Gpr::Rcx);
-        let two = [
-            Some(Restore::new(Gpr::Rax, 8)),
-            Some(Restore::new(Gpr::Rcx, 0)),
-            None,
-        ];
-        self.e.map(pc, rb(two, l + 16, RipSource::Guest(pc)));
-        self.e.push(Gpr::Rdx);
-        self.e.map(pc, full(before));
+        for pushed in 0..sp.n {
+            self.e
+                .map(pc, rb(Spill { n: pushed }.slots(0), l + 8 * pushed, guest));
+            if let Some(&reg) = Spill::REGS.get(pushed as usize) {
+                self.e.push(reg);
+            }
+        }
+        self.e.map(pc, rb(sp.slots(0), before, guest));
         match kind {
             IndirectKind::Ret => self.e.load_rsp(Gpr::Rax, to_i32(before)),
             IndirectKind::Jmp | IndirectKind::Call => self.load_target(insn, to_i32(before))?,
         }
         if let Some(lit) = ret_lit {
             self.e.load_rcx_literal(lit);
-            self.e.store_rsp(to_i32(l + 16), Gpr::Rcx);
+            self.e.store_rsp(to_i32(l + s - 8), Gpr::Rcx);
         }
-        let jrcxz = self
-            .e
-            .ibl_probe(self.layout.table, self.cfg.ibl == IblSize::Large);
+        let large = self.cfg.ibl == IblSize::Large;
+        let values = self
+            .layout
+            .table
+            .wrapping_add(u64::from(self.cfg.ibl.entries()) * 8);
+        self.index_to_rcx(large, pc)?;
+        if abs {
+            self.mov_rcx(by_index(self.layout.table), pc)?;
+        } else {
+            // rdx = the key's address, kept for the hit path.
+            let table = MemoryOperand::new(
+                Register::RIP,
+                Register::None,
+                1,
+                self.layout.table as i64,
+                8,
+                false,
+                Register::None,
+            );
+            self.asm(
+                Instruction::with2(Code::Lea_r64_m, Register::RDX, table),
+                pc,
+            )?;
+            let key = MemoryOperand::with_base_index(Register::RDX, Register::RCX);
+            let key = MemoryOperand { scale: 8, ..key };
+            self.asm(Instruction::with2(Code::Lea_r64_m, Register::RDX, key), pc)?;
+            self.mov_rcx(MemoryOperand::with_base(Register::RDX), pc)?;
+        }
+        let cmp = MemoryOperand::with_base_index(Register::RCX, Register::RAX);
+        self.asm(Instruction::with2(Code::Lea_r64_m, Register::RCX, cmp), pc)?;
+        let jrcxz = self.e.jrcxz_forward();
 
         // Miss: leave with the frame contract, state after the branch.
         let k32 = to_i32(k);
         self.e.store_rsp(k32 + 8, Gpr::Rax);
         let target_slot = RipSource::Stack(k + 8);
-        self.e.map(pc, rb(SPILL, after, target_slot));
-        self.e.load_rsp(Gpr::Rdx, 0);
-        let rax_rcx = [
-            Some(Restore::new(Gpr::Rax, 16)),
-            Some(Restore::new(Gpr::Rcx, 8)),
-            None,
-        ];
-        self.e.map(pc, rb(rax_rcx, after, target_slot));
-        self.e.load_rsp(Gpr::Rcx, 8);
-        let rax_only = [Some(Restore::new(Gpr::Rax, 16)), None, None];
-        self.e.map(pc, rb(rax_only, after, target_slot));
-        self.e.load_rsp(Gpr::Rax, 16);
+        for restored in 0..sp.n {
+            self.e.map(pc, rb(sp.slots(restored), after, target_slot));
+            let reg = Spill::REGS.get((sp.n - 1 - restored) as usize);
+            if let Some(&reg) = reg {
+                self.e.load_rsp(reg, to_i32(8 * restored));
+            }
+        }
         self.e.map(pc, rb([None; 3], after, target_slot));
         self.e.store_rsp_imm(k32, id);
         self.e.lea_rsp(k32);
@@ -118,17 +198,59 @@ impl Builder<'_> {
 
         // Hit: restore and `ret imm16` into the fragment, state before the branch.
         self.e.patch_rel8(jrcxz).ok_or(Error::Encode { pc })?;
-        self.e.map(pc, full(before));
-        self.e.load_entry_target();
-        self.e.load_rsp(Gpr::Rdx, 0);
-        self.e.map(pc, rb(rax_rcx, before, RipSource::Guest(pc)));
-        self.e.store_rsp(0, Gpr::Rcx);
-        self.e.load_rsp(Gpr::Rcx, 8);
-        self.e.map(pc, rb(rax_only, before, RipSource::Guest(pc)));
-        self.e.load_rsp(Gpr::Rax, 16);
-        self.e.map(pc, rb([None; 3], before, RipSource::Guest(pc)));
+        self.e.map(pc, rb(sp.slots(0), before, guest));
+        if abs {
+            self.index_to_rcx(large, pc)?;
+            self.mov_rcx(by_index(values), pc)?;
+            self.e.load_rsp(Gpr::Rax, 8);
+            let rcx_only = [Some(Restore::new(Gpr::Rcx, 0)), None, None];
+            self.e.map(pc, rb(rcx_only, before, guest));
+            self.e.store_rsp(8, Gpr::Rcx);
+            self.e.pop(Gpr::Rcx);
+            self.e.map(pc, rb([None; 3], before - 8, guest));
+        } else {
+            let value = i64::from(self.cfg.ibl.entries()) * 8;
+            self.mov_rcx(MemoryOperand::with_base_displ(Register::RDX, value), pc)?;
+            self.e.load_rsp(Gpr::Rdx, 0);
+            self.e.map(pc, rb(sp.slots(1), before, guest));
+            self.e.store_rsp(0, Gpr::Rcx);
+            self.e.load_rsp(Gpr::Rcx, 8);
+            self.e.map(pc, rb(sp.slots(2), before, guest));
+            self.e.load_rsp(Gpr::Rax, 16);
+            self.e.map(pc, rb([None; 3], before, guest));
+        }
         self.e.ret_imm(hit_ret);
         Ok(())
+    }
+
+    /// Encodes `insn` here and appends it.
+    fn asm(
+        &mut self,
+        insn: Result<Instruction, iced_x86::IcedError>,
+        pc: u64,
+    ) -> Result<(), Error> {
+        let insn = insn.map_err(|_| Error::Encode { pc })?;
+        self.encode(&insn, pc)?;
+        self.e.bytes(&self.enc);
+        Ok(())
+    }
+
+    /// `movzx ecx, ax|al`: the table index of the target in rax.
+    fn index_to_rcx(&mut self, large: bool, pc: u64) -> Result<(), Error> {
+        let (code, src) = if large {
+            (Code::Movzx_r32_rm16, Register::AX)
+        } else {
+            (Code::Movzx_r32_rm8, Register::AL)
+        };
+        self.asm(Instruction::with2(code, Register::ECX, src), pc)
+    }
+
+    /// `mov rcx, <mem>`.
+    fn mov_rcx(&mut self, mem: MemoryOperand, pc: u64) -> Result<(), Error> {
+        self.asm(
+            Instruction::with2(Code::Mov_r64_rm64, Register::RCX, mem),
+            pc,
+        )
     }
 
     /// `rax = ` the target operand of `jmp`/`call r/m64`; `adj` = bytes pushed since the

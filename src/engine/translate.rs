@@ -34,7 +34,14 @@ pub(crate) struct Layout {
     /// Count client: the runtime address of the fragment's execution counter, whose
     /// increment then starts the fragment.
     pub counter: Option<u64>,
+    /// Whether the block goes on past a conditional branch into its fall-through (no
+    /// client: a client's block is a range that runs whole or not at all).
+    pub through_jcc: bool,
 }
+
+/// Most conditional branches a block goes on past; keeps every fragment within the
+/// exit, fixup and literal buffers (`MAX_SMALL`) with room for its last transfer.
+const MAX_THROUGH_JCC: usize = 8;
 
 /// One exit of a fragment under construction.
 #[derive(Clone, Copy, Debug)]
@@ -63,13 +70,6 @@ pub(crate) struct Built {
     /// Count client: the code offset from which an execution is counted.
     pub commit: Option<u32>,
 }
-
-/// Spill slots of the lookup sequence, from the lowest: rdx, rcx, rax.
-pub(crate) const SPILL: [Option<Restore>; 3] = [
-    Some(Restore::new(Gpr::Rax, 16)),
-    Some(Restore::new(Gpr::Rcx, 8)),
-    Some(Restore::new(Gpr::Rdx, 0)),
-];
 
 pub(crate) fn rb(restore: [Option<Restore>; 3], rsp_adjust: u32, rip: RipSource) -> Rollback {
     Rollback {
@@ -307,8 +307,7 @@ impl Builder<'_> {
             }
             FlowControl::ConditionalBranch => {
                 self.require(near64, pc)?;
-                self.conditional(w, insn)?;
-                Ok(true)
+                self.conditional(w, insn)
             }
             FlowControl::Call if insn.is_call_near() => {
                 self.require(near64, pc)?;
@@ -567,7 +566,10 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn conditional(&mut self, w: &Window, insn: &Instruction) -> Result<(), Error> {
+    /// A conditional branch; `Ok(true)` when it ended the fragment. A `jcc` taken leaves
+    /// through its exit; not taken, it falls through into the next instruction's
+    /// translation while [`Layout::through_jcc`] allows, else through a second exit.
+    fn conditional(&mut self, w: &Window, insn: &Instruction) -> Result<bool, Error> {
         let pc = insn.ip();
         let next = insn.next_ip();
         let target = insn.near_branch_target();
@@ -599,13 +601,16 @@ impl Builder<'_> {
             self.exit_jmp(pc, next);
             self.e.map(pc, Rollback::at(target));
             self.exit_jmp(pc, target);
-            return Ok(());
+            return Ok(true);
         } else {
             return Err(Error::Encode { pc });
         }
+        if self.layout.through_jcc && self.exits.len() < MAX_THROUGH_JCC {
+            return Ok(false);
+        }
         self.e.map(pc, Rollback::at(next));
         self.exit_jmp(pc, next);
-        Ok(())
+        Ok(true)
     }
 
     fn call_direct(&mut self, insn: &Instruction) {

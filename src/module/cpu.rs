@@ -118,6 +118,7 @@ impl CpuState {
             // most of the kernel's returns and indirect branches miss.
             ibl: IblSize::Large,
             thunks: setup.thunks,
+            through_jcc: true,
         };
         // SAFETY: the state holds the view no longer than `_region`.
         let counters = unsafe { region.counters() };

@@ -17,11 +17,10 @@ pub struct ExecMemory {
 unsafe impl Send for ExecMemory {}
 
 impl ExecMemory {
-    fn map(len: usize, hint: usize, fixed: bool, prot: i32) -> io::Result<Self> {
-        let flags = libc::MAP_PRIVATE
-            | libc::MAP_ANONYMOUS
-            | if fixed { libc::MAP_FIXED_NOREPLACE } else { 0 };
-        // SAFETY: an anonymous mapping; MAP_FIXED_NOREPLACE never replaces existing mappings.
+    fn map(len: usize, hint: usize, extra: i32, prot: i32) -> io::Result<Self> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra;
+        // SAFETY: an anonymous mapping; `extra` is MAP_FIXED_NOREPLACE (never replaces
+        // existing mappings), MAP_32BIT or nothing.
         let p = unsafe { libc::mmap(hint as *mut libc::c_void, len, prot, flags, -1, 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
@@ -36,9 +35,20 @@ impl ExecMemory {
         Self::map(
             len,
             0,
-            false,
+            0,
             libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
         )
+    }
+
+    /// `len` bytes in the low 2 GiB (`MAP_32BIT`), where absolute disp32 addresses reach
+    /// them as they reach a kernel code cache in the top 2 GiB.
+    pub fn low(len: usize) -> io::Result<Self> {
+        let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let m = Self::map(len, 0, libc::MAP_32BIT, prot)?;
+        if (m.ptr.as_ptr() as u64).saturating_add(len as u64) > 1 << 31 {
+            return Err(io::Error::other("MAP_32BIT mapping above 2 GiB"));
+        }
+        Ok(m)
     }
 
     /// `len` bytes within ±1 GiB of `addr` (so code there reaches `addr` with rel32).
@@ -81,7 +91,7 @@ impl ExecMemory {
             if hint < 0x10000 || hint >= (1 << 47) - len as u64 {
                 continue;
             }
-            if let Ok(m) = Self::map(len, hint as usize, true, prot) {
+            if let Ok(m) = Self::map(len, hint as usize, libc::MAP_FIXED_NOREPLACE, prot) {
                 return Ok(m);
             }
         }

@@ -24,6 +24,9 @@ pub enum Placement {
     Anywhere,
     /// Within ±1 GiB of this address (RIP-relative operands are re-encoded).
     Near(u64),
+    /// In the low 2 GiB, like a kernel code cache in the top 2 GiB: the lookup table is
+    /// addressed with an absolute disp32 and the lookup sequences spill two registers.
+    Low,
     /// More than 4 GiB from this address (RIP-relative operands go through a scratch
     /// register).
     Far(u64),
@@ -122,6 +125,7 @@ impl Runtime {
             Placement::Anywhere => ExecMemory::new(opts.arena_len),
             Placement::Near(a) => ExecMemory::near(opts.arena_len, a),
             Placement::Far(a) => ExecMemory::far(opts.arena_len, a),
+            Placement::Low => ExecMemory::low(opts.arena_len),
         }
         .map_err(io)?;
         let stack = ExecMemory::new(opts.stack_len).map_err(io)?;
@@ -133,6 +137,7 @@ impl Runtime {
             hooks: opts.hooks,
             ibl: opts.ibl,
             thunks: opts.thunks,
+            through_jcc: true,
         };
         let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
         signals::install();

@@ -43,6 +43,7 @@ fn sweep(policy: CallRetPolicy, red_zone: u32, addr: u64, text: &[u8]) -> Result
         hooks: HookClass::empty(),
         ibl: IblSize::Large,
         thunks: Thunks::NONE,
+        through_jcc: true,
     };
     // Touch every page first: page faults are not translation work.
     let arena: Vec<u8> = (0..64usize << 20).map(|i| i as u8).collect();

@@ -7,7 +7,7 @@ use super::switch::{self, GuestContext, RED_ZONE};
 use super::syscall::{GuestOs, Outcome};
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, ExitReason, FragmentId,
-    GuestMemory, HookClass, IblSize, Stats, Step, Thunks, TABLE_OFFSET,
+    GuestMemory, HookClass, IblSize, Stats, Step, Thunks,
 };
 use kdbt_host::{ExecMemory, ProcessMemory};
 use std::fmt;
@@ -203,31 +203,9 @@ impl Translator {
         }
         if self.transitions == Transitions::Counted {
             // `translate` (re)inserts `target` into the lookup table on a miss and on a hit.
-            self.empty_table_slot(target);
+            self.cache.table_remove(target);
         }
         Ok((pc, id))
-    }
-
-    /// Keeps indirect branches to `pc` missing in the inline lookup, using the table layout
-    /// of docs/engine.md (entry `i` at `TABLE_OFFSET + 16 i`, empty when it holds `!i`).
-    fn empty_table_slot(&mut self, pc: u64) {
-        let idx = pc & u64::from(IblSize::Large.entries() - 1);
-        let slot = self.cache.exec_base() + TABLE_OFFSET as u64 + idx * 16;
-        // SAFETY: the slot lies in the arena's table, which this thread alone uses, and no
-        // reference into the arena is live between engine calls.
-        unsafe { (slot as *mut u64).write_volatile(!idx) };
-    }
-
-    /// Whether every lookup-table slot is empty: in a counted run, anything else means an
-    /// indirect branch could have bypassed the dispatcher (a table insert kdbt-user does
-    /// not know about), so the counts are not to be trusted.
-    fn table_is_empty(&self) -> bool {
-        let table = (self.cache.exec_base() + TABLE_OFFSET as u64) as *const u64;
-        (0..u64::from(IblSize::Large.entries())).all(|idx| {
-            // SAFETY: slot `idx` lies in the arena's table (16 bytes each, guest PC first);
-            // the engine is not writing it now (this thread runs both).
-            unsafe { table.add(idx as usize * 2).read_volatile() == !idx }
-        })
     }
 }
 
@@ -251,6 +229,8 @@ pub fn run(
         hooks: HookClass::SYSCALL,
         ibl: IblSize::Large,
         thunks: Thunks::NONE,
+        // A counted run adds a fragment's instructions when it is entered.
+        through_jcc: transitions != Transitions::Counted,
     };
     let cache = CodeCache::new(arena, base, cfg).map_err(RunError::Engine)?;
     let mut t = Translator {
@@ -316,7 +296,7 @@ pub fn run(
             match unsafe { os.syscall(f.rax, [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9]) } {
                 Outcome::Exit(status) => {
                     report.engine = *t.cache.stats();
-                    if counted && (report.engine.links != 0 || !t.table_is_empty()) {
+                    if counted && (report.engine.links != 0 || !t.cache.lookup_table_is_empty()) {
                         return Err(RunError::CountingBypassed);
                     }
                     return Ok((status, report));
