@@ -6,6 +6,9 @@ use kdbt_engine::{
     HookClass, IblSize, SliceMemory, Step, Thunks,
 };
 
+/// Arena offset of the first fragment with the Small lookup table.
+const SMALL_TABLE_END: usize = kdbt_engine::TABLE_OFFSET + IblSize::Small.table_bytes();
+
 const BASE: u64 = 0x40_0000;
 
 /// A: `jmp B` (at BASE + 0x100); B: `int3; ret`. Undecodable bytes at BASE + 0x200.
@@ -52,7 +55,7 @@ fn cache(code_bytes: usize) -> CodeCache<Vec<u8>> {
         thunks: Thunks::NONE,
         through_jcc: true,
     };
-    CodeCache::new(vec![0u8; 64 + 256 * 16 + code_bytes], 0x1_0000_0000, cfg).unwrap()
+    CodeCache::new(vec![0u8; SMALL_TABLE_END + code_bytes], 0x1_0000_0000, cfg).unwrap()
 }
 
 fn env(code: &[u8]) -> Env<'_> {

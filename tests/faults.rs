@@ -8,7 +8,7 @@ mod common;
 use std::hint::black_box;
 use std::ptr;
 
-use kdbt_engine::{CallRetPolicy, Frame, Gpr, HookClass};
+use kdbt_engine::{CallRetPolicy, Frame, Gpr, HookClass, IblSize};
 use kdbt_host::{HookAction, Options, Placement, RunError, Runtime};
 
 use common::FLAGS;
@@ -418,6 +418,51 @@ fn single_stepping_translated_code_only_shows_native_states_after_rollback() {
                 "{policy:?} {red_zone} {place}: {total:?}"
             );
         }
+    }
+}
+
+/// `main(n)` at +0x80 calls f0 (+0x100, `add rax, 1`) and f1 (+0x200, `add rax, 2`)
+/// through rdx `n` times: two indirect-call targets with the same low 8 bits, one index of
+/// the Small lookup table.
+fn colliding_calls() -> Vec<u8> {
+    let mut c = vec![0x90u8; 0x206];
+    let main = [
+        0x31, 0xc0, // xor eax, eax
+        0x48, 0x8d, 0x15, 0x77, 0x00, 0x00, 0x00, // L: lea rdx, [rip + f0]
+        0xff, 0xd2, // call rdx
+        0x48, 0x8d, 0x15, 0x6e, 0x01, 0x00, 0x00, // lea rdx, [rip + f1]
+        0xff, 0xd2, // call rdx
+        0x48, 0xff, 0xcf, // dec rdi
+        0x75, 0xe9, // jnz L
+        0xc3, // ret
+    ];
+    c[0x80..0x80 + main.len()].copy_from_slice(&main);
+    for (at, n) in [(0x100, 1), (0x200, 2)] {
+        c[at..at + 5].copy_from_slice(&[0x48, 0x83, 0xc0, n, 0xc3]);
+    }
+    c
+}
+
+#[test]
+fn indirect_targets_with_the_same_low_bits_both_hit_inline() {
+    let guest = GuestCode::new(&colliding_calls());
+    let entry = guest.addr() + 0x80;
+    // Near: the three-register lookup; Low: the two-register one (the kernel's).
+    for placement in [Placement::Near(guest.addr()), Placement::Low] {
+        let mut opts = Options::new(CallRetPolicy::Transparent);
+        opts.placement = placement;
+        opts.ibl = IblSize::Small;
+        opts.red_zone = 0;
+        let mut rt = Runtime::new(opts).expect("runtime");
+        assert_eq!(rt.run(entry, &[500]).expect("run"), 1500);
+        // One slot each (the first and the next): no dispatcher entry per call.
+        let lookups = rt.cache().stats().lookups;
+        assert!(lookups < 20, "{placement:?}: {lookups} dispatcher lookups");
+        let what = format!("{placement:?}");
+        let (result, seen) =
+            common::assert_stepped_states_are_native(&mut rt, entry, &[20], || {}, &what);
+        assert_eq!(result, 60);
+        assert!(seen.spills > 100, "{what}: {seen:?}");
     }
 }
 

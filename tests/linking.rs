@@ -7,6 +7,9 @@ use kdbt_engine::{
     Thunks,
 };
 
+/// Arena offset of the first fragment with the Small lookup table.
+const SMALL_TABLE_END: usize = kdbt_engine::TABLE_OFFSET + IblSize::Small.table_bytes();
+
 const BASE: u64 = 0x40_0000;
 const EXEC: u64 = 0x1_0000_0000;
 
@@ -20,7 +23,7 @@ fn cache() -> CodeCache<Vec<u8>> {
         thunks: Thunks::NONE,
         through_jcc: true,
     };
-    CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache")
+    CodeCache::new(vec![0u8; SMALL_TABLE_END + 4096], EXEC, cfg).expect("cache")
 }
 
 /// Where the `jmp rel32` at runtime address `at` goes.
@@ -102,7 +105,7 @@ fn indirect_exit_reports_the_aux_target_and_hooks_report_their_site() {
         hooks: HookClass::INT3,
         ..*cache.config()
     };
-    let mut hooked = CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache");
+    let mut hooked = CodeCache::new(vec![0u8; SMALL_TABLE_END + 4096], EXEC, cfg).expect("cache");
     hooked.translate(BASE + 2, &mem).expect("int3");
     match hooked.exit_reason(0, 0).expect("exit 0") {
         ExitReason::Hook(site) => {
@@ -147,67 +150,44 @@ fn lookups_are_hits_plus_misses_and_failed_translations_add_no_block() {
     assert_eq!((s.lookups, s.hits, s.misses, s.blocks), (3, 1, 2, 1));
 }
 
-/// The guest PC and cache PC stored in the lookup-table slot of `pc` (Small table: 256
-/// negated guest PCs, then 256 cache PCs).
-fn table_entry(cache: &CodeCache<Vec<u8>>, pc: u64) -> (u64, u64) {
-    let off = kdbt_engine::TABLE_OFFSET + (pc & 0xff) as usize * 8;
+/// The guest PC and cache PC in lookup-table slot `slot` (Small table: 257 negated guest
+/// PCs, then 257 cache PCs).
+fn table_slot(cache: &CodeCache<Vec<u8>>, slot: usize) -> (u64, u64) {
+    let off = kdbt_engine::TABLE_OFFSET + slot * 8;
     let word = |o: usize| u64::from_le_bytes(cache.arena()[o..o + 8].try_into().expect("8 bytes"));
-    (word(off).wrapping_neg(), word(off + 256 * 8))
+    (word(off).wrapping_neg(), word(off + 257 * 8))
 }
 
 #[test]
-fn dispatcher_hit_puts_an_evicted_target_back_in_the_lookup_table() {
-    // Two `ret` blocks 256 bytes apart share one slot of the 256-entry table.
-    let mut code = vec![0x90u8; 257];
-    code[0] = 0xc3;
-    code[256] = 0xc3;
-    let mem = SliceMemory::new(BASE, &code);
-    let mut cache = cache();
-    let a = cache.translate(BASE, &mem).expect("A");
-    let a_entry = cache.fragment_entry(a).expect("entry");
-    assert_eq!(table_entry(&cache, BASE), (BASE, a_entry));
-    cache.translate(BASE + 256, &mem).expect("B");
-    assert_eq!(
-        table_entry(&cache, BASE).0,
-        BASE + 256,
-        "B evicted A from the shared slot"
-    );
-    assert_eq!(
-        cache.translate(BASE, &mem).expect("A again"),
-        a,
-        "a hit, not a new block"
-    );
-    assert_eq!(
-        table_entry(&cache, BASE),
-        (BASE, a_entry),
-        "the hit re-inserted A"
-    );
-}
-
-#[test]
-fn invalidate_range_drops_exactly_the_fragments_overlapping_it() {
-    // BASE: nop; nop; jmp BASE+0x10 | BASE+0x10: nop; jmp BASE+0x20 | BASE+0x20: ret
-    let mut code = vec![0x90u8; 0x21];
-    code[0..4].copy_from_slice(&[0x90, 0x90, 0xeb, 0x0c]);
-    code[0x10..0x13].copy_from_slice(&[0x90, 0xeb, 0x0d]);
-    code[0x20] = 0xc3;
-    let mem = SliceMemory::new(BASE, &code);
-    let mut cache = cache();
-    for pc in [BASE, BASE + 0x10, BASE + 0x20] {
-        cache.translate(pc, &mem).expect("translate");
+fn two_targets_with_the_same_low_bits_both_stay_in_the_lookup_table() {
+    // Three `ret` blocks 256 bytes apart: one index of the 256-entry table, whose lookups
+    // probe slots 0 and 1.
+    let mut code = vec![0x90u8; 513];
+    for at in [0, 256, 512] {
+        code[at] = 0xc3;
     }
-    // One byte inside the first block (not its start) and nothing of the others.
-    assert_eq!(cache.invalidate_range(BASE + 1, BASE + 2), Ok(1));
-    assert_eq!(cache.lookup(BASE), None);
-    assert!(cache.lookup(BASE + 0x10).is_some() && cache.lookup(BASE + 0x20).is_some());
-    // A range between blocks touches none; one covering both remaining drops both.
-    assert_eq!(cache.invalidate_range(BASE + 0x13, BASE + 0x20), Ok(0));
-    assert_eq!(cache.invalidate_range(BASE + 0x12, BASE + 0x21), Ok(2));
-    assert!(cache.lookup(BASE + 0x10).is_none() && cache.lookup(BASE + 0x20).is_none());
-    // Invalidated code is translated again on next use.
-    assert!(cache.translate(BASE, &mem).is_ok());
-    assert_eq!(cache.stats().invalidations, 3);
-    assert_eq!(cache.stats().blocks_invalidated, 3);
+    let mem = SliceMemory::new(BASE, &code);
+    let mut cache = cache();
+    let entry = |c: &mut CodeCache<Vec<u8>>, pc: u64| {
+        let id = c.translate(pc, &mem).expect("translates");
+        (id, c.fragment_entry(id).expect("entry"))
+    };
+    let (_, a) = entry(&mut cache, BASE);
+    let (b_id, b) = entry(&mut cache, BASE + 256);
+    assert_eq!(table_slot(&cache, 0), (BASE, a), "A in the first slot");
+    assert_eq!(table_slot(&cache, 1), (BASE + 256, b), "B in the second");
+    let (_, c) = entry(&mut cache, BASE + 512);
+    assert_eq!(table_slot(&cache, 0), (BASE, a), "A stays");
+    assert_eq!(table_slot(&cache, 1), (BASE + 512, c), "C evicted B");
+    let blocks = cache.stats().blocks;
+    assert_eq!(entry(&mut cache, BASE + 256), (b_id, b));
+    assert_eq!(cache.stats().blocks, blocks, "a hit, not a new block");
+    assert_eq!(
+        table_slot(&cache, 1),
+        (BASE + 256, b),
+        "the hit re-inserted B"
+    );
+    assert_eq!(table_slot(&cache, 0), (BASE, a));
 }
 
 #[test]
@@ -221,7 +201,7 @@ fn invalidating_a_large_range_keeps_every_fragment_outside_it_and_its_links() {
     let mem = SliceMemory::new(BASE, &code);
     let cfg = *cache().config();
     let mut cache =
-        CodeCache::new(vec![0u8; 64 + 256 * 16 + (64 << 10)], EXEC, cfg).expect("cache");
+        CodeCache::new(vec![0u8; SMALL_TABLE_END + (64 << 10)], EXEC, cfg).expect("cache");
     let pcs: Vec<u64> = (0..=64).map(|i| BASE + 4 * i).collect();
     let ids: Vec<_> = pcs
         .iter()
@@ -255,7 +235,7 @@ fn debug_register_writes_are_a_hook_class_of_their_own() {
         hooks: HookClass::MOV_DR,
         ..*cache().config()
     };
-    let mut hooked = CodeCache::new(vec![0u8; 64 + 256 * 16 + 4096], EXEC, cfg).expect("cache");
+    let mut hooked = CodeCache::new(vec![0u8; SMALL_TABLE_END + 4096], EXEC, cfg).expect("cache");
     hooked.translate(BASE, &mem).expect("mov dr7");
     match hooked.exit_reason(0, 0).expect("exit 0") {
         ExitReason::Hook(site) => assert_eq!(

@@ -12,6 +12,9 @@ mod common;
 
 use common::Rng;
 
+/// Arena offset of the first fragment with the Small lookup table.
+const SMALL_TABLE_END: usize = kdbt_engine::TABLE_OFFSET + IblSize::Small.table_bytes();
+
 const BASE: u64 = 0x40_0000;
 
 fn config(rng: &mut Rng) -> Config {
@@ -36,7 +39,7 @@ fn config(rng: &mut Rng) -> Config {
 }
 
 fn small_cache(cfg: Config, code_bytes: usize) -> CodeCache<Vec<u8>> {
-    let len = 64 + 256 * 16 + code_bytes;
+    let len = SMALL_TABLE_END + code_bytes;
     CodeCache::new(vec![0u8; len], 0x1_0000_0000, cfg).expect("cache")
 }
 
@@ -249,7 +252,7 @@ fn tiny_runtime(policy: CallRetPolicy) -> Runtime {
     let mut roomy = Runtime::new(opts).expect("runtime");
     roomy.run(fib as *const () as u64, &[16, 0]).expect("run");
     assert!(roomy.cache().stats().blocks >= 3);
-    opts.arena_len = 64 + 256 * 16 + roomy.cache().used() as usize - 8;
+    opts.arena_len = SMALL_TABLE_END + roomy.cache().used() as usize - 8;
     Runtime::new(opts).expect("runtime")
 }
 

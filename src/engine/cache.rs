@@ -4,9 +4,9 @@
 //! Arena layout (offsets from the arena start, runtime address `exec_base`):
 //! ```text
 //! 0                 8-byte dispatcher slot (absolute address, for `jmp [rip + slot]`)
-//! 64                lookup table keys: `entries` negated guest PCs (u64)
-//! 64 + 8*entries    lookup table values: `entries` cache PCs (u64)
-//! 64 + 16*entries   fragments, each 8-byte aligned: body, exit stubs, literals
+//! 64                lookup table keys: `slots` negated guest PCs (u64)
+//! 64 + 8*slots      lookup table values: `slots` cache PCs (u64)
+//! 64 + 16*slots     fragments, each 8-byte aligned: body, exit stubs, literals
 //! ```
 
 use alloc::vec::Vec;
@@ -118,8 +118,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     pub fn new(arena: A, exec_base: u64, cfg: Config) -> Result<Self, Error> {
         cfg.validate()?;
         let arena_len = arena.as_ref().len();
-        let table_bytes = cfg.ibl.entries() as usize * 16;
-        let code_start = TABLE_OFFSET + table_bytes;
+        let code_start = TABLE_OFFSET + cfg.ibl.table_bytes();
         if arena_len > MAX_ARENA || arena_len < code_start + 64 {
             return Err(Error::ArenaSize { len: arena_len });
         }
@@ -228,55 +227,70 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 
-    /// Arena offsets of the key and the value of `idx`'s table entry.
-    fn table_offsets(&self, idx: u64) -> (usize, usize) {
-        let key = TABLE_OFFSET + idx as usize * 8;
-        (key, key + self.cfg.ibl.entries() as usize * 8)
+    /// Arena offsets of the key and the value of table slot `slot`.
+    fn table_offsets(&self, slot: u64) -> (usize, usize) {
+        let key = TABLE_OFFSET + slot as usize * 8;
+        (key, key + self.cfg.ibl.slots() as usize * 8)
     }
 
+    /// The first slot a lookup of `guest_pc` probes; the second is the next one.
     fn table_index(&self, guest_pc: u64) -> u64 {
         guest_pc & u64::from(self.cfg.ibl.entries() - 1)
     }
 
-    /// A key that matches no guest PC hashed to `idx`: the negation of `!idx`, whose low
-    /// bits differ from `idx`'s. (Keys are negated so that the probe's `key + target` is
-    /// zero on a match.)
-    fn empty_key(idx: u64) -> u64 {
-        (!idx).wrapping_neg()
+    /// The key of empty slot `slot`, which no lookup probing it can match: lookups probe
+    /// `slot` for targets whose low bits are `slot` or `slot - 1`, and this is the negation
+    /// of `slot + 2` (keys are negated so that the probe's `key + target` is zero on a
+    /// match).
+    fn empty_key(&self, slot: u64) -> u64 {
+        (slot.wrapping_add(2) & u64::from(self.cfg.ibl.entries() - 1)).wrapping_neg()
     }
 
     fn clear_table(&mut self) {
-        for idx in 0..u64::from(self.cfg.ibl.entries()) {
-            let (key, value) = self.table_offsets(idx);
-            self.write_u64(key, Self::empty_key(idx));
+        for slot in 0..u64::from(self.cfg.ibl.slots()) {
+            let (key, value) = self.table_offsets(slot);
+            self.write_u64(key, self.empty_key(slot));
             self.write_u64(value, 0);
         }
     }
 
-    /// Points the table entry for `guest_pc` at `cache_pc`. The key is invalidated first
-    /// and written last, so a concurrent lookup sees either the old pair, a miss, or the
-    /// new pair (x86 keeps stores in order).
+    fn key_is(&self, slot: u64, key: u64) -> bool {
+        self.read_u64(self.table_offsets(slot).0) == Some(key)
+    }
+
+    /// Points a table slot for `guest_pc` at `cache_pc`: its first slot when that is free
+    /// or already its own, else the second (evicting what was there), so two hot targets
+    /// with the same low bits both hit. The key is invalidated first and written last, so
+    /// a concurrent lookup sees either the old pair, a miss, or the new pair (x86 keeps
+    /// stores in order).
     fn table_insert(&mut self, guest_pc: u64, cache_pc: u64) {
-        let idx = self.table_index(guest_pc);
-        let (key, value) = self.table_offsets(idx);
-        self.write_u64(key, Self::empty_key(idx));
+        let first = self.table_index(guest_pc);
+        let mine = guest_pc.wrapping_neg();
+        let slot = if self.key_is(first, mine) || self.key_is(first, self.empty_key(first)) {
+            first
+        } else {
+            first + 1
+        };
+        let (key, value) = self.table_offsets(slot);
+        self.write_u64(key, self.empty_key(slot));
         self.write_u64(value, cache_pc);
-        self.write_u64(key, guest_pc.wrapping_neg());
+        self.write_u64(key, mine);
     }
 
-    /// Whether no inline lookup can hit: every table entry holds its empty key.
+    /// Whether no inline lookup can hit: every table slot holds its empty key.
     pub fn lookup_table_is_empty(&self) -> bool {
-        (0..u64::from(self.cfg.ibl.entries()))
-            .all(|idx| self.read_u64(self.table_offsets(idx).0) == Some(Self::empty_key(idx)))
+        (0..u64::from(self.cfg.ibl.slots())).all(|slot| self.key_is(slot, self.empty_key(slot)))
     }
 
-    /// Drops `guest_pc` from the inline lookup table (if it is there), so that indirect
+    /// Drops `guest_pc` from the inline lookup table (both its slots), so that indirect
     /// branches to it go through the dispatcher.
     pub fn table_remove(&mut self, guest_pc: u64) {
-        let idx = self.table_index(guest_pc);
-        let (key, _) = self.table_offsets(idx);
-        if self.read_u64(key) == Some(guest_pc.wrapping_neg()) {
-            self.write_u64(key, Self::empty_key(idx));
+        let first = self.table_index(guest_pc);
+        for slot in [first, first + 1] {
+            if self.key_is(slot, guest_pc.wrapping_neg()) {
+                let (key, _) = self.table_offsets(slot);
+                self.write_u64(key, self.empty_key(slot));
+            }
         }
     }
 

@@ -27,12 +27,23 @@ pub enum IblSize {
 }
 
 impl IblSize {
-    /// Number of table entries.
-    pub fn entries(self) -> u32 {
+    /// Number of table entries (the index is the target's low bits).
+    pub const fn entries(self) -> u32 {
         match self {
             IblSize::Small => 1 << 8,
             IblSize::Large => 1 << 16,
         }
+    }
+
+    /// Number of table slots: a lookup probes its index's slot and the next, so the last
+    /// entry has one more.
+    pub const fn slots(self) -> u32 {
+        self.entries() + 1
+    }
+
+    /// Bytes of the table in the arena (keys, then values).
+    pub const fn table_bytes(self) -> usize {
+        self.slots() as usize * 16
     }
 }
 

@@ -350,6 +350,12 @@ impl Emitter {
         self.code.len().saturating_sub(1)
     }
 
+    /// `jmp rel8` forward, like [`Emitter::jrcxz_forward`].
+    pub fn jmp_forward(&mut self) -> usize {
+        self.bytes(&[0xeb, 0]);
+        self.code.len().saturating_sub(1)
+    }
+
     /// Points the rel8 displacement byte at `at` to the current offset; `None` if out of
     /// reach.
     pub fn patch_rel8(&mut self, at: usize) -> Option<()> {

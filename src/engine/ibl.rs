@@ -71,7 +71,7 @@ impl Builder<'_> {
         let end = self
             .layout
             .table
-            .wrapping_add(u64::from(self.cfg.ibl.entries()) * 16);
+            .wrapping_add(u64::from(self.cfg.ibl.slots()) * 16);
         let fits = |a: u64| i32::try_from(a as i64).is_ok();
         fits(self.layout.table) && fits(end) && end > self.layout.table
     }
@@ -79,24 +79,28 @@ impl Builder<'_> {
     /// The inline indirect-branch lookup. `pop` is what `ret` pops (8 + imm16); `ret_lit`
     /// the literal holding the return address a `call` pushes.
     ///
-    /// The table holds `entries` negated guest PCs, then `entries` cache PCs, so that
-    /// `key + target` is zero on a match. With `L` the spill distance, `n` spilled
-    /// registers, the spill area `S = old_rsp - L - 8n`; `post` is the guest rsp after the
-    /// branch; `k = post - red_zone - 16 - S`. With the table in disp32 reach (`n = 2`):
+    /// The table holds `slots` negated guest PCs, then `slots` cache PCs, so that
+    /// `key + target` is zero on a match; a lookup probes the slot of the target's low bits,
+    /// then the next one. With `L` the spill distance, `n` spilled registers, the spill
+    /// area `S = old_rsp - L - 8n`; `post` is the guest rsp after the branch;
+    /// `k = post - red_zone - 16 - S`. With the table in disp32 reach (`n = 2`):
     /// ```text
     /// lea  rsp, [rsp - L] ; push rax ; push rcx
     /// mov  rax, <target>                 ; operand, rsp-relative ones adjusted by L + 16
     /// (call) mov rcx, [rip + ret_lit] ; mov [rsp + L + 8], rcx    ; the pushed return address
-    /// movzx ecx, ax|al ; mov rcx, [rcx*8 + keys] ; lea rcx, [rcx + rax] ; jrcxz hit
+    /// movzx ecx, ax|al ; mov rcx, [rcx*8 + keys] ; lea rcx, [rcx + rax] ; jrcxz hit1
+    /// movzx ecx, ax|al ; mov rcx, [rcx*8 + keys + 8] ; lea rcx, [rcx + rax] ; jrcxz hit2
     /// miss: mov [rsp + k + 8], rax ; mov rcx, [rsp] ; mov rax, [rsp + 8]
     ///       mov qword [rsp + k], exit_id ; lea rsp, [rsp + k] ; jmp dispatcher
-    /// hit:  movzx ecx, ax|al ; mov rcx, [rcx*8 + values] ; mov rax, [rsp + 8]
-    ///       mov [rsp + 8], rcx ; pop rcx ; ret k + red_zone
+    /// hit2: movzx ecx, ax|al ; mov rcx, [rcx*8 + values + 8] ; jmp tail
+    /// hit1: movzx ecx, ax|al ; mov rcx, [rcx*8 + values]
+    /// tail: mov rax, [rsp + 8] ; mov [rsp + 8], rcx ; pop rcx ; ret k + red_zone
     /// ```
-    /// Otherwise (`n = 3`, rdx pushed after rcx) the key is found through rdx:
+    /// Otherwise (`n = 3`, rdx pushed after rcx) rdx holds the first key's address:
     /// `movzx ecx, ax|al ; lea rdx, [rip + keys] ; lea rdx, [rdx + rcx*8] ; mov rcx, [rdx]`,
-    /// and the hit is `mov rcx, [rdx + 8*entries] ; mov rdx, [rsp] ; mov [rsp], rcx ;
-    /// mov rcx, [rsp + 8] ; mov rax, [rsp + 16] ; ret k + red_zone + 8`.
+    /// the second probe reads `[rdx + 8]`, the hits `[rdx + 8*slots (+ 8)]`, and the tail is
+    /// `mov rdx, [rsp] ; mov [rsp], rcx ; mov rcx, [rsp + 8] ; mov rax, [rsp + 16] ;
+    /// ret k + red_zone + 8`.
     pub(crate) fn ibl_with(
         &mut self,
         insn: &Instruction,
@@ -147,36 +151,42 @@ impl Builder<'_> {
             self.e.store_rsp(to_i32(l + s - 8), Gpr::Rcx);
         }
         let large = self.cfg.ibl == IblSize::Large;
-        let values = self
-            .layout
-            .table
-            .wrapping_add(u64::from(self.cfg.ibl.entries()) * 8);
+        let table = self.layout.table;
+        let slots8 = i64::from(self.cfg.ibl.slots()) * 8;
+        let values = table.wrapping_add(slots8 as u64);
+        // First probe: the slot of the target's low bits.
         self.index_to_rcx(large, pc)?;
         if abs {
-            self.mov_rcx(by_index(self.layout.table), pc)?;
+            self.mov_rcx(by_index(table), pc)?;
         } else {
-            // rdx = the key's address, kept for the hit path.
-            let table = MemoryOperand::new(
+            // rdx = the key's address, kept for the second probe and the hit paths.
+            let rip_table = MemoryOperand::new(
                 Register::RIP,
                 Register::None,
                 1,
-                self.layout.table as i64,
+                table as i64,
                 8,
                 false,
                 Register::None,
             );
-            self.asm(
-                Instruction::with2(Code::Lea_r64_m, Register::RDX, table),
-                pc,
-            )?;
+            let lea = Instruction::with2(Code::Lea_r64_m, Register::RDX, rip_table);
+            self.asm(lea, pc)?;
             let key = MemoryOperand::with_base_index(Register::RDX, Register::RCX);
             let key = MemoryOperand { scale: 8, ..key };
             self.asm(Instruction::with2(Code::Lea_r64_m, Register::RDX, key), pc)?;
             self.mov_rcx(MemoryOperand::with_base(Register::RDX), pc)?;
         }
-        let cmp = MemoryOperand::with_base_index(Register::RCX, Register::RAX);
-        self.asm(Instruction::with2(Code::Lea_r64_m, Register::RCX, cmp), pc)?;
-        let jrcxz = self.e.jrcxz_forward();
+        self.compare_rcx_rax(pc)?;
+        let hit1 = self.e.jrcxz_forward();
+        // Second probe: the next slot.
+        if abs {
+            self.index_to_rcx(large, pc)?;
+            self.mov_rcx(by_index(table.wrapping_add(8)), pc)?;
+        } else {
+            self.mov_rcx(MemoryOperand::with_base_displ(Register::RDX, 8), pc)?;
+        }
+        self.compare_rcx_rax(pc)?;
+        let hit2 = self.e.jrcxz_forward();
 
         // Miss: leave with the frame contract, state after the branch.
         let k32 = to_i32(k);
@@ -196,12 +206,27 @@ impl Builder<'_> {
         self.e
             .jmp_abs(self.cfg.dispatcher, self.layout.dispatcher_slot);
 
-        // Hit: restore and `ret imm16` into the fragment, state before the branch.
-        self.e.patch_rel8(jrcxz).ok_or(Error::Encode { pc })?;
-        self.e.map(pc, rb(sp.slots(0), before, guest));
+        // Hits: rcx = the slot's cache PC, then restore and `ret imm16` into the fragment,
+        // state before the branch. The second slot's hit (rarer) jumps to the common tail.
+        let mut join = None;
+        for (hit, next) in [(hit2, 8), (hit1, 0)] {
+            self.e.patch_rel8(hit).ok_or(Error::Encode { pc })?;
+            self.e.map(pc, rb(sp.slots(0), before, guest));
+            if abs {
+                self.index_to_rcx(large, pc)?;
+                self.mov_rcx(by_index(values.wrapping_add(next)), pc)?;
+            } else {
+                let at = MemoryOperand::with_base_displ(Register::RDX, slots8 + next as i64);
+                self.mov_rcx(at, pc)?;
+            }
+            if join.is_none() {
+                join = Some(self.e.jmp_forward());
+            }
+        }
+        if let Some(join) = join {
+            self.e.patch_rel8(join).ok_or(Error::Encode { pc })?;
+        }
         if abs {
-            self.index_to_rcx(large, pc)?;
-            self.mov_rcx(by_index(values), pc)?;
             self.e.load_rsp(Gpr::Rax, 8);
             let rcx_only = [Some(Restore::new(Gpr::Rcx, 0)), None, None];
             self.e.map(pc, rb(rcx_only, before, guest));
@@ -209,8 +234,6 @@ impl Builder<'_> {
             self.e.pop(Gpr::Rcx);
             self.e.map(pc, rb([None; 3], before - 8, guest));
         } else {
-            let value = i64::from(self.cfg.ibl.entries()) * 8;
-            self.mov_rcx(MemoryOperand::with_base_displ(Register::RDX, value), pc)?;
             self.e.load_rsp(Gpr::Rdx, 0);
             self.e.map(pc, rb(sp.slots(1), before, guest));
             self.e.store_rsp(0, Gpr::Rcx);
@@ -243,6 +266,12 @@ impl Builder<'_> {
             (Code::Movzx_r32_rm8, Register::AL)
         };
         self.asm(Instruction::with2(code, Register::ECX, src), pc)
+    }
+
+    /// `lea rcx, [rcx + rax]`: zero when the key in rcx is the target's.
+    fn compare_rcx_rax(&mut self, pc: u64) -> Result<(), Error> {
+        let sum = MemoryOperand::with_base_index(Register::RCX, Register::RAX);
+        self.asm(Instruction::with2(Code::Lea_r64_m, Register::RCX, sum), pc)
     }
 
     /// `mov rcx, <mem>`.
