@@ -118,6 +118,6 @@ for p in "${PASSES[@]}" "${CLIENTS[@]}"; do
         else printf "geomean ratio %s/native%s: %.2f\n", p, of, r }'
 done
 echo "(ns/op = guest instructions per op under -icount shift=0; disp/op = kdbt dispatcher entries per op)"
-grep -E '^kdbt-bench: (stat|dispatcher|client)' <<<"$clean" || true
+grep -E '^kdbt-bench: (stat|dispatcher|client|entries_by_vector)' <<<"$clean" || true
 echo "console log: $log"
 exit "$bad"

@@ -15,10 +15,11 @@ mod thunk_page;
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand, Register};
 use kdbt_engine::CallRetPolicy;
 use kdbt_host::{Options, Placement, Runtime};
-use thunk_page::{thunks, Entries, NMI_VECTOR, VECTORS};
+use thunk_page::{stub_undo, thunks, Entries, StubUndo, NMI_VECTOR, VECTORS};
 
 const EXEC: u64 = 0xffff_ffff_c000_0000;
 const DATA: u64 = EXEC + 0x80_0000;
+const LOG_PUBLISHED: u64 = EXEC - 0x20_0000;
 
 fn first(page: &[u8], off: usize) -> Instruction {
     Decoder::with_ip(64, &page[off..], EXEC + off as u64, DecoderOptions::NONE).decode()
@@ -39,6 +40,7 @@ fn page() -> Vec<u8> {
     let entries = Entries {
         idt_common: EXEC - 0x10_0000,
         exit_common: EXEC - 0x10_0100,
+        log_published: LOG_PUBLISHED,
     };
     thunk_page::write_thunks(&mut page, EXEC, DATA, 3, |v| v == 14, &prologue(), entries)
         .expect("thunk page");
@@ -82,6 +84,95 @@ fn thunk_offsets_the_dispatcher_rolls_back_by_match_the_encoding() {
     assert_eq!(ends, want);
     assert_eq!(first(&page, thunks::EXIT_PUSHFQ).code(), Code::Pushfq);
     assert_eq!(first(&page, thunks::RESUME_IRETQ).code(), Code::Iretq);
+}
+
+#[test]
+fn vector_stubs_go_straight_to_the_user_entry_only_from_user_mode_with_the_log_applied() {
+    let page = page();
+    for vector in [13usize, 14] {
+        let at = vector * thunks::VECTOR_STUB;
+        let mut insns = Vec::new();
+        let mut off = at;
+        while off < at + thunks::STUB_JMP + 1 {
+            let insn = first(&page, off);
+            insns.push((off - at, insn));
+            off += insn.len();
+        }
+        let code = |o: usize| insns.iter().find(|(x, _)| *x == o).map(|(_, i)| i.code());
+        // Vector 14 has an error code: CS is one word further up.
+        let cs = if vector == 14 { 24 } else { 16 };
+        let test = insns[2].1;
+        assert_eq!(
+            (
+                test.code(),
+                test.memory_base(),
+                test.memory_displacement64(),
+                test.immediate8()
+            ),
+            (Code::Test_rm8_imm8, Register::RSP, cs, 3)
+        );
+        let slow = EXEC + (at + thunks::STUB_SLOW) as u64;
+        assert_eq!(
+            (insns[3].1.code(), insns[3].1.near_branch_target()),
+            (Code::Je_rel8_64, slow)
+        );
+        let load = insns[5].1;
+        assert_eq!(
+            (load.code(), load.memory_displacement64()),
+            (Code::Mov_RAX_moffs64, LOG_PUBLISHED)
+        );
+        let cmp = insns[6].1;
+        assert_eq!(
+            cmp.ip_rel_memory_address(),
+            EXEC + thunks::LOG_APPLIED as u64
+        );
+        assert_eq!(
+            (insns[8].1.code(), insns[8].1.near_branch_target()),
+            (Code::Jne_rel8_64, slow)
+        );
+        let push = insns[10].1;
+        let entry = thunks::USER_ENTRIES + 8 * vector;
+        assert_eq!(
+            (push.code(), push.ip_rel_memory_address()),
+            (Code::Push_rm64, EXEC + entry as u64)
+        );
+        assert_eq!(code(thunks::STUB_USER_RET), Some(Code::Retnq));
+        // Until the dispatcher sets it, the user entry is the slow path past its `popfq`
+        // (the user path restored the flags already).
+        let word = u64::from_le_bytes(page[entry..entry + 8].try_into().unwrap());
+        assert_eq!(word, EXEC + (at + thunks::STUB_PUSH_DESC) as u64);
+        assert_eq!(code(thunks::STUB_PUSH_DESC), Some(Code::Pushq_imm32));
+        assert_eq!(code(thunks::STUB_SLOW), Some(Code::Popfq));
+        assert_eq!(code(thunks::STUB_JMP), Some(Code::Jmp_rel32_64));
+        // Every instruction start has an undo, nothing between them does.
+        for o in 0..thunks::STUB_JMP + 1 {
+            let starts = insns.iter().any(|(x, _)| *x == o);
+            assert_eq!(stub_undo(o).is_some(), starts, "vector {vector} offset {o}");
+        }
+    }
+    // An applied count no published count equals: slow until the dispatcher writes it.
+    let applied = &page[thunks::LOG_APPLIED..thunks::LOG_APPLIED + 8];
+    assert_eq!(u64::from_le_bytes(applied.try_into().unwrap()), u64::MAX);
+}
+
+#[test]
+fn an_event_inside_a_vector_stub_undoes_what_the_stub_saved() {
+    // After `push rax`, rax is the top word and rflags the next; after `popfq`, nothing.
+    let undo = |pushed, rflags, rax| {
+        Some(StubUndo {
+            pushed,
+            rflags,
+            rax,
+        })
+    };
+    assert_eq!(stub_undo(0), undo(0, None, None));
+    assert_eq!(stub_undo(thunks::STUB_TEST), undo(1, Some(0), None));
+    assert_eq!(stub_undo(thunks::STUB_POP_RAX), undo(2, Some(1), Some(0)));
+    assert_eq!(stub_undo(thunks::STUB_USER_POPFQ), undo(1, Some(0), None));
+    assert_eq!(stub_undo(thunks::STUB_USER_PUSH), undo(0, None, None));
+    assert_eq!(stub_undo(thunks::STUB_USER_RET), undo(1, None, None));
+    assert_eq!(stub_undo(thunks::STUB_PUSH_CPU), undo(1, None, None));
+    assert_eq!(stub_undo(thunks::STUB_JMP), undo(2, None, None));
 }
 
 /// A function with a direct call, an indirect call, an indirect jump and returns.

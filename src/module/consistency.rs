@@ -41,6 +41,11 @@ static LOG: Log = Log {
 /// Serialises producers; taken with interrupts off.
 static PRODUCER: spin::Mutex<()> = spin::Mutex::new(());
 
+/// Where the published count lives, for the vector stubs to compare.
+pub(crate) fn published_address() -> u64 {
+    &LOG.published as *const AtomicU64 as u64
+}
+
 /// Entries published so far: what a CPU whose cache is empty has seen.
 pub(crate) fn published() -> u64 {
     LOG.published.load(Ordering::Acquire)

@@ -208,10 +208,21 @@ impl CpuState {
     }
 
     /// Points this CPU's `syscall` stub at the translation of the kernel's
-    /// syscall entry, translating it if needed.
+    /// syscall entry, translating it if needed, and sends its vector stubs
+    /// from user mode to the dispatcher again: the cache changed, and the
+    /// translations they went to may be gone.
     pub(crate) fn retarget_syscall(&mut self) {
+        crate::thunk_page::reset_user_entries(self.thunks, self.exec);
         let target = crate::dispatch::target_for(self, self.syscall_entry);
         crate::dispatch::set_syscall_target(self.thunks, target);
+    }
+
+    /// Makes `vector`'s stub go from user mode straight to `target`, the
+    /// translation of its handler, while this CPU's applied log count stays
+    /// the published one.
+    pub(crate) fn set_user_entry(&mut self, vector: usize, target: u64) {
+        crate::thunk_page::set_log_applied(self.thunks, self.log_applied);
+        let _ = crate::thunk_page::set_user_entry(self.thunks, self.exec, vector, Some(target));
     }
 
     /// Runs `f` marked as inside the dispatcher, so that the entry asm sends

@@ -22,6 +22,7 @@ use kernel::prelude::*;
 use crate::consistency;
 use crate::cpu::{self, CpuState, NativeRange};
 use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK, GATE_EXIT};
+use crate::thunk_page::{stub_undo, StubUndo};
 use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
@@ -63,6 +64,7 @@ static NATIVE_WARNINGS: AtomicU32 = AtomicU32::new(0);
 
 /// What the engine's dispatch step needs from one CPU's kernel side.
 struct Env<'a> {
+    exec: u64,
     native: NativeRange,
     exec_breakpoints: [Option<u64>; 4],
     syscall_entry: u64,
@@ -91,6 +93,7 @@ impl Embedder<&'static mut [u8]> for Env<'_> {
         bump(&self.stats.flushes);
         let target = cache.entry(self.syscall_entry, &KernelText).unwrap_or(self.syscall_entry);
         set_syscall_target(self.thunks, target);
+        crate::thunk_page::reset_user_entries(self.thunks, self.exec);
     }
 }
 
@@ -105,8 +108,8 @@ pub(crate) fn set_syscall_target(thunks: &mut [u8], target: u64) {
 
 /// Runs the engine's dispatch step for this CPU and publishes its statistics.
 fn step(cpu: &mut CpuState, step: Step) -> Result<Dispatch, Error> {
-    let CpuState { cache, thunks, native, syscall_entry, stats, exec_breakpoints, .. } = cpu;
-    let mut env = Env { native: *native, exec_breakpoints: *exec_breakpoints, syscall_entry: *syscall_entry, thunks, stats };
+    let CpuState { exec, cache, thunks, native, syscall_entry, stats, exec_breakpoints, .. } = cpu;
+    let mut env = Env { exec: *exec, native: *native, exec_breakpoints: *exec_breakpoints, syscall_entry: *syscall_entry, thunks, stats };
     let r = cache.dispatch(step, &mut env);
     publish_stats(cpu);
     r
@@ -243,18 +246,14 @@ fn pending_resume(cpu: &CpuState) -> Option<HwFrame> {
 }
 
 /// For thunk page offset `off` in a vector stub or the syscall stub: the
-/// kernel's entry point it stands for, and the words the stub pushed so far.
-fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, u64)> {
+/// kernel's entry point it stands for, and what the stub pushed so far.
+fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, StubUndo)> {
     if off < thunks::SYSCALL {
-        let pushed = match off % thunks::VECTOR_STUB {
-            0 | thunks::STUB_PUSH_DESC => 0,
-            thunks::STUB_PUSH_CPU => 1,
-            thunks::STUB_JMP => 2,
-            _ => return None,
-        };
-        Some((*cpu.handlers.get(off / thunks::VECTOR_STUB)?, pushed))
+        let undo = stub_undo(off % thunks::VECTOR_STUB)?;
+        Some((*cpu.handlers.get(off / thunks::VECTOR_STUB)?, undo))
     } else {
-        cpu.syscall_map.iter().find(|&&(o, _)| o == off).map(|&(_, pc)| (pc, 0))
+        let nothing = StubUndo { pushed: 0, rflags: None, rax: None };
+        cpu.syscall_map.iter().find(|&&(o, _)| o == off).map(|&(_, pc)| (pc, nothing))
     }
 }
 
@@ -284,10 +283,20 @@ fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFra
         // The count client's execution of this block ends here.
         cpu.cache.interrupted(rip, &KernelText);
         (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw.rsp))
-    } else if let Some((pc, pushed)) = in_entry_stub(cpu, off as usize) {
+    } else if let Some((pc, undo)) = in_entry_stub(cpu, off as usize) {
         // An IST event inside a vector stub or the syscall stub: the native
-        // state is the kernel's entry point with the stub's pushes undone.
-        (pc, pushed * 8)
+        // state is the kernel's entry point with the stub's pushes undone and
+        // the rflags and rax it had saved.
+        let word = |i: u64| read_u64(hw.rsp + 8 * i);
+        if let Some(i) = undo.rflags {
+            let Some(flags) = word(i) else { return false };
+            hw.rflags = flags;
+        }
+        if let Some(i) = undo.rax {
+            let Some(rax) = word(i) else { return false };
+            regs.rax = rax;
+        }
+        (pc, undo.pushed * 8)
     } else if matches!(off as usize, thunks::RESUME | thunks::RESUME_IRETQ) {
         // About to resume: the precise state is the one the `iretq` loads.
         let Some(frame) = pending_resume(cpu) else { return false };
@@ -399,13 +408,19 @@ fn emulate_mov_dr(cpu: &mut CpuState, regs: &EntryFrame, pc: u64) -> bool {
         return false;
     }
     let armed = debugreg::exec_breakpoints();
+    let mut invalidated = false;
     for a in armed.iter().flatten() {
         if !cpu.exec_breakpoints.contains(&Some(*a)) {
             // Translations of that instruction would never fire it.
-            let _ = cpu.cache.invalidate_range(*a, a.wrapping_add(1));
+            invalidated |= cpu.cache.invalidate_range(*a, a.wrapping_add(1)).is_ok_and(|k| k > 0);
         }
     }
     cpu.exec_breakpoints = armed;
+    if invalidated {
+        // Neither the syscall stub nor a vector's user entry may go on into
+        // a translation that no longer fires the breakpoint.
+        cpu.retarget_syscall();
+    }
     true
 }
 
@@ -451,6 +466,12 @@ pub(crate) fn on_idt_entry(regs: &mut EntryFrame) {
     consistency::apply(cpu);
     let Some(&handler) = cpu.handlers.get(vector) else { return };
     let target = target_for(cpu, handler);
+    if hw.cs & 3 != 0 && cpu.cache.contains(target) {
+        // From user mode nothing needs rewriting: the stub goes straight to
+        // the translation next time, while this CPU has applied every logged
+        // code change (`consistency::apply` just ran).
+        cpu.set_user_entry(vector, target);
+    }
     let rflags = hw.rflags & !(RFLAGS_TF | RFLAGS_IF | RFLAGS_NT | RFLAGS_RF | RFLAGS_AC) | 2;
     resume(cpu, regs, kernel_frame(target, rflags, above as u64));
 }

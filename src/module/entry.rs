@@ -270,7 +270,11 @@ pub(crate) fn gate_native() -> u64 {
 
 /// kdbt's common entry and exit, where the thunk page's stubs jump.
 pub(crate) fn entries() -> Entries {
-    Entries { idt_common: kdbt_idt_common as usize as u64, exit_common: kdbt_exit_common as usize as u64 }
+    Entries {
+        idt_common: kdbt_idt_common as usize as u64,
+        exit_common: kdbt_exit_common as usize as u64,
+        log_published: crate::consistency::published_address(),
+    }
 }
 
 /// # Safety

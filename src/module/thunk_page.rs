@@ -30,12 +30,44 @@ pub(crate) mod data {
 
 /// Byte layout of one CPU's thunk page (the start of its region).
 pub(crate) mod thunks {
-    /// 32 bytes per vector stub: `endbr64; push desc; push cpu; jmp idt_common`.
-    pub(crate) const VECTOR_STUB: usize = 32;
-    /// Offsets in a vector stub of the instructions after `endbr64`.
-    pub(crate) const STUB_PUSH_DESC: usize = 4;
-    pub(crate) const STUB_PUSH_CPU: usize = 9;
-    pub(crate) const STUB_JMP: usize = 14;
+    /// 64 bytes per vector stub. From user mode, when this CPU has applied
+    /// every code change logged and the vector's user entry is set, straight
+    /// into the handler's translation; otherwise into the dispatcher:
+    /// ```text
+    ///  0 endbr64
+    ///  4 pushfq
+    ///  5 test byte [rsp + 16 (+ 8 with an error code)], 3   ; interrupted CS
+    /// 10 jz slow
+    /// 12 push rax
+    /// 13 mov rax, [log published]
+    /// 23 cmp rax, [rip + LOG_APPLIED]
+    /// 30 pop rax
+    /// 31 jne slow
+    /// 33 popfq
+    /// 34 push qword [rip + USER_ENTRIES + 8 * vector]    ; 42 until set
+    /// 40 ret                  ; not an indirect jmp: blocks need no endbr64
+    /// 41 slow: popfq
+    /// 42 push desc
+    /// 47 push cpu
+    /// 52 jmp idt_common
+    /// ```
+    pub(crate) const VECTOR_STUB: usize = 64;
+    /// Offsets of the instructions in a vector stub.
+    pub(crate) const STUB_PUSHFQ: usize = 4;
+    pub(crate) const STUB_TEST: usize = 5;
+    pub(crate) const STUB_JZ: usize = 10;
+    pub(crate) const STUB_PUSH_RAX: usize = 12;
+    pub(crate) const STUB_LOAD: usize = 13;
+    pub(crate) const STUB_CMP: usize = 23;
+    pub(crate) const STUB_POP_RAX: usize = 30;
+    pub(crate) const STUB_JNE: usize = 31;
+    pub(crate) const STUB_USER_POPFQ: usize = 33;
+    pub(crate) const STUB_USER_PUSH: usize = 34;
+    pub(crate) const STUB_USER_RET: usize = 40;
+    pub(crate) const STUB_SLOW: usize = 41;
+    pub(crate) const STUB_PUSH_DESC: usize = 42;
+    pub(crate) const STUB_PUSH_CPU: usize = 47;
+    pub(crate) const STUB_JMP: usize = 52;
     /// `endbr64`, the kernel's syscall prologue (`syscall::Prologue`), `jmp
     /// [rip + target]`: the `syscall` entry (MSR_LSTAR).
     pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
@@ -65,8 +97,47 @@ pub(crate) mod thunks {
     /// [rip+d+8]; push rax; mov rax, [rip+d]; push desc; push cpu; jmp
     /// idt_common`. After `RESUME`: an event inside it nests.
     pub(crate) const NMI_STUB: usize = SYSCALL + 256;
+    /// Each vector's user entry: where its stub goes from user mode (the
+    /// stub's `push desc` until the dispatcher sets the handler's
+    /// translation).
+    pub(crate) const USER_ENTRIES: usize = SYSCALL + 512;
+    /// The consistency log entries this CPU has applied (the user entries
+    /// are used only while it equals the published count).
+    pub(crate) const LOG_APPLIED: usize = USER_ENTRIES + 8 * super::VECTORS;
     /// Bytes of thunks at the start of each region, before the engine's arena.
-    pub(crate) const SIZE: usize = 12 << 10;
+    pub(crate) const SIZE: usize = 20 << 10;
+    const _: () = assert!(LOG_APPLIED + 8 <= SIZE && NMI_STUB + 128 <= USER_ENTRIES);
+}
+
+/// What a vector stub interrupted at offset `off` (within it) has pushed:
+/// `pushed` words to drop, and the word indices (from `rsp`) holding the
+/// entry's rflags and rax while the stub has them clobbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StubUndo {
+    pub(crate) pushed: u64,
+    pub(crate) rflags: Option<u64>,
+    pub(crate) rax: Option<u64>,
+}
+
+/// The undo of an event at offset `off` of a vector stub; `None` between
+/// instructions.
+pub(crate) fn stub_undo(off: usize) -> Option<StubUndo> {
+    let (pushed, rflags, rax) = match off {
+        0 | thunks::STUB_PUSHFQ | thunks::STUB_PUSH_DESC | thunks::STUB_USER_PUSH => {
+            (0, None, None)
+        }
+        thunks::STUB_TEST | thunks::STUB_JZ | thunks::STUB_PUSH_RAX => (1, Some(0), None),
+        thunks::STUB_LOAD | thunks::STUB_CMP | thunks::STUB_POP_RAX => (2, Some(1), Some(0)),
+        thunks::STUB_JNE | thunks::STUB_USER_POPFQ | thunks::STUB_SLOW => (1, Some(0), None),
+        thunks::STUB_USER_RET | thunks::STUB_PUSH_CPU => (1, None, None),
+        thunks::STUB_JMP => (2, None, None),
+        _ => return None,
+    };
+    Some(StubUndo {
+        pushed,
+        rflags,
+        rax,
+    })
 }
 
 /// kdbt's entry code the thunks jump to.
@@ -76,6 +147,9 @@ pub(crate) struct Entries {
     pub(crate) idt_common: u64,
     /// The common exit from the code cache (exit thunk).
     pub(crate) exit_common: u64,
+    /// The consistency log's published count, which the vector stubs compare
+    /// with [`thunks::LOG_APPLIED`].
+    pub(crate) log_published: u64,
 }
 
 /// Encodes `insns` at page offset `at` (executed at `exec + at`), and puts
@@ -134,26 +208,70 @@ pub(crate) fn write_thunks(
             } else {
                 0
             };
+        let cs = 16 + if desc & DESC_ERROR_CODE != 0 { 8 } else { 0 };
+        let slow = exec + (at + thunks::STUB_SLOW) as u64;
+        let user_entry = exec + (thunks::USER_ENTRIES + 8 * vector) as u64;
         let insns = [
             Instruction::with(Code::Endbr64),
+            Instruction::with(Code::Pushfq),
+            Instruction::with2(
+                Code::Test_rm8_imm8,
+                MemoryOperand::with_base_displ(Register::RSP, cs),
+                3,
+            )
+            .ok()?,
+            Instruction::with_branch(Code::Je_rel8_64, slow).ok()?,
+            Instruction::with1(Code::Push_r64, Register::RAX).ok()?,
+            Instruction::with2(
+                Code::Mov_RAX_moffs64,
+                Register::RAX,
+                moffs(entries.log_published),
+            )
+            .ok()?,
+            Instruction::with2(
+                Code::Cmp_r64_rm64,
+                Register::RAX,
+                rip_rel(exec + thunks::LOG_APPLIED as u64),
+            )
+            .ok()?,
+            Instruction::with1(Code::Pop_r64, Register::RAX).ok()?,
+            Instruction::with_branch(Code::Jne_rel8_64, slow).ok()?,
+            Instruction::with(Code::Popfq),
+            Instruction::with1(Code::Push_rm64, rip_rel(user_entry)).ok()?,
+            Instruction::with(Code::Retnq),
+            Instruction::with(Code::Popfq),
             Instruction::with1(Code::Pushq_imm32, desc as i32).ok()?,
             Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
             Instruction::with_branch(Code::Jmp_rel32_64, entries.idt_common).ok()?,
         ];
-        // The dispatcher rolls an IST event inside a stub back by these offsets.
-        let mut ends = [0; 3];
+        // The dispatcher rolls an IST event inside a stub back by these
+        // offsets (`stub_undo`).
+        let mut ends = [0; 15];
         emit(page, exec, at, at + thunks::VECTOR_STUB, &insns, &mut ends)?;
-        if ends
-            != [
-                thunks::STUB_PUSH_DESC,
-                thunks::STUB_PUSH_CPU,
-                thunks::STUB_JMP,
-            ]
-            .map(|e| at + e)
-        {
+        let want = [
+            thunks::STUB_PUSHFQ,
+            thunks::STUB_TEST,
+            thunks::STUB_JZ,
+            thunks::STUB_PUSH_RAX,
+            thunks::STUB_LOAD,
+            thunks::STUB_CMP,
+            thunks::STUB_POP_RAX,
+            thunks::STUB_JNE,
+            thunks::STUB_USER_POPFQ,
+            thunks::STUB_USER_PUSH,
+            thunks::STUB_USER_RET,
+            thunks::STUB_SLOW,
+            thunks::STUB_PUSH_DESC,
+            thunks::STUB_PUSH_CPU,
+            thunks::STUB_JMP,
+        ];
+        if ends != want.map(|e| at + e) {
             return None;
         }
+        set_user_entry(page, exec, vector, None)?;
     }
+    page.get_mut(thunks::LOG_APPLIED..thunks::LOG_APPLIED + 8)?
+        .fill(0xff);
     let mut syscall: Vec<Instruction> = Vec::new();
     syscall.try_reserve(2 + prologue.len()).ok()?;
     syscall.push(Instruction::with(Code::Endbr64));
@@ -248,6 +366,57 @@ pub(crate) fn write_thunks(
         Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
         Instruction::with_branch(Code::Jmp_rel32_64, entries.idt_common).ok()?,
     ];
-    emit(page, exec, thunks::NMI_STUB, thunks::SIZE, &nmi, &mut [])?;
+    emit(
+        page,
+        exec,
+        thunks::NMI_STUB,
+        thunks::USER_ENTRIES,
+        &nmi,
+        &mut [],
+    )?;
     Some(offsets)
+}
+
+/// Sets where `vector`'s stub in the thunk `page` (executed at `exec`) goes
+/// from user mode: `target`, or the dispatcher (its own `push desc`).
+pub(crate) fn set_user_entry(
+    page: &mut [u8],
+    exec: u64,
+    vector: usize,
+    target: Option<u64>,
+) -> Option<()> {
+    // The user path has restored the flags already: past the slow path's `popfq`.
+    let dispatcher = exec + (vector * thunks::VECTOR_STUB + thunks::STUB_PUSH_DESC) as u64;
+    let at = thunks::USER_ENTRIES + 8 * vector;
+    page.get_mut(at..at + 8)?
+        .copy_from_slice(&target.unwrap_or(dispatcher).to_le_bytes());
+    Some(())
+}
+
+/// Sends every vector of the thunk `page` from user mode to the dispatcher,
+/// until set again.
+pub(crate) fn reset_user_entries(page: &mut [u8], exec: u64) {
+    for vector in 0..VECTORS {
+        let _ = set_user_entry(page, exec, vector, None);
+    }
+}
+
+/// Records in the thunk `page` how many consistency log entries its CPU has
+/// applied.
+pub(crate) fn set_log_applied(page: &mut [u8], applied: u64) {
+    if let Some(w) = page.get_mut(thunks::LOG_APPLIED..thunks::LOG_APPLIED + 8) {
+        w.copy_from_slice(&applied.to_le_bytes());
+    }
+}
+
+fn moffs(addr: u64) -> MemoryOperand {
+    MemoryOperand::new(
+        Register::None,
+        Register::None,
+        1,
+        addr as i64,
+        8,
+        false,
+        Register::None,
+    )
 }

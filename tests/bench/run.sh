@@ -47,6 +47,8 @@ echo "kdbt-bench: dispatcher_entries during translated run: $((e1 - e0))"
 for f in blocks_translated cache_bytes_used lookup_hits lookup_misses pc_rewrites rollbacks flushes invalidations blocks_invalidated; do
     echo "kdbt-bench: stat $f $(cat $st/$f 2>/dev/null)"
 done
+# Where the dispatcher entries came from: IDT vectors (the rest are cache exits).
+echo "kdbt-bench: entries_by_vector $(tr '\n' ' ' < $st/entries_by_vector 2>/dev/null)"
 # One pass per client, each from a fresh enable with its data reset, as the
 # translated pass starts from a fresh insmod; then the client's header line
 # (how many blocks it recorded).

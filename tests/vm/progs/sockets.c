@@ -1,4 +1,5 @@
-// Unix-socket and TCP loopback echo between two processes.
+// Unix-socket and TCP loopback echo between two processes; `sockets warm`:
+// one TCP loopback connection in one process, nothing printed.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -29,8 +30,29 @@ static void serve(int fd)
 	_exit(0);
 }
 
-int main(void)
+/* The first TCP connection flips the kernel's once-only static key of
+ * inet_ehashfn (net_get_random_once), patching its jump label. With no other
+ * process in the TCP code meanwhile, no other vCPU can be running a stale
+ * QEMU translation of the patch's temporary int3 (docs/testing.md). */
+static int warm(void)
 {
+	int ls = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof a;
+	if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 1) ||
+	    getsockname(ls, (struct sockaddr *)&a, &len))
+		return 1;
+	int c = socket(AF_INET, SOCK_STREAM, 0);
+	int r = c < 0 || connect(c, (struct sockaddr *)&a, sizeof a);
+	close(c);
+	close(ls);
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && !strcmp(argv[1], "warm"))
+		return warm();
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
 		return 1;
