@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
 
 use kdbt_engine::{BlockRange, BlockSlot, BlockTable, CallRetPolicy, Client, ClientKind};
-use kdbt_host::{ExecMemory, Options, Placement, ProcessMemory, Runtime};
+use kdbt_host::{ExecMemory, Options, Placement, Runtime};
 
 fn table(n: usize) -> BlockTable<'static> {
     let slots: Vec<BlockSlot> = (0..n).map(|_| BlockSlot::new()).collect();
@@ -197,7 +197,7 @@ fn an_interrupt_after_the_count_moves_it_to_the_prefix_that_ran() {
         .expect("a copied instruction after the first");
     let cache_pc = rt.cache().cache_pc_for(mid).expect("mapped");
     rt.run(entry, &[10, 1]).expect("run");
-    assert!(rt.cache_mut().interrupted(cache_pc, &ProcessMemory));
+    assert!(rt.cache_mut().interrupted(cache_pc));
     rt.cache_mut().harvest();
     let mut after = ranges_at(&table, entry);
     after.sort_by_key(|r| r.len);
@@ -215,7 +215,7 @@ fn an_interrupt_after_the_count_moves_it_to_the_prefix_that_ran() {
     );
     // Before the increment's store nothing was counted: nothing to move.
     let start = rt.cache().cache_pc_for(entry).expect("entry");
-    assert!(!rt.cache_mut().interrupted(start, &ProcessMemory));
+    assert!(!rt.cache_mut().interrupted(start));
 }
 
 /// Runs the guest function at `entry` with (`a`, `b`) translated with `client`; (result,

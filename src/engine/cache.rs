@@ -629,7 +629,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// (the PC map's), and will go on from a fragment entry. If the block's execution was
     /// already counted, only the instructions before the rollback point ran: the count
     /// moves from the block to that prefix's range. `true` if a count moved.
-    pub fn interrupted(&mut self, cache_pc: u64, mem: &dyn GuestMemory) -> bool {
+    pub fn interrupted(&mut self, cache_pc: u64) -> bool {
         let Some(client) = self.client else {
             return false;
         };
@@ -650,14 +650,16 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             return false;
         };
         let end = start.wrapping_add(h.guest_len);
-        // Guest state before `done`: the instructions from `start` up to it ran.
-        let done = if m.rollback.rip == RipSource::Guest(m.insn_pc) {
-            m.insn_pc
-        } else {
-            match crate::decode::length(mem, m.insn_pc) {
-                Some(len) => m.insn_pc.wrapping_add(len),
-                None => return false,
-            }
+        // Guest state before `done`: the instructions from `start` up to it ran. Found
+        // from the translation, not the guest text, which may be changing (a jump label
+        // being patched shows a one-byte int3).
+        let done = match m.rollback.rip {
+            RipSource::Guest(pc) if pc == m.insn_pc => pc,
+            // After the block's last instruction (an exit, a lookup's miss): all of it ran.
+            _ if Some(m.insn_pc) == self.last_insn_pc(f) => end,
+            // After a rewritten instruction, before the next one.
+            RipSource::Guest(next) => next,
+            RipSource::Stack(_) => return false,
         };
         if done < start || done >= end {
             return false;
@@ -670,6 +672,20 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             }
         }
         true
+    }
+
+    /// The guest PC of the last instruction fragment `f` translated: the largest its PC
+    /// map names (a block's control transfer comes last, its exits after the body).
+    fn last_insn_pc(&self, f: &Fragment) -> Option<u64> {
+        let mut s = self.stream(f);
+        let (_, n) = s.skip_to_entries()?;
+        let mut prev = Prev::new(s.pc);
+        let mut last = None;
+        for _ in 0..n {
+            let e = s.entry(&mut prev, &self.shapes)?;
+            last = last.max(Some(e.guest_pc));
+        }
+        last
     }
 
     /// The index of the fragment whose code contains `cache_pc`, and the offset in it.

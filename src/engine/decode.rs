@@ -117,12 +117,3 @@ impl BlockDecoder<'_> {
         }
     }
 }
-
-/// Length of the guest instruction at `pc`, read through `mem`; `None` if it cannot be read
-/// or decoded.
-pub(crate) fn length(mem: &dyn GuestMemory, pc: u64) -> Option<u64> {
-    let mut bytes = [0u8; 15];
-    let n = mem.read(pc, &mut bytes).ok()?;
-    let insn = Decoder::with_ip(64, bytes.get(..n)?, pc, DecoderOptions::NONE).decode();
-    (!insn.is_invalid()).then(|| insn.len() as u64)
-}

@@ -281,7 +281,7 @@ fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFra
         }
         store_frame(regs, &f);
         // The count client's execution of this block ends here.
-        cpu.cache.interrupted(rip, &KernelText);
+        cpu.cache.interrupted(rip);
         (f.rip, f.get(Gpr::Rsp).wrapping_sub(hw.rsp))
     } else if let Some((pc, undo)) = in_entry_stub(cpu, off as usize) {
         // An IST event inside a vector stub or the syscall stub: the native
