@@ -71,7 +71,7 @@ impl Builder<'_> {
         let end = self
             .layout
             .table
-            .wrapping_add(u64::from(self.cfg.ibl.slots()) * 16);
+            .wrapping_add(self.cfg.ibl.table_bytes() as u64);
         let fits = |a: u64| i32::try_from(a as i64).is_ok();
         fits(self.layout.table) && fits(end) && end > self.layout.table
     }
