@@ -336,6 +336,63 @@ fn iretq_to_kernel_hook_reports_an_iretq_whose_frame_returns_to_cpl0() {
 }
 
 #[test]
+fn leaving_the_cache_mid_run_rewrites_every_return_site_and_goes_on_natively() {
+    // f(n) = n == 0 ? (int3; 1000) : f(n - 1) + n
+    //   test rdi, rdi; jne rec; int3; mov eax, 1000; ret;
+    //   rec: push rdi; dec rdi; call f; pop rdi; add rax, rdi; ret
+    let c = [
+        0x48, 0x85, 0xff, 0x75, 0x07, 0xcc, 0xb8, 0xe8, 0x03, 0, 0, 0xc3, 0x57, 0x48, 0xff, 0xcf,
+        0xe8, 0xeb, 0xff, 0xff, 0xff, 0x5f, 0x48, 0x01, 0xf8, 0xc3,
+    ];
+    let guest = GuestCode::new(&c);
+    let at = guest.addr();
+    const DEPTH: u64 = 3000;
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        for placement in [Placement::Anywhere, Placement::Low] {
+            let what = format!("{policy:?} {placement:?}");
+            let mut opts = Options::new(policy);
+            opts.hooks = HookClass::INT3;
+            opts.placement = placement;
+            let mut rt = Runtime::new(opts).expect("runtime");
+            let arena = rt.arena_range();
+            let top = rt.stack_top();
+            let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+            let record = seen.clone();
+            rt.set_hook(Box::new(move |class, pc, next, state| {
+                assert_eq!((class, pc, next), (HookClass::INT3, at + 5, at + 6));
+                let mut slot = state.get(Gpr::Rsp);
+                while slot < top {
+                    // SAFETY: the guest stack between its rsp and its top is mapped.
+                    let word = unsafe { ptr::read(slot as *const u64) };
+                    if arena.contains(&word) {
+                        record.borrow_mut().push(word);
+                    }
+                    slot += 8;
+                }
+                HookAction::Leave(next)
+            }));
+            let sum = DEPTH * (DEPTH + 1) / 2;
+            assert_eq!(rt.run(at, &[DEPTH]).expect(&what), 1000 + sum, "{what}");
+            let rw = rt.last_rewrite().expect("rewrite");
+            let seen = seen.borrow();
+            let expected = match policy {
+                CallRetPolicy::Transparent => 0,
+                CallRetPolicy::Fast => DEPTH as u32,
+            };
+            assert_eq!(rw.return_sites, expected, "{what}");
+            assert_eq!(seen.len(), expected as usize, "{what}");
+            assert_eq!((rw.inside_code, rw.data), (0, 0), "{what}");
+            // Had a return site been left on the stack, the return would have trapped:
+            // the flush filled the released code with int3.
+            for &w in seen.iter() {
+                // SAFETY: `w` is inside the arena, which the runtime keeps mapped.
+                assert_eq!(unsafe { ptr::read(w as *const u8) }, 0xcc, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
 fn hook_without_handler_stops_the_run_before_the_instruction() {
     let c = [0xb8, 7, 0, 0, 0, 0xcc, 0xc3];
     let guest = GuestCode::new(&c);

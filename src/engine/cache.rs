@@ -31,6 +31,8 @@ pub const TABLE_OFFSET: usize = 64;
 pub const MAX_ARENA: usize = 1 << 30;
 /// Fragment alignment: keeps literals 8-byte aligned without wasting more.
 const FRAGMENT_ALIGN: u32 = 8;
+/// What released code-cache memory is filled with: `int3`.
+pub(crate) const INT3: u8 = 0xcc;
 
 /// Identifies a fragment until the next flush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +81,20 @@ impl Fragment {
     pub fn kill(&mut self) {
         self.first_exit |= DEAD;
     }
+}
+
+/// An address inside a cache's arena, classified by [`CodeCache::classify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheWord {
+    /// A code-cache return address a translated `call` pushed (Fast policy): the guest
+    /// return address it stands for.
+    ReturnSite(u64),
+    /// Inside a fragment's code (e.g. the `ip` of an interrupted frame): the guest
+    /// instruction and the rollback to its precise state.
+    Code(PcMapping),
+    /// The dispatcher slot, the lookup table, literals, metadata or unused space: not a
+    /// code address.
+    Data,
 }
 
 /// A code cache over arena `A` (the writable view of memory that executes at `exec_base`).
@@ -550,6 +566,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// describes rather than its peak.
     pub fn flush(&mut self) {
         self.harvest();
+        // A stale code-cache address still in use (a return address under Fast that the
+        // caller failed to rewrite) then traps at once instead of running whatever is
+        // translated there next.
+        let released = self.code_start as usize..self.cursor as usize;
+        if let Some(code) = self.arena.as_mut().get_mut(released) {
+            code.fill(INT3);
+        }
         self.fragments = Vec::new();
         self.by_guest = Vec::new();
         self.next_incoming = Vec::new();
@@ -755,6 +778,24 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             }
         }
         None
+    }
+
+    /// What an 8-byte word found in memory (a stack slot, a saved register) means if it
+    /// holds an address in this cache's arena: `None` outside the arena. Answers for
+    /// invalidated fragments too, until the flush. The rewrite of a stack that leaves
+    /// the cache (Fast policy) replaces each such word by its native value.
+    pub fn classify(&self, word: u64) -> Option<CacheWord> {
+        let off = word.checked_sub(self.exec_base)?;
+        if off >= self.arena_len as u64 {
+            return None;
+        }
+        if let Some(guest) = self.return_site(word) {
+            return Some(CacheWord::ReturnSite(guest));
+        }
+        Some(match self.pc_map(word) {
+            Some(m) => CacheWord::Code(m),
+            None => CacheWord::Data,
+        })
     }
 
     /// Reverse map: a runtime address at which execution can resume for guest instruction

@@ -38,7 +38,9 @@ mod stats;
 mod thunks;
 mod translate;
 
-pub use cache::{CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET};
+pub use cache::{
+    CacheWord, CodeCache, FragmentId, DISPATCHER_SLOT_OFFSET, MAX_ARENA, TABLE_OFFSET,
+};
 pub use client::{BlockRange, BlockSlot, BlockTable, Client, ClientKind};
 pub use config::{CallRetPolicy, Config, IblSize};
 pub use dispatch::{Dispatch, Embedder, Step};

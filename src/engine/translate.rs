@@ -704,7 +704,7 @@ impl Builder<'_> {
         }
         let code_end = self.off32();
         while self.e.off() & 7 != 0 {
-            self.e.bytes(&[0xcc]);
+            self.e.bytes(&[crate::cache::INT3]);
         }
         let literal_base = self.e.off();
         for i in 0..self.e.literals.len() {

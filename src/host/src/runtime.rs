@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::ptr;
 
 use kdbt_engine::{
-    CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, Frame, Gpr, GuestMemory,
-    HookClass, HookSite, IblSize, PcMapping, Step, Thunks,
+    CacheWord, CallRetPolicy, CodeCache, Config, Dispatch, Embedder, Error, Frame, Gpr,
+    GuestMemory, HookClass, HookSite, IblSize, PcMapping, Step, Thunks,
 };
 
 use crate::exec::ExecMemory;
@@ -71,8 +71,24 @@ pub enum HookAction {
     /// Continue at this guest PC (register changes made to the frame are kept, except
     /// `rsp`).
     Resume(u64),
+    /// Leave the cache (the Fast policy's way out, as the kernel leaves fast mode): every
+    /// code-cache address in the guest registers and on the guest stack is rewritten to
+    /// its native value, the cache is flushed, and the run goes on natively at this PC.
+    Leave(u64),
     /// End the run with [`RunError::HookStop`].
     Stop,
+}
+
+/// What [`HookAction::Leave`] rewrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Code-cache return addresses replaced by their guest return addresses.
+    pub return_sites: u32,
+    /// Other addresses inside translated code, replaced by their guest instruction's PC
+    /// (none is expected: only interrupted frames hold such addresses).
+    pub inside_code: u32,
+    /// Words pointing at arena data (table, literals, metadata): left as they were.
+    pub data: u32,
 }
 
 /// A hook handler: (class, guest PC, next guest PC, guest state before the instruction).
@@ -106,6 +122,7 @@ pub struct Runtime {
     /// A panic raised by the hook handler, re-raised once the run has left guest code.
     panic: Option<Box<dyn std::any::Any + Send>>,
     signals: Box<SignalState>,
+    rewrite: Option<Rewrite>,
 }
 
 impl Runtime {
@@ -153,6 +170,7 @@ impl Runtime {
                 trap: None,
                 trace: None,
             }),
+            rewrite: None,
         })
     }
 
@@ -287,6 +305,53 @@ impl Runtime {
         Some((mapping, state))
     }
 
+    /// What the last [`HookAction::Leave`] rewrote (`None` before any).
+    pub fn last_rewrite(&self) -> Option<Rewrite> {
+        self.rewrite
+    }
+
+    /// Rewrites every code-cache address in `state`'s registers and on the guest stack
+    /// above its `rsp` to its native value, then flushes the cache.
+    fn leave_cache(&mut self, state: &mut Frame) {
+        let mut rw = Rewrite::default();
+        let cache = &self.cache;
+        let mut native = |word: u64| match cache.classify(word) {
+            Some(CacheWord::ReturnSite(guest)) => {
+                rw.return_sites += 1;
+                guest
+            }
+            Some(CacheWord::Code(m)) => {
+                rw.inside_code += 1;
+                m.insn_pc
+            }
+            Some(CacheWord::Data) => {
+                rw.data += 1;
+                word
+            }
+            None => word,
+        };
+        for reg in Gpr::ALL {
+            if reg != Gpr::Rsp {
+                state.set(reg, native(state.get(reg)));
+            }
+        }
+        let mut slot = state.get(Gpr::Rsp) & !7;
+        while slot < self.stack_top() {
+            if let Some(word) = self.mem.read_u64(slot) {
+                let n = native(word);
+                if n != word {
+                    // SAFETY: `slot` is an aligned word of the guest stack (between the
+                    // guest `rsp` and its top), which this runtime maps and owns; no
+                    // guest code runs while the dispatcher does.
+                    unsafe { ptr::write(slot as *mut u64, n) };
+                }
+            }
+            slot += 8;
+        }
+        self.cache.flush();
+        self.rewrite = Some(rw);
+    }
+
     fn abort(&mut self, frame: &mut DispatchFrame, err: RunError) -> u64 {
         self.pending = Some(err);
         frame.rdi = self.signals.ctx as u64;
@@ -327,6 +392,12 @@ impl Runtime {
                             state.set(Gpr::Rsp, guest_rsp);
                             set_guest_frame(frame, &state);
                             step = Step::Enter { pc: to };
+                        }
+                        HookAction::Leave(to) => {
+                            state.set(Gpr::Rsp, guest_rsp);
+                            self.leave_cache(&mut state);
+                            set_guest_frame(frame, &state);
+                            return to;
                         }
                         HookAction::Stop => return self.abort(frame, RunError::HookStop { state }),
                     }
