@@ -164,6 +164,33 @@ unsafe extern "C" fn remove_from_cpu(_: *mut core::ffi::c_void) -> i32 {
     0
 }
 
+/// CPUs that have yet to leave translation in the running `leave_on_cpu`.
+static LEAVING: AtomicUsize = AtomicUsize::new(0);
+
+/// `remove_from_cpu`; then the last CPU to get there, with every other one
+/// done and waiting in `stop_machine`, rewrites the kernel stacks so that
+/// none names the caches about to be freed (`stack::rewrite_stacks`).
+unsafe extern "C" fn leave_on_cpu(data: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the same contract as ours.
+    unsafe { remove_from_cpu(data) };
+    if LEAVING.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return 0;
+    }
+    let Some(stats) = crate::stats::all().get(this_cpu()) else { return 0 };
+    // SAFETY: every other online CPU has left translation (`LEAVING`) and
+    // waits in `stop_machine` until this callback returns; this CPU holds
+    // no state reference.
+    let (scan, rewritten) = unsafe { crate::stack::rewrite_stacks(stats) };
+    pr_info!(
+        "kernel stacks: {} scanned, {} skipped, {} words, {} rewritten\n",
+        scan.stacks,
+        scan.skipped,
+        scan.words,
+        rewritten
+    );
+    0
+}
+
 unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
@@ -278,7 +305,9 @@ fn disable_locked(_c: Control) -> Result {
         return Ok(());
     }
     let _h = NoHotplug::new();
-    on_all_cpus(remove_from_cpu)?;
+    // Hotplug is off: every online CPU runs the callback.
+    LEAVING.store((0..cpu::ids()).filter(|&id| cpu_online(id)).count(), Ordering::Release);
+    on_all_cpus(leave_on_cpu)?;
     ENABLED.store(false, Ordering::Release);
     let session = SESSION.lock().take();
     teardown(session);

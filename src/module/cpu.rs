@@ -176,6 +176,12 @@ impl CpuState {
         Ok(cpu)
     }
 
+    /// The thunk page and the code cache: where this CPU's generated code
+    /// and the addresses it hands out lie.
+    pub(crate) fn code_range(&self) -> core::ops::Range<u64> {
+        self.exec..self.cache.exec_base() + self.cache.arena_len() as u64
+    }
+
     /// Whether `pc` is code kdbt runs for the guest on this CPU: its code
     /// cache or its thunks.
     pub(crate) fn runs_kdbt_code(&self, pc: u64) -> bool {
@@ -281,6 +287,10 @@ pub(crate) struct Table {
     states: KVec<AtomicPtr<CpuState>>,
     slots: KVec<SlotInfo>,
     pub(crate) stats: KVec<CpuStats>,
+    /// Per CPU id: the code range (thunks and code cache) of its last
+    /// published state, kept after it is freed so that a test can look for
+    /// stale addresses into it.
+    ranges: KVec<[AtomicU64; 2]>,
 }
 
 static TABLE: AtomicPtr<Table> = AtomicPtr::new(core::ptr::null_mut());
@@ -296,13 +306,19 @@ impl Table {
     pub(crate) fn new() -> Result<KBox<Self>> {
         let n = ids();
         let mut t = KBox::new(
-            Table { states: KVec::with_capacity(n, GFP_KERNEL)?, slots: KVec::with_capacity(n, GFP_KERNEL)?, stats: KVec::with_capacity(n, GFP_KERNEL)? },
+            Table {
+                states: KVec::with_capacity(n, GFP_KERNEL)?,
+                slots: KVec::with_capacity(n, GFP_KERNEL)?,
+                stats: KVec::with_capacity(n, GFP_KERNEL)?,
+                ranges: KVec::with_capacity(n, GFP_KERNEL)?,
+            },
             GFP_KERNEL,
         )?;
         for _ in 0..n {
             t.states.push(AtomicPtr::new(core::ptr::null_mut()), GFP_KERNEL)?;
             t.slots.push(SlotInfo::new(), GFP_KERNEL)?;
             t.stats.push(CpuStats::new(), GFP_KERNEL)?;
+            t.ranges.push([AtomicU64::new(0), AtomicU64::new(0)], GFP_KERNEL)?;
         }
         // SAFETY: the slot array lives in the box until `Drop` unpublishes it,
         // which runs after every CPU left translation.
@@ -340,7 +356,13 @@ fn table_slots() -> &'static [SlotInfo] {
 /// Publishes `cpu` for the entry paths of its CPU; gives it back if that
 /// CPU already has one (a kdbt bug).
 pub(crate) fn publish(cpu: KBox<CpuState>) -> core::result::Result<(), KBox<CpuState>> {
-    let Some(slot) = table().and_then(|t| t.states.as_slice().get(cpu.id)) else { return Err(cpu) };
+    let Some(t) = table() else { return Err(cpu) };
+    let Some(slot) = t.states.as_slice().get(cpu.id) else { return Err(cpu) };
+    if let Some([start, end]) = t.ranges.as_slice().get(cpu.id) {
+        let r = cpu.code_range();
+        start.store(r.start, Ordering::Relaxed);
+        end.store(r.end, Ordering::Relaxed);
+    }
     let raw = KBox::into_raw(cpu);
     match slot.compare_exchange(core::ptr::null_mut(), raw, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Ok(()),
@@ -358,6 +380,16 @@ pub(crate) fn take(id: usize) -> Option<KBox<CpuState>> {
     (!raw.is_null()).then(|| unsafe { KBox::from_raw(raw) })
 }
 
+/// Per CPU id with a state published since load: the id and its last code
+/// range (see [`Table`]).
+pub(crate) fn code_ranges() -> impl Iterator<Item = (usize, u64, u64)> {
+    let ranges = table().map_or(&[][..], |t| t.ranges.as_slice());
+    ranges.iter().enumerate().filter_map(|(id, [s, e])| {
+        let (s, e) = (s.load(Ordering::Relaxed), e.load(Ordering::Relaxed));
+        (s != 0).then_some((id, s, e))
+    })
+}
+
 /// Whether CPU `id` is inside the dispatcher (or [`CpuState::while_busy`]).
 pub(crate) fn busy(id: usize) -> bool {
     table_slots().get(id).is_some_and(|s| s.busy.load(Ordering::Relaxed) != 0)
@@ -373,4 +405,18 @@ pub(crate) unsafe fn get(id: usize) -> Option<&'static mut CpuState> {
     // SAFETY: published states stay valid until `take`, which runs only after
     // the CPU left translation; exclusivity is the caller's contract.
     unsafe { raw.as_mut() }
+}
+
+/// The state of CPU `id`, for the one CPU that looks at every CPU's state
+/// while all are stopped (`stack::rewrite_stacks`).
+///
+/// # Safety
+/// Every other online CPU is stopped in kdbt's `stop_machine` callback and
+/// done with its state, and the caller holds no [`get`] result.
+pub(crate) unsafe fn stopped(id: usize) -> Option<&'static CpuState> {
+    let raw = table()?.states.as_slice().get(id)?.load(Ordering::Acquire);
+    // SAFETY: published states stay valid until `take`, which runs only
+    // after `stop_machine` returned; no CPU changes its state meanwhile (the
+    // caller's contract).
+    unsafe { raw.as_ref() }
 }

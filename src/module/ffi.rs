@@ -52,6 +52,13 @@ extern "C" {
     pub(crate) fn kdbt_debugfs_remove();
     pub(crate) fn kdbt_sprint_symbol(buf: *mut u8, addr: u64) -> i32;
     pub(crate) fn kdbt_kaslr_offset() -> u64;
+    pub(crate) fn kdbt_scan_stacks(
+        lo: u64,
+        hi: u64,
+        f: unsafe extern "C" fn(*mut core::ffi::c_void, *mut u64),
+        ctx: *mut core::ffi::c_void,
+        scan: *mut crate::stack::StackScan,
+    );
     pub(crate) fn kdbt_module_text(addr: u64, base: *mut u64, size: *mut u64, name: *mut u8) -> i32;
 }
 

@@ -16,6 +16,8 @@
 #include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task_stack.h>
 #include <linux/set_memory.h>
 #include <linux/smp.h>
 #include <linux/vmalloc.h>
@@ -101,11 +103,13 @@ typedef unsigned long (*lookup_fn)(const char *);
 typedef void *(*execmem_alloc_fn)(enum execmem_type, size_t);
 typedef void (*execmem_free_fn)(void *);
 typedef int (*set_memory_fn)(unsigned long, int);
+typedef struct task_struct *(*idle_task_fn)(int);
 
 static lookup_fn kdbt_lookup;
 static execmem_alloc_fn kdbt_execmem_alloc;
 static execmem_free_fn kdbt_execmem_free;
 static set_memory_fn kdbt_set_memory_rox;
+static idle_task_fn kdbt_idle_task;
 
 /*
  * kallsyms_lookup_name is not exported since 5.7; a kprobe on it resolves
@@ -135,7 +139,9 @@ int kdbt_resolve_symbols(void)
 	kdbt_execmem_alloc = (execmem_alloc_fn)lookup("execmem_alloc");
 	kdbt_execmem_free = (execmem_free_fn)lookup("execmem_free");
 	kdbt_set_memory_rox = (set_memory_fn)lookup("set_memory_rox");
-	if (!kdbt_execmem_alloc || !kdbt_execmem_free || !kdbt_set_memory_rox)
+	kdbt_idle_task = (idle_task_fn)lookup("idle_task");
+	if (!kdbt_execmem_alloc || !kdbt_execmem_free || !kdbt_set_memory_rox ||
+	    !kdbt_idle_task)
 		return -ENOENT;
 	return 0;
 }
@@ -434,4 +440,48 @@ int kdbt_module_text(unsigned long addr, unsigned long *base, unsigned long *siz
 	}
 	preempt_enable();
 	return found;
+}
+
+static void scan_stack(struct task_struct *t, unsigned long lo, unsigned long hi,
+		       void (*fn)(void *, unsigned long *), void *ctx,
+		       struct kdbt_stack_scan *st)
+{
+	unsigned long base = (unsigned long)task_stack_page(t);
+	unsigned long sp = t->thread.sp, p;
+
+	/* Running: the stoppers, whose saved sp is stale. Exiting: the stack may be gone. */
+	if (t->exit_state || READ_ONCE(t->on_cpu) || !base || sp < base ||
+	    sp >= base + THREAD_SIZE) {
+		st->skipped++;
+		return;
+	}
+	st->stacks++;
+	for (p = sp & ~7UL; p < base + THREAD_SIZE; p += 8) {
+		unsigned long w = READ_ONCE_NOCHECK(*(unsigned long *)p);
+
+		st->words++;
+		if (w >= lo && w < hi)
+			fn(ctx, (unsigned long *)p);
+	}
+}
+
+/*
+ * Calls fn(ctx, slot) for every word in [lo, hi) in the live part (saved
+ * stack pointer to top) of the kernel stack of every task that is not
+ * running, each online CPU's idle task included. Only inside stop_machine,
+ * with every other CPU stopped: no task runs, exits or is created.
+ */
+void kdbt_scan_stacks(unsigned long lo, unsigned long hi,
+		      void (*fn)(void *, unsigned long *), void *ctx,
+		      struct kdbt_stack_scan *st)
+{
+	struct task_struct *g, *t;
+	int cpu;
+
+	rcu_read_lock();
+	for_each_process_thread(g, t)
+		scan_stack(t, lo, hi, fn, ctx, st);
+	rcu_read_unlock();
+	for_each_online_cpu(cpu)
+		scan_stack(kdbt_idle_task(cpu), lo, hi, fn, ctx, st);
 }

@@ -32,6 +32,16 @@ int kdbt_module_text(unsigned long addr, unsigned long *base, unsigned long *siz
 void kdbt_code_changed(unsigned long start, unsigned long end);
 void kdbt_apply_log(void);
 
+/* What kdbt_scan_stacks looked at (stack.rs: StackScan). */
+struct kdbt_stack_scan {
+	unsigned long stacks;
+	unsigned long skipped;
+	unsigned long words;
+};
+void kdbt_scan_stacks(unsigned long lo, unsigned long hi,
+		      void (*fn)(void *, unsigned long *), void *ctx,
+		      struct kdbt_stack_scan *st);
+
 /* Rust (report.rs), called from here. */
 void *kdbt_report_build(long kind);
 const char *kdbt_report_bytes(void *report, size_t *len);

@@ -29,6 +29,7 @@ mod irq;
 mod mitigations;
 mod report;
 mod selftest;
+mod stack;
 mod stats;
 mod syscall;
 mod sysfs;

@@ -22,6 +22,8 @@ pub(crate) struct CpuStats {
     pub(crate) invalidations: AtomicU64,
     pub(crate) blocks_invalidated: AtomicU64,
     pub(crate) client_dropped: AtomicU64,
+    pub(crate) stack_scans: AtomicU64,
+    pub(crate) stack_words_rewritten: AtomicU64,
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
@@ -41,6 +43,8 @@ impl CpuStats {
             invalidations: ZERO,
             blocks_invalidated: ZERO,
             client_dropped: ZERO,
+            stack_scans: ZERO,
+            stack_words_rewritten: ZERO,
             entries_by_vector: [ZERO; VECTORS],
         }
     }
@@ -52,7 +56,7 @@ pub(crate) fn all() -> &'static [CpuStats] {
 }
 
 /// The scalar statistics, by sysfs file name.
-pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 12] = [
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 14] = [
     ("blocks_translated", |s| &s.blocks_translated),
     ("cache_bytes_used", |s| &s.cache_bytes_used),
     ("dispatcher_entries", |s| &s.dispatcher_entries),
@@ -65,6 +69,8 @@ pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 12] = [
     ("invalidations", |s| &s.invalidations),
     ("blocks_invalidated", |s| &s.blocks_invalidated),
     ("client_dropped", |s| &s.client_dropped),
+    ("stack_scans", |s| &s.stack_scans),
+    ("stack_words_rewritten", |s| &s.stack_words_rewritten),
 ];
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -35,13 +35,15 @@ const STAT_NAMES: [&CStr; NSTATS] = [
     c"invalidations",
     c"blocks_invalidated",
     c"client_dropped",
+    c"stack_scans",
+    c"stack_words_rewritten",
     c"entries_by_vector",
 ];
 
 // sysfs keeps pointers to attributes and groups for as long as they are
 // registered, so they live in statics, written once in `Sysfs::new` before
 // registration.
-const NKNOBS: usize = 7;
+const NKNOBS: usize = 8;
 static mut KNOBS: [bindings::kobj_attribute; NKNOBS] = [const { zeroed_attr() }; NKNOBS];
 static mut KNOB_PTRS: [*mut bindings::attribute; NKNOBS + 1] = [ptr::null_mut(); NKNOBS + 1];
 static mut KNOB_GROUP: bindings::attribute_group = const { zeroed_group() };
@@ -192,6 +194,11 @@ unsafe extern "C" fn heap_tables_show(
     emit(buf, |p| writeln!(p, "{}", crate::heap::tables()))
 }
 
+/// Root only: these are kernel addresses (KASLR).
+unsafe extern "C" fn code_ranges_show(_: *mut bindings::kobject, _: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
+    emit(buf, |p| crate::cpu::code_ranges().try_for_each(|(id, s, e)| writeln!(p, "{} {:x} {:x}", id, s, e)))
+}
+
 unsafe extern "C" fn stat_show(kobj: *mut bindings::kobject, attr: *mut bindings::kobj_attribute, buf: *mut u8) -> isize {
     let base = ptr::addr_of_mut!(STAT_ATTRS).cast::<bindings::kobj_attribute>();
     // SAFETY: `attr` is one of `STAT_ATTRS` (only they have this callback).
@@ -283,6 +290,7 @@ impl Sysfs {
             knobs[4] = attr(c"heap_bytes_tables", 0o444, Some(heap_tables_show), None);
             knobs[5] = attr(c"client", 0o644, Some(client_show), Some(client_store));
             knobs[6] = attr(c"client_reset", 0o200, None, Some(client_reset_store));
+            knobs[7] = attr(c"code_ranges", 0o400, Some(code_ranges_show), None);
             let ptrs = &mut *ptr::addr_of_mut!(KNOB_PTRS);
             for (p, k) in ptrs.iter_mut().zip(knobs.iter_mut()) {
                 *p = &mut k.attr;
