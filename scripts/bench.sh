@@ -12,7 +12,10 @@
 # Environment: KDBT_BENCH_SCALE (iteration-count percent, default 100),
 # KDBT_BENCH_PASSES (translated passes in the same boot, default 1; each extra
 # pass adds a column group), KDBT_VM_TIMEOUT (seconds, default 900),
-# KDBT_BENCH_LOG (print the table of an earlier run's console log; no boot).
+# KDBT_BENCH_LOG (print the table of an earlier run's console log; no boot),
+# KDBT_BENCH_WALL=R (TCG wall time instead: no -icount, R rounds of a native
+# and a translated pass in one boot, per benchmark the median of each, then
+# "geomean ratio translated/native (wall time, median of R): X"; no clients).
 # Exit status: non-zero if the VM or a pass failed, the kernel oopsed or
 # warned, or a benchmark is missing from a result set.
 set -euo pipefail
@@ -23,6 +26,8 @@ scale="${KDBT_BENCH_SCALE:-100}"
 passes="${KDBT_BENCH_PASSES:-1}"
 [[ "$scale" =~ ^[1-9][0-9]*$ ]] || die "KDBT_BENCH_SCALE must be a positive integer (percent), got '$scale'"
 [[ "$passes" =~ ^[1-9][0-9]?$ ]] || die "KDBT_BENCH_PASSES must be 1..99, got '$passes'"
+wall="${KDBT_BENCH_WALL:-0}"
+[[ "$wall" =~ ^[0-9]$ ]] || die "KDBT_BENCH_WALL must be 0..9 (rounds), got '$wall'"
 BENCHES=(null_syscall read_devnull write_devnull open_close stat pipe_rtt unix_rtt
          fork_exit fork_exec page_fault mmap_munmap signal)
 # Measured and shown, but outside the geometric mean: the cost of a code
@@ -53,8 +58,10 @@ else
     echo "kdbt.ko $(sha256sum "$ko" | cut -c1-12) from $(cd "$KDBT_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) under src/module")"
     start=$(date +%s)
     set +e
-    KDBT_APPEND="quiet kdbt.bench_scale=$scale kdbt.bench_passes=$passes ${KDBT_APPEND:-}" KDBT_QUIET=1 \
-        "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-900}" -icount shift=0,sleep=off
+    icount=(-icount shift=0,sleep=off)
+    [ "$wall" -gt 0 ] && icount=()
+    KDBT_APPEND="quiet kdbt.bench_scale=$scale kdbt.bench_passes=$passes kdbt.bench_wall=$wall ${KDBT_APPEND:-}" KDBT_QUIET=1 \
+        "$here/vm.sh" bench "$log" "${KDBT_VM_TIMEOUT:-900}" "${icount[@]}"
     vmrc=$?
     set -e
     echo "VM wall time: $(( $(date +%s) - start )) s"
@@ -82,6 +89,33 @@ if grep -E 'Oops|BUG:|WARNING:|Kernel panic|general protection fault|RIP:' <<<"$
 fi
 grep -q '=== kdbt bench done ===' <<<"$clean" || { echo "bench: guest run did not finish"; bad=1; }
 
+if [ "$wall" -gt 0 ]; then
+    # Per benchmark and mode, the median of the rounds' ns/op.
+    median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+    printf '%-14s %11s %11s %7s\n' benchmark native translated ratio
+    logsum=0; n=0
+    for b in "${BENCHES[@]}" "${EXTRA[@]}"; do
+        for mode in native translated; do
+            vals=
+            for ((r = 1; r <= wall; r++)); do
+                m=$mode; [ $r -gt 1 ] && m=$mode$r
+                vals+="$(value "$(results "$m")" "$b")"$'\n'
+            done
+            declare "med_$mode=$(grep . <<<"$vals" | median)"
+        done
+        if [ -z "$med_native" ] || [ -z "$med_translated" ]; then
+            printf '%-14s %11s %11s %7s\n' "$b" "${med_native:-MISSING}" "${med_translated:-MISSING}" -; bad=1; continue
+        fi
+        awk -v b="$b" -v a="$med_native" -v t="$med_translated" 'BEGIN { printf "%-14s %11s %11s %7.2f\n", b, a, t, t / a }'
+        [[ " ${EXTRA[*]} " == *" $b "* ]] && continue
+        logsum="$(awk -v s="$logsum" -v a="$med_native" -v t="$med_translated" 'BEGIN { printf "%.12f", s + log(t / a) }')"
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] && awk -v s="$logsum" -v n="$n" -v r="$wall" 'BEGIN { printf "geomean ratio translated/native (wall time, median of %d): %.2f\n", r, exp(s / n) }'
+    echo "(ns/op = guest clock, TCG wall time, no -icount; medians of $wall alternating native/translated rounds)"
+    echo "console log: $log"
+    exit "$bad"
+fi
 native="$(results native)"
 declare -A res logsum count
 for p in "${PASSES[@]}" "${CLIENTS[@]}"; do res[$p]="$(results "$p")"; logsum[$p]=0; count[$p]=0; done

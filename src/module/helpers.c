@@ -140,8 +140,7 @@ int kdbt_resolve_symbols(void)
 	kdbt_execmem_free = (execmem_free_fn)lookup("execmem_free");
 	kdbt_set_memory_rox = (set_memory_fn)lookup("set_memory_rox");
 	kdbt_idle_task = (idle_task_fn)lookup("idle_task");
-	if (!kdbt_execmem_alloc || !kdbt_execmem_free || !kdbt_set_memory_rox ||
-	    !kdbt_idle_task)
+	if (!kdbt_execmem_alloc || !kdbt_execmem_free || !kdbt_set_memory_rox)
 		return -ENOENT;
 	return 0;
 }
@@ -482,6 +481,11 @@ void kdbt_scan_stacks(unsigned long lo, unsigned long hi,
 	for_each_process_thread(g, t)
 		scan_stack(t, lo, hi, fn, ctx, st);
 	rcu_read_unlock();
-	for_each_online_cpu(cpu)
-		scan_stack(kdbt_idle_task(cpu), lo, hi, fn, ctx, st);
+	/* Without the symbol, the idle tasks count as skipped. */
+	for_each_online_cpu(cpu) {
+		if (kdbt_idle_task)
+			scan_stack(kdbt_idle_task(cpu), lo, hi, fn, ctx, st);
+		else
+			st->skipped++;
+	}
 }

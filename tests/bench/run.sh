@@ -7,12 +7,17 @@
 # Kernel command-line options: kdbt.bench_scale=PERCENT scales the iteration
 # counts; kdbt.bench_passes=N runs the translated suite N times in a row
 # (markers "translated", then "translated2" ... "translatedN").
+# kdbt.bench_wall=R (wall-time runs, without -icount): R rounds of a native
+# then a translated pass, markers "native"/"translated", then "native2"/
+# "translated2" ...; no client passes.
 scale=100
 passes=1
+wall=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         kdbt.bench_scale=*) scale="${arg#kdbt.bench_scale=}" ;;
         kdbt.bench_passes=*) passes="${arg#kdbt.bench_passes=}" ;;
+        kdbt.bench_wall=*) wall="${arg#kdbt.bench_wall=}" ;;
     esac
 done
 bin=/kdbt/bin/lmbench
@@ -27,6 +32,26 @@ insmod /kdbt/modules/kdbt_skey.ko || echo "kdbt-bench: FAIL insmod kdbt_skey"
 # kernel's deferred initcalls and workers) would be charged to whichever pass
 # runs first; and caches (dentries, page cache, slabs) are warm for both.
 $bin "$scale" > /dev/null || echo "kdbt-bench: FAIL warm-up run exited $?"
+if [ "$wall" -gt 0 ]; then
+    insmod /kdbt/kdbt.ko || { echo "kdbt-bench: FAIL insmod"; exit 1; }
+    i=1
+    while [ "$i" -le "$wall" ]; do
+        n=; [ "$i" -gt 1 ] && n=$i
+        echo "=== kdbt bench native$n (scale $scale%) ==="
+        $bin "$scale" || echo "kdbt-bench: FAIL native$n run exited $?"
+        echo "=== kdbt bench native$n end ==="
+        echo 1 > /sys/kernel/kdbt/enabled || { echo "kdbt-bench: FAIL enable"; exit 1; }
+        echo "=== kdbt bench translated$n (scale $scale%) ==="
+        $bin "$scale" || echo "kdbt-bench: FAIL translated$n run exited $?"
+        echo "=== kdbt bench translated$n end ==="
+        echo 0 > /sys/kernel/kdbt/enabled || echo "kdbt-bench: FAIL disable"
+        i=$((i + 1))
+    done
+    rmmod kdbt || echo "kdbt-bench: FAIL rmmod"
+    rmmod kdbt_skey || echo "kdbt-bench: FAIL rmmod kdbt_skey"
+    echo "=== kdbt bench done ==="
+    exit 0
+fi
 echo; echo "=== kdbt bench native (scale $scale%) ==="
 $bin "$scale" || echo "kdbt-bench: FAIL native run exited $?"
 echo "=== kdbt bench native end ==="
