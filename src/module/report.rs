@@ -118,12 +118,22 @@ fn snapshot() -> Result<Snapshot> {
     Ok(Snapshot { ranges, texts, dropped })
 }
 
-/// Instructions in the range (decoded from the text as it is now).
+/// Longest x86 instruction: the look-ahead past a range's end.
+const MAX_INSN: usize = 15;
+
+/// Instructions that start in the range, decoded from the text as it is now.
+/// The last one may end past the range: text patched since the range was
+/// recorded (a jump label's 5-byte jump that was a 1-byte `int3` mid-patch)
+/// still counts the instruction at each start it covers.
 fn insns(r: &BlockRange) -> usize {
-    let mut buf = [0u8; 1024];
-    let len = (r.len as usize).min(buf.len());
-    let Ok(n) = KernelText.read(r.start, &mut buf[..len]) else { return 0 };
-    Decoder::with_ip(64, &buf[..n], r.start, DecoderOptions::NONE).into_iter().take_while(|i| !i.is_invalid()).count()
+    let mut buf = [0u8; 1024 + MAX_INSN];
+    let len = (r.len as usize).min(1024);
+    let Ok(n) = KernelText.read(r.start, &mut buf[..len + MAX_INSN]) else { return 0 };
+    let end = r.start + len as u64;
+    Decoder::with_ip(64, &buf[..n], r.start, DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|i| !i.is_invalid() && i.ip() < end)
+        .count()
 }
 
 fn symbol(out: &mut Report, pc: u64) -> Result {
