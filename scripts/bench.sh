@@ -95,6 +95,7 @@ if [ "$wall" -gt 0 ]; then
     printf '%-14s %11s %11s %7s\n' benchmark native translated ratio
     logsum=0; n=0
     for b in "${BENCHES[@]}" "${EXTRA[@]}"; do
+        [ "$b" = "${EXTRA[0]}" ] && echo "-- code changes (not in the geomean):"
         for mode in native translated; do
             vals=
             for ((r = 1; r <= wall; r++)); do
