@@ -2,6 +2,7 @@
 //! fragment, recorded on the target's incoming list, and unlinking restores the jump to the
 //! exit stub; stale exit ids (from before a flush) are never linked.
 
+use iced_x86::{Code, Decoder, DecoderOptions};
 use kdbt_engine::{
     CallRetPolicy, CodeCache, Config, ExitReason, HookClass, IblSize, RipSource, SliceMemory,
     Thunks,
@@ -26,13 +27,13 @@ fn cache() -> CodeCache<Vec<u8>> {
     CodeCache::new(vec![0u8; SMALL_TABLE_END + 4096], EXEC, cfg).expect("cache")
 }
 
-/// Where the `jmp rel32` at runtime address `at` goes.
+/// Where the `jmp rel32` (after any alignment prefixes) at runtime address `at` goes.
 fn jmp_target(cache: &CodeCache<Vec<u8>>, at: u64) -> u64 {
     let off = (at - EXEC) as usize;
-    let code = &cache.arena()[off..off + 5];
-    assert_eq!(code[0], 0xe9, "a jmp rel32");
-    let rel = i32::from_le_bytes(code[1..5].try_into().expect("4 bytes"));
-    (at + 5).wrapping_add(rel as i64 as u64)
+    let insn =
+        Decoder::with_ip(64, &cache.arena()[off..off + 15], at, DecoderOptions::NONE).decode();
+    assert_eq!(insn.code(), Code::Jmp_rel32_64, "a jmp rel32");
+    insn.near_branch_target()
 }
 
 #[test]
@@ -243,5 +244,87 @@ fn debug_register_writes_are_a_hook_class_of_their_own() {
             (HookClass::MOV_DR, BASE, BASE + 3)
         ),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Guest code whose branches sit at every offset modulo 4: for each `k`, `k` nops, then
+/// `jz +0`, `call +0` and `jmp +0`, each ending a block; then `ret`.
+fn branches_at_every_alignment() -> Vec<u8> {
+    let mut code = Vec::new();
+    for k in 0..8 {
+        code.extend(std::iter::repeat_n(0x90, k));
+        code.extend_from_slice(&[0x74, 0x00, 0xe8, 0, 0, 0, 0, 0xeb, 0x00]);
+    }
+    code.push(0xc3);
+    code
+}
+
+/// The arena bytes that differ between `before` and `after`.
+fn changed(before: &[u8], after: &[u8]) -> Vec<usize> {
+    (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect()
+}
+
+#[test]
+fn every_link_and_unlink_is_one_aligned_four_byte_store() {
+    let code = branches_at_every_alignment();
+    let mem = SliceMemory::new(BASE, &code);
+    for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        let cfg = Config {
+            policy,
+            through_jcc: false,
+            ..*cache().config()
+        };
+        let mut cache =
+            CodeCache::new(vec![0u8; SMALL_TABLE_END + (64 << 10)], EXEC, cfg).expect("cache");
+        // Translate every block reachable by direct exits.
+        let mut todo = vec![BASE];
+        while let Some(pc) = todo.pop() {
+            if cache.lookup(pc).is_some() {
+                continue;
+            }
+            cache.translate(pc, &mem).expect("translate");
+            for id in 0u64.. {
+                match cache.exit_reason(id, 0) {
+                    Ok(ExitReason::DirectMiss { target, .. }) => todo.push(target),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut fields = std::collections::BTreeSet::new();
+        for id in 0u64.. {
+            let Ok(reason) = cache.exit_reason(id, 0) else {
+                break;
+            };
+            let ExitReason::DirectMiss { exit, target } = reason else {
+                continue;
+            };
+            let to = cache.lookup(target).expect("target translated");
+            let before = cache.arena().clone();
+            cache.link(exit, to).expect("link");
+            let entry = cache.fragment_entry(to).expect("entry");
+            let store = changed(&before, cache.arena());
+            let first = *store.first().expect("the link wrote something");
+            // The rel32 field holding the store: the one that now jumps to `to`.
+            let rel_target = |f: usize| {
+                let rel = i32::from_le_bytes(cache.arena()[f..f + 4].try_into().expect("4"));
+                (EXEC + f as u64 + 4).wrapping_add(rel as i64 as u64)
+            };
+            let field = (first.saturating_sub(3)..=first)
+                .find(|&f| rel_target(f) == entry)
+                .expect("a rel32 field to the target");
+            assert_eq!((EXEC + field as u64) % 4, 0, "{policy:?}: field {field:#x}");
+            assert!(store.iter().all(|&i| i < field + 4), "one 4-byte store");
+            let linked = cache.arena().clone();
+            cache.unlink(exit).expect("unlink");
+            assert_eq!(cache.arena(), &before, "unlink restores the stub branch");
+            let undo = changed(&linked, cache.arena());
+            assert!(undo.iter().all(|&i| (field..field + 4).contains(&i)));
+            fields.insert(field);
+        }
+        // 8 jz (two exits each), 8 calls, 8 jmps.
+        assert!(fields.len() >= 32, "{policy:?}: {} exits", fields.len());
     }
 }

@@ -121,6 +121,9 @@ impl Scratch {
     }
 }
 
+/// The `ds` segment-override prefix: no effect on a near branch.
+pub(crate) const DS_PREFIX: u8 = 0x3e;
+
 /// A position resolved once the fragment layout is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Label {
@@ -368,6 +371,18 @@ impl Emitter {
     pub fn ret_imm(&mut self, imm: u16) {
         self.byte(0xc2);
         self.bytes(&imm.to_le_bytes());
+    }
+
+    /// Pads with `ds` segment prefixes (ignored on near branches, and no extra
+    /// instruction) so that the rel32 field of a branch whose opcode takes `opcode_len`
+    /// bytes starts at a 4-byte-aligned runtime address. Linking then rewrites the field
+    /// with one aligned 4-byte store, which a CPU running the branch sees whole: the rule
+    /// DynamoRIO keeps for exits patched while other threads run them.
+    pub fn align_rel32(&mut self, opcode_len: u64) {
+        let pad = 3 & 4u64.wrapping_sub(self.here().wrapping_add(opcode_len) & 3);
+        for _ in 0..pad {
+            self.byte(DS_PREFIX);
+        }
     }
 
     /// `jmp rel32` to a label.

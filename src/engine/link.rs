@@ -1,9 +1,11 @@
 //! Linking: patching a direct exit's body branch to jump straight to its target fragment,
 //! and undoing it.
 //!
-//! A link rewrites one rel32 field (4 bytes, written at once). Linking while other CPUs
-//! run the fragment is the caller's concern (the kernel glue patches with the other CPUs
-//! quiesced or relies on the aligned-store atomicity it guarantees). The code records
+//! A link rewrites one rel32 field: 4 bytes at a 4-byte-aligned address (the emitter pads
+//! patchable branches so). a 4-byte copy normally compiles to one `mov`, which a CPU
+//! running the branch sees whole, but the language does not promise it: a cache shared by
+//! running CPUs also needs the store made volatile at the embedder's edge. Serialising the
+//! writers is the caller's concern. The code records
 //! where an exit is linked (its rel32 points at its stub or at a fragment start); each
 //! fragment heads a singly-linked list, through `next_incoming`, of the exits linked to it.
 //! Nothing here allocates.

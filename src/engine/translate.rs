@@ -243,6 +243,7 @@ impl Builder<'_> {
 
     /// `jmp rel32` to a direct exit towards `target`.
     fn exit_jmp(&mut self, insn_pc: u64, target: u64) {
+        self.e.align_rel32(1);
         let i = self.add_exit(
             ExitKind::Direct { target },
             insn_pc,
@@ -578,27 +579,25 @@ impl Builder<'_> {
             if insn.condition_code() == ConditionCode::None {
                 return Err(Error::Encode { pc });
             }
+            self.e.map(pc, Rollback::at(pc));
+            self.e.align_rel32(2);
             let i = self.add_exit(
                 ExitKind::Direct { target },
                 pc,
                 Some(self.off32().wrapping_add(2)),
             );
-            self.e.map(pc, Rollback::at(pc));
             self.e.jcc_label(cc, Label::Stub(i));
         } else if insn.is_jcx_short() || insn.is_loop() || insn.is_loopcc() {
             // rel8-only branches: `jrcxz T; jmp fall; T: jmp taken`.
-            let mut bytes = [0u8; 15];
             let src = w.insn_bytes(insn);
-            let bytes = bytes.get_mut(..src.len()).ok_or(Error::Encode { pc })?;
-            bytes.copy_from_slice(src);
-            match bytes.last_mut() {
-                Some(rel8) => *rel8 = 5,
-                None => return Err(Error::Encode { pc }),
-            }
+            let (_, head) = src.split_last().ok_or(Error::Encode { pc })?;
             self.e.map(pc, Rollback::at(pc));
-            self.e.bytes(bytes);
+            self.e.bytes(head);
+            let rel8 = self.e.off();
+            self.e.bytes(&[0]);
             self.e.map(pc, Rollback::at(next));
             self.exit_jmp(pc, next);
+            self.e.patch_rel8(rel8).ok_or(Error::Encode { pc })?;
             self.e.map(pc, Rollback::at(target));
             self.exit_jmp(pc, target);
             return Ok(true);
@@ -627,6 +626,7 @@ impl Builder<'_> {
                 self.exit_jmp(pc, target);
             }
             CallRetPolicy::Fast => {
+                self.e.align_rel32(1);
                 let i = self.add_exit(
                     ExitKind::Direct { target },
                     pc,
