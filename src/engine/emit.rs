@@ -122,7 +122,7 @@ impl Scratch {
 }
 
 /// The `ds` segment-override prefix: no effect on a near branch.
-pub(crate) const DS_PREFIX: u8 = 0x3e;
+const DS_PREFIX: u8 = 0x3e;
 
 /// A position resolved once the fragment layout is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

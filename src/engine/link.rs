@@ -2,7 +2,7 @@
 //! and undoing it.
 //!
 //! A link rewrites one rel32 field: 4 bytes at a 4-byte-aligned address (the emitter pads
-//! patchable branches so). a 4-byte copy normally compiles to one `mov`, which a CPU
+//! patchable branches so). A 4-byte copy normally compiles to one `mov`, which a CPU
 //! running the branch sees whole, but the language does not promise it: a cache shared by
 //! running CPUs also needs the store made volatile at the embedder's edge. Serialising the
 //! writers is the caller's concern. The code records

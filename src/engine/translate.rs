@@ -241,14 +241,18 @@ impl Builder<'_> {
         self.exits.len().saturating_sub(1)
     }
 
+    /// Adds a direct exit towards `target` whose branch, emitted next by the caller, has an
+    /// opcode of `opcode_len` bytes before its rel32 field: pads so the field is aligned
+    /// and records it as the exit's patch. Returns the exit's index.
+    fn patchable_exit(&mut self, insn_pc: u64, target: u64, opcode_len: u8) -> usize {
+        self.e.align_rel32(u64::from(opcode_len));
+        let patch = self.off32().wrapping_add(u32::from(opcode_len));
+        self.add_exit(ExitKind::Direct { target }, insn_pc, Some(patch))
+    }
+
     /// `jmp rel32` to a direct exit towards `target`.
     fn exit_jmp(&mut self, insn_pc: u64, target: u64) {
-        self.e.align_rel32(1);
-        let i = self.add_exit(
-            ExitKind::Direct { target },
-            insn_pc,
-            Some(self.off32().wrapping_add(1)),
-        );
+        let i = self.patchable_exit(insn_pc, target, 1);
         self.e.jmp_label(Label::Stub(i));
     }
 
@@ -580,12 +584,7 @@ impl Builder<'_> {
                 return Err(Error::Encode { pc });
             }
             self.e.map(pc, Rollback::at(pc));
-            self.e.align_rel32(2);
-            let i = self.add_exit(
-                ExitKind::Direct { target },
-                pc,
-                Some(self.off32().wrapping_add(2)),
-            );
+            let i = self.patchable_exit(pc, target, 2);
             self.e.jcc_label(cc, Label::Stub(i));
         } else if insn.is_jcx_short() || insn.is_loop() || insn.is_loopcc() {
             // rel8-only branches: `jrcxz T; jmp fall; T: jmp taken`.
@@ -626,12 +625,7 @@ impl Builder<'_> {
                 self.exit_jmp(pc, target);
             }
             CallRetPolicy::Fast => {
-                self.e.align_rel32(1);
-                let i = self.add_exit(
-                    ExitKind::Direct { target },
-                    pc,
-                    Some(self.off32().wrapping_add(1)),
-                );
+                let i = self.patchable_exit(pc, target, 1);
                 self.e.call_label(Label::Stub(i));
                 self.return_site(pc, next);
             }
