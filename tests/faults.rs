@@ -179,13 +179,31 @@ fn segv_in_indirect_jmp_through_bad_memory_rolls_back_to_the_jmp() {
 }
 
 #[test]
-fn segv_in_rsp_relative_indirect_call_uses_the_guest_rsp() {
-    // The operand is rsp-relative: the lookup must address it relative to the guest rsp,
-    // not to its own spill area, and fault exactly where the native call faults.
+fn segv_in_rsp_relative_indirect_call_with_a_bad_stack_rolls_back_to_the_call() {
+    // Transparent: the lookup's first spill faults (after moving rsp: a rollback); Fast:
+    // the real `call` into the lookup faults pushing, before anything moved.
+    // Near: the three-register lookup; Low: the two-register one (the kernel's).
     let mut c = prologue();
     c.extend([0x48, 0x89, 0xfc]); // mov rsp, rdi  (rsp = 0x10)
     c.extend([0xff, 0x54, 0x24, 0x08]); // call [rsp + 8]
-                                        // Near: the three-register lookup; Low: the two-register one (the kernel's).
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 2);
+    assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 2);
+}
+
+#[test]
+fn segv_in_rsp_relative_indirect_call_uses_the_guest_rsp() {
+    // rsp = the guard page - 8: the stack below is writable, the operand [rsp + 8] is the
+    // guard page. The lookup must address it relative to the guest rsp (under Fast, after
+    // its real `call` pushed 8 bytes: + 8), not to its own spill area, and fault exactly
+    // where the native call faults, the rollback popping everything pushed.
+    let mut c = prologue();
+    let end = c.len() + 7;
+    c.extend([0x48, 0x8d, 0x05]); // lea rax, [rip + guard - 8]
+    c.extend((PAGE as i64 - 8 - end as i64).to_le_bytes()[..4].iter());
+    c.extend([0x48, 0x89, 0xc4]); // mov rsp, rax
+    c.extend([0xff, 0x54, 0x24, 0x08]); // call [rsp + 8]
+    c.push(0xc3);
+    // Near: the three-register lookup; Low: the two-register one (the kernel's).
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, Placement::Near), 4);
     assert_eq!(check_fault(&c, &ARGS, libc::SIGSEGV, |_| Placement::Low), 4);
 }
@@ -504,9 +522,14 @@ fn colliding_calls() -> Vec<u8> {
 fn indirect_targets_with_the_same_low_bits_both_hit_inline() {
     let guest = GuestCode::new(&colliding_calls());
     let entry = guest.addr() + 0x80;
-    // Near: the three-register lookup; Low: the two-register one (the kernel's).
-    for placement in [Placement::Near(guest.addr()), Placement::Low] {
-        let mut opts = Options::new(CallRetPolicy::Transparent);
+    // Near: the three-register lookup; Low: the two-register one (the kernel's). Fast:
+    // both hits jump to their target's lookup entry.
+    let policies = [CallRetPolicy::Transparent, CallRetPolicy::Fast];
+    for (policy, placement) in policies
+        .into_iter()
+        .flat_map(|p| [(p, Placement::Near(guest.addr())), (p, Placement::Low)])
+    {
+        let mut opts = Options::new(policy);
         opts.placement = placement;
         opts.ibl = IblSize::Small;
         opts.red_zone = 0;
@@ -514,8 +537,11 @@ fn indirect_targets_with_the_same_low_bits_both_hit_inline() {
         assert_eq!(rt.run(entry, &[500]).expect("run"), 1500);
         // One slot each (the first and the next): no dispatcher entry per call.
         let lookups = rt.cache().stats().lookups;
-        assert!(lookups < 20, "{placement:?}: {lookups} dispatcher lookups");
-        let what = format!("{placement:?}");
+        assert!(
+            lookups < 20,
+            "{policy:?} {placement:?}: {lookups} dispatcher lookups"
+        );
+        let what = format!("{policy:?} {placement:?}");
         let (result, seen) =
             common::assert_stepped_states_are_native(&mut rt, entry, &[20], || {}, &what);
         assert_eq!(result, 60);

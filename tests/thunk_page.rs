@@ -4,7 +4,8 @@
 //! `endbr64`. The gates point at the vector and NMI stubs, MSR_LSTAR at the syscall stub,
 //! and the only indirect branch in emitted code (`jmp [rip + slot]` to the dispatcher when
 //! it is out of rel32 reach) at the exit thunk; lookup hits continue with `ret`, which IBT
-//! does not track.
+//! does not track (the kernel's Transparent policy). Under the Fast policy lookup hits
+//! `jmp rcx` to a fragment's lookup entry, which begins with `endbr64`.
 
 extern crate alloc;
 
@@ -197,8 +198,12 @@ fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
     page.as_mut()[..code.len()].copy_from_slice(&code);
     // Far from the dispatcher trampoline, exits reach it through the arena's slot.
     let dispatcher = kdbt_host::kdbt_host_trampolines_start as *const () as u64;
-    for placement in [Placement::Anywhere, Placement::Far(dispatcher)] {
-        let mut opts = Options::new(CallRetPolicy::Transparent);
+    let policies = [CallRetPolicy::Transparent, CallRetPolicy::Fast];
+    for (policy, placement) in policies
+        .into_iter()
+        .flat_map(|p| [(p, Placement::Anywhere), (p, Placement::Far(dispatcher))])
+    {
+        let mut opts = Options::new(policy);
         opts.placement = placement;
         let mut rt = Runtime::new(opts).expect("runtime");
         rt.run(page.base(), &[]).expect("run");
@@ -212,10 +217,19 @@ fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
             let Some(id) = cache.lookup(page.base() + off) else {
                 continue;
             };
-            let mut at = cache.fragment_entry(id).expect("entry");
+            let mut at = cache.lookup_entry(id).expect("entry");
+            let first = (at - arena.start) as usize;
+            if policy == CallRetPolicy::Fast {
+                assert_eq!(bytes[first..first + 4], [0xf3, 0x0f, 0x1e, 0xfa], "endbr64");
+            }
             while cache.pc_map(at).is_some() {
                 let i = (at - arena.start) as usize;
                 let insn = Decoder::with_ip(64, &bytes[i..], at, DecoderOptions::NONE).decode();
+                let hit = insn.code() == Code::Jmp_rm64 && insn.op0_register() == Register::RCX;
+                if policy == CallRetPolicy::Fast && hit {
+                    at = insn.next_ip();
+                    continue;
+                }
                 if matches!(
                     insn.flow_control(),
                     FlowControl::IndirectBranch | FlowControl::IndirectCall
@@ -223,7 +237,7 @@ fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
                     indirect += 1;
                     assert!(
                         insn.is_ip_rel_memory_operand() && insn.ip_rel_memory_address() == slot,
-                        "{placement:?}: {:?} at {at:#x} branches indirectly elsewhere than the dispatcher slot",
+                        "{policy:?} {placement:?}: {:?} at {at:#x} branches indirectly elsewhere than the dispatcher slot",
                         insn.code()
                     );
                 }

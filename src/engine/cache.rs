@@ -6,7 +6,8 @@
 //! 0                 8-byte dispatcher slot (absolute address, for `jmp [rip + slot]`)
 //! 64                lookup table keys: `slots` negated guest PCs (u64)
 //! 64 + 8*slots      lookup table values: `slots` cache PCs (u64)
-//! 64 + 16*slots     fragments, each 8-byte aligned: body, exit stubs, literals
+//! 64 + 16*slots     fragments, each 8-byte aligned: (Fast: lookup entry), body, exit
+//!                   stubs, literals
 //! ```
 
 use alloc::vec::Vec;
@@ -102,14 +103,17 @@ pub enum CacheWord {
 /// # Invariants
 /// The arena's dispatcher slot and lookup table are initialised; every lookup-table entry
 /// either is empty (its guest PC's low bits differ from its index) or maps a live fragment's
-/// guest PC to its entry; `fragments` are sorted by `start` and by first exit; every linked
-/// body branch jumps to the start of a live fragment whose incoming list holds it, every
-/// other direct branch jumps to its own exit stub (so the code itself records the links).
+/// guest PC to its lookup entry (its first byte); `fragments` are sorted by `start` and by
+/// first exit; every linked body branch jumps to the entry of a live fragment whose
+/// incoming list holds it, every other direct branch jumps to its own exit stub (so the
+/// code itself records the links).
 pub struct CodeCache<A> {
     arena: A,
     arena_len: usize,
     exec_base: u64,
     cfg: Config,
+    /// Bytes of the lookup entry before each fragment's entry (Fast policy, else 0).
+    entry_skip: u32,
     code_start: u32,
     cursor: u32,
     generation: u32,
@@ -140,11 +144,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         }
         let code_start =
             u32::try_from(code_start).map_err(|_| Error::ArenaSize { len: arena_len })?;
+        let table = exec_base.wrapping_add(TABLE_OFFSET as u64);
         let mut cache = CodeCache {
             arena,
             arena_len,
             exec_base,
             cfg,
+            entry_skip: crate::ibl::ibl_entry_len(&cfg, table),
             code_start,
             cursor: code_start,
             generation: 0,
@@ -335,13 +341,33 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         }
     }
 
-    /// Runtime address of a fragment's first instruction.
+    /// Runtime address of a fragment's entry: where the dispatcher and linked branches
+    /// enter it.
     pub fn fragment_entry(&self, id: FragmentId) -> Result<u64, Error> {
+        self.lookup_entry(id)
+            .map(|start| start.wrapping_add(u64::from(self.entry_skip)))
+    }
+
+    /// Runtime address the inline lookup table holds for a fragment, its first byte: under
+    /// the Fast policy its lookup entry (which a hit jumps to with the lookup's spilled
+    /// registers still on the stack, and which falls through to
+    /// [`Self::fragment_entry`]), under the Transparent policy its entry.
+    pub fn lookup_entry(&self, id: FragmentId) -> Result<u64, Error> {
         let f = self
             .fragments
             .get(id.0 as usize)
             .ok_or(Error::UnknownFragment)?;
         Ok(self.exec_base.wrapping_add(u64::from(f.start)))
+    }
+
+    /// Arena offset of the entry of a fragment starting at arena offset `start`.
+    pub(crate) fn entry_off(&self, start: u32) -> u32 {
+        start.saturating_add(self.entry_skip)
+    }
+
+    /// Arena offset of the start of a fragment whose entry is at arena offset `entry`.
+    pub(crate) fn start_off(&self, entry: u32) -> Option<u32> {
+        entry.checked_sub(self.entry_skip)
     }
 
     /// Position in the guest-PC index of the first fragment at or after guest `pc`.
@@ -364,7 +390,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             self.stats.hits += 1;
             // The lookup table is direct-mapped: a colliding PC may have evicted this one.
             // Putting it back keeps a hot indirect target out of the dispatcher next time.
-            let entry = self.fragment_entry(id)?;
+            let entry = self.lookup_entry(id)?;
             self.table_insert(pc, entry);
             return Ok(id);
         }
@@ -806,7 +832,10 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         let before = match self.guest_index(pc) {
             Ok(i) => {
                 let f = self.fragments.get(*self.by_guest.get(i)? as usize)?;
-                return Some(self.exec_base.wrapping_add(u64::from(f.start)));
+                return Some(
+                    self.exec_base
+                        .wrapping_add(u64::from(self.entry_off(f.start))),
+                );
             }
             Err(i) => i.checked_sub(1)?,
         };

@@ -11,8 +11,9 @@ pub enum CallRetPolicy {
     /// address and continues in the cache; `ret` pops it and does an inline lookup.
     Transparent,
     /// BTKernel's policy: the stack holds code-cache return addresses. A direct `call` is a
-    /// real `call` into the cache, an indirect one pushes the cache return address, and
-    /// `ret` stays `ret`. Flushing the cache invalidates return addresses on live stacks.
+    /// real `call` into the cache, an indirect one a real `call` into its inline lookup
+    /// (whose hits then jump), and `ret` stays `ret`, so the CPU's return stack predicts
+    /// every return. Flushing the cache invalidates return addresses on live stacks.
     Fast,
 }
 

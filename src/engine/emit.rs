@@ -2,7 +2,7 @@
 //! and fixups of rel32 fields that point at exit stubs and literals.
 //!
 //! Every sequence emitted here is flag-free (`lea`, `mov`, `push`, `pop`, `jrcxz`, `jmp`,
-//! `ret`), so guest flags survive translated code untouched.
+//! `call`, `ret`, `endbr64`), so guest flags survive translated code untouched.
 
 use alloc::vec::Vec;
 use iced_x86::InstructionInfoFactory;
@@ -167,6 +167,18 @@ fn modrm_rsp(reg: u8, disp: i32, out: &mut Emitter) {
         out.bytes(&disp.to_le_bytes());
     }
 }
+
+/// Bytes of `lea rsp, [rsp + disp]` (`disp != 0`), as [`Emitter::lea_rsp`] encodes it.
+pub(crate) fn lea_rsp_len(disp: i32) -> u32 {
+    if i8::try_from(disp).is_ok() {
+        5
+    } else {
+        8
+    }
+}
+
+/// `endbr64`.
+pub(crate) const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
 fn rex_w(reg: u8, rm: u8) -> u8 {
     0x48 | ((reg >> 3) & 1) << 2 | ((rm >> 3) & 1)
@@ -365,6 +377,37 @@ impl Emitter {
         let rel = i8::try_from(self.code.len().checked_sub(at.checked_add(1)?)?).ok()?;
         *self.code.get_mut(at)? = rel as u8;
         Some(())
+    }
+
+    /// `call rel32` forward, its displacement to be set with [`Emitter::patch_rel32`];
+    /// returns the displacement field's offset.
+    pub fn call_forward(&mut self) -> usize {
+        self.byte(0xe8);
+        self.bytes(&[0; 4]);
+        self.code.len().saturating_sub(4)
+    }
+
+    /// Points the rel32 field at `at` to the current offset.
+    pub fn patch_rel32(&mut self, at: usize) -> Option<()> {
+        let rel = i32::try_from(self.code.len().checked_sub(at.checked_add(4)?)?).ok()?;
+        self.code
+            .get_mut(at..at.checked_add(4)?)?
+            .copy_from_slice(&rel.to_le_bytes());
+        Some(())
+    }
+
+    /// `jmp reg`.
+    pub fn jmp_reg(&mut self, reg: Gpr) {
+        let r = reg.num();
+        if r >= 8 {
+            self.byte(0x41);
+        }
+        self.bytes(&[0xff, 0xe0 | (r & 7)]);
+    }
+
+    /// `endbr64`: where an indirect branch may land under IBT (a `nop` without it).
+    pub fn endbr64(&mut self) {
+        self.bytes(&ENDBR64);
     }
 
     /// `ret imm16`.

@@ -4,10 +4,11 @@
 
 use iced_x86::{Code, Instruction, MemoryOperand, OpKind, Register};
 
-use crate::config::IblSize;
+use crate::config::{CallRetPolicy, Config, IblSize};
+use crate::emit::{lea_rsp_len, ENDBR64};
 use crate::error::{Error, Unsupported};
 use crate::exit::{ExitKind, IndirectKind};
-use crate::pcmap::{Gpr, Restore, RipSource, Rollback};
+use crate::pcmap::{Gpr, Restore, RipSource};
 use crate::translate::{gpr_of, rb, to_i32, Builder};
 
 /// The registers a lookup sequence spills, in push order, and where each one's slot is
@@ -41,6 +42,41 @@ impl Spill {
         }
         out
     }
+
+    /// The same after `popped` pops (the lowest slots), offsets from the `rsp` then.
+    fn popped(self, popped: u32) -> [Option<Restore>; 3] {
+        let mut out = self.slots(popped);
+        for r in out.iter_mut().flatten() {
+            r.offset -= 8 * popped;
+        }
+        out
+    }
+
+    /// The spill of a lookup whose table is at runtime address `table`.
+    fn of(table: u64, ibl: IblSize) -> Self {
+        Spill {
+            n: if table_absolute(table, ibl) { 2 } else { 3 },
+        }
+    }
+}
+
+/// Whether the whole lookup table at `table` is addressable as `[index*8 + disp32]`.
+fn table_absolute(table: u64, ibl: IblSize) -> bool {
+    let end = table.wrapping_add(ibl.table_bytes() as u64);
+    let fits = |a: u64| i32::try_from(a as i64).is_ok();
+    fits(table) && fits(end) && end > table
+}
+
+/// Bytes of the lookup entry that starts every fragment (see [`Builder::ibl_entry`]) in a
+/// cache whose table is at `table`: none under the Transparent policy.
+pub(crate) fn ibl_entry_len(cfg: &Config, table: u64) -> u32 {
+    match cfg.policy {
+        CallRetPolicy::Transparent => 0,
+        CallRetPolicy::Fast => {
+            let pops = Spill::of(table, cfg.ibl).n;
+            ENDBR64.len() as u32 + pops + lea_rsp_len(to_i32(cfg.red_zone + 8))
+        }
+    }
 }
 
 /// `[rcx*8 + array]`, `array` at an absolute address in disp32 reach.
@@ -63,21 +99,45 @@ impl Builder<'_> {
         kind: IndirectKind,
         pop: u32,
     ) -> Result<(), Error> {
-        self.ibl_with(insn, kind, pop, None)
+        self.ibl_with(insn, kind, pop, None, 0)
     }
 
-    /// Whether the whole lookup table is addressable as `[index*8 + disp32]`.
-    fn table_absolute(&self) -> bool {
-        let end = self
-            .layout
-            .table
-            .wrapping_add(self.cfg.ibl.table_bytes() as u64);
-        let fits = |a: u64| i32::try_from(a as i64).is_ok();
-        fits(self.layout.table) && fits(end) && end > self.layout.table
+    /// Fast policy: the lookup entry at the start of every fragment, where a lookup that
+    /// hit jumps (`jmp rcx`, so the branch predictor's return stack is left alone) with
+    /// its spill area still on the stack, `red_zone + 8` bytes below the guest `rsp`
+    /// after the branch; the lookup table holds this address. State throughout: before
+    /// the fragment's first instruction.
+    /// ```text
+    /// endbr64
+    /// pop rcx ; pop rax                  ; three registers: pop rdx ; pop rcx ; pop rax
+    /// lea rsp, [rsp + red_zone + 8]      ; the fragment's entry (dispatcher, links)
+    /// ```
+    pub(crate) fn ibl_entry(&mut self, pc: u64) -> Result<(), Error> {
+        let sp = Spill::of(self.layout.table, self.cfg.ibl);
+        let gap = self.rz() + 8;
+        let guest = RipSource::Guest(pc);
+        self.e.map(pc, rb(sp.popped(0), sp.bytes() + gap, guest));
+        self.e.endbr64();
+        for popped in 0..sp.n {
+            let left = sp.bytes() - 8 * popped;
+            self.e.map(pc, rb(sp.popped(popped), left + gap, guest));
+            if let Some(&reg) = Spill::REGS.get((sp.n - 1 - popped) as usize) {
+                self.e.pop(reg);
+            }
+        }
+        self.e.map(pc, rb([None; 3], gap, guest));
+        self.e.lea_rsp(to_i32(gap));
+        if self.e.off() != ibl_entry_len(self.cfg, self.layout.table) as usize {
+            return Err(Error::Encode { pc });
+        }
+        Ok(())
     }
 
     /// The inline indirect-branch lookup. `pop` is what `ret` pops (8 + imm16); `ret_lit`
-    /// the literal holding the return address a `call` pushes.
+    /// the literal holding the return address a (Transparent) `call` stores in its slot;
+    /// `pushed` what the translation already pushed below the guest `rsp` (a Fast `call`'s
+    /// real `call` into this sequence: 8), which every rollback to the state before the
+    /// branch also pops.
     ///
     /// The table holds `slots` negated guest PCs, then `slots` cache PCs, so that
     /// `key + target` is zero on a match; a lookup probes the slot of the target's low bits,
@@ -96,6 +156,9 @@ impl Builder<'_> {
     /// hit1: movzx ecx, ax|al ; mov rcx, [rcx*8 + values]
     /// tail: mov rax, [rsp + 8] ; mov [rsp + 8], rcx ; pop rcx ; ret k + red_zone
     /// ```
+    /// Under the Fast policy each hit ends with `jmp rcx` instead (no `tail`): the table
+    /// holds the targets' lookup entries ([`Builder::ibl_entry`]), which restore the
+    /// spilled registers and `rsp`; `ret` is never a lookup there.
     /// Otherwise (`n = 3`, rdx pushed after rcx) rdx holds the first key's address:
     /// `movzx ecx, ax|al ; lea rdx, [rip + keys] ; lea rdx, [rdx + rcx*8] ; mov rcx, [rdx]`,
     /// the second probe reads `[rdx + 8]`, the hits `[rdx + 8*slots (+ 8)]`, and the tail is
@@ -107,37 +170,38 @@ impl Builder<'_> {
         kind: IndirectKind,
         pop: u32,
         ret_lit: Option<usize>,
+        pushed: u32,
     ) -> Result<(), Error> {
         let pc = insn.ip();
         let rz = self.rz();
-        let abs = self.table_absolute();
-        let sp = Spill {
-            n: if abs { 2 } else { 3 },
-        };
+        let sp = Spill::of(self.layout.table, self.cfg.ibl);
+        let abs = sp.n == 2;
+        let jump = self.cfg.policy == CallRetPolicy::Fast;
         let s = sp.bytes();
-        // L: old_rsp - rsp after the first lea; k as documented above. The target slot
-        // (k + 8) lies above the spill area, so the miss path can store it first.
+        // L: rsp on entry - rsp after the first lea; k as documented above. The target
+        // slot (k + 8) lies above the spill area, so the miss path can store it first.
         let (l, k) = match kind {
-            IndirectKind::Jmp => (rz + 8, s - 8),
-            IndirectKind::Call => (rz + 16, s - 8),
             IndirectKind::Ret => (rz, pop + s - 16),
+            // A call storing its return address itself skips that slot too.
+            IndirectKind::Call if ret_lit.is_some() => (rz + 16, s - 8),
+            IndirectKind::Jmp | IndirectKind::Call => (rz + 8, s - 8),
         };
         let hit_ret = u16::try_from(k + rz + s - 16).map_err(|_| Error::Unsupported {
             pc,
             what: Unsupported::RetImmediate,
         })?;
-        let before = l + s;
+        let before = pushed + l + s;
         let after = k + rz + 16;
         let i = self.add_exit(ExitKind::Indirect { insn_pc: pc, kind }, pc, None);
         let id = self.exit_id(i)?;
         let guest = RipSource::Guest(pc);
 
-        self.e.map(pc, Rollback::at(pc));
+        self.e.map(pc, rb([None; 3], pushed, guest));
         self.e.lea_rsp(-to_i32(l));
-        for pushed in 0..sp.n {
-            self.e
-                .map(pc, rb(Spill { n: pushed }.slots(0), l + 8 * pushed, guest));
-            if let Some(&reg) = Spill::REGS.get(pushed as usize) {
+        for n in 0..sp.n {
+            let spilled = Spill { n }.slots(0);
+            self.e.map(pc, rb(spilled, pushed + l + 8 * n, guest));
+            if let Some(&reg) = Spill::REGS.get(n as usize) {
                 self.e.push(reg);
             }
         }
@@ -208,6 +272,7 @@ impl Builder<'_> {
 
         // Hits: rcx = the slot's cache PC, then restore and `ret imm16` into the fragment,
         // state before the branch. The second slot's hit (rarer) jumps to the common tail.
+        // Fast: `jmp rcx` to the target's lookup entry, which restores.
         let mut join = None;
         for (hit, next) in [(hit2, 8), (hit1, 0)] {
             self.e.patch_rel8(hit).ok_or(Error::Encode { pc })?;
@@ -219,9 +284,14 @@ impl Builder<'_> {
                 let at = MemoryOperand::with_base_displ(Register::RDX, slots8 + next as i64);
                 self.mov_rcx(at, pc)?;
             }
-            if join.is_none() {
+            if jump {
+                self.e.jmp_reg(Gpr::Rcx);
+            } else if join.is_none() {
                 join = Some(self.e.jmp_forward());
             }
+        }
+        if jump {
+            return Ok(());
         }
         if let Some(join) = join {
             self.e.patch_rel8(join).ok_or(Error::Encode { pc })?;

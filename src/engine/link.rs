@@ -6,7 +6,7 @@
 //! running the branch sees whole, but the language does not promise it: a cache shared by
 //! running CPUs also needs the store made volatile at the embedder's edge. Serialising the
 //! writers is the caller's concern. The code records
-//! where an exit is linked (its rel32 points at its stub or at a fragment start); each
+//! where an exit is linked (its rel32 points at its stub or at a fragment entry); each
 //! fragment heads a singly-linked list, through `next_incoming`, of the exits linked to it.
 //! Nothing here allocates.
 
@@ -63,7 +63,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         if to == b.stub {
             return None;
         }
-        self.fragment_starting_at(to)
+        self.fragment_starting_at(self.start_off(to)?)
     }
 
     /// Links direct exit `exit` to fragment `to`, which must start at the exit's target.
@@ -79,9 +79,9 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         if self.linked(&b) == Some(to.0) {
             return Ok(());
         }
-        let start = f.start;
+        let entry = self.entry_off(f.start);
         self.unlink(exit)?;
-        self.patch_branch(b.field, start);
+        self.patch_branch(b.field, entry);
         let head = self
             .fragments
             .get(to.0 as usize)

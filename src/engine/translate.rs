@@ -166,6 +166,12 @@ fn build_from(
         info: scratch.info.take(),
         commit: None,
     };
+    if cfg.policy == CallRetPolicy::Fast {
+        if let Err(e) = b.ibl_entry(pc) {
+            b.recycle(scratch);
+            return Err(e);
+        }
+    }
     if let Some(counter) = layout.counter {
         if let Err(e) = b.count_prefix(pc, counter) {
             b.recycle(scratch);
@@ -641,23 +647,30 @@ impl Builder<'_> {
         self.exit_jmp(pc, next);
     }
 
+    /// An indirect call. Transparent: the lookup stores the guest return address in its
+    /// slot. Fast: a real `call` (so the return stack predicts the callee's copied `ret`)
+    /// to the lookup, placed after the return site:
+    ///
+    /// ```text
+    /// call lookup              ; pushes the return site; state before the call up to here
+    /// site: jmp -> stub(next)  ; the return site
+    /// lookup: <inline lookup>  ; as an indirect jmp from rsp - 8, rolling back with that
+    ///                          ; 8 popped; hits end in `jmp rcx`
+    /// ```
     fn call_indirect(&mut self, insn: &Instruction) -> Result<(), Error> {
         let pc = insn.ip();
         let next = insn.next_ip();
         match self.cfg.policy {
             CallRetPolicy::Transparent => {
                 let lit = self.e.literal(next);
-                self.ibl_with(insn, IndirectKind::Call, 0, Some(lit))
+                self.ibl_with(insn, IndirectKind::Call, 0, Some(lit), 0)
             }
             CallRetPolicy::Fast => {
-                let lit = self.e.literal(0);
-                self.ibl_with(insn, IndirectKind::Call, 0, Some(lit))?;
-                let site = self.e.here();
-                if let Some(v) = self.e.literals.get_mut(lit) {
-                    *v = site;
-                }
+                self.e.map(pc, Rollback::at(pc));
+                let call = self.e.call_forward();
                 self.return_site(pc, next);
-                Ok(())
+                self.e.patch_rel32(call).ok_or(Error::Encode { pc })?;
+                self.ibl_with(insn, IndirectKind::Call, 0, None, 8)
             }
         }
     }
