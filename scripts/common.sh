@@ -39,3 +39,28 @@ if [ "$KDBT_KERNEL" = distro ]; then
 else
     KDBT_BUILD="${KDBT_BUILD:-$KDBT_ROOT/build}"
 fi
+
+# CI's time limit: .ci/run sets KDBT_DEADLINE (seconds since the epoch) and the
+# test scripts start no VM pass or kernel build that would not end before it
+# (docs/testing.md, "Time budget"). Without it nothing is skipped.
+budget_left() {
+    if [ -n "${KDBT_DEADLINE:-}" ]; then echo $(( KDBT_DEADLINE - $(date +%s) )); else echo 999999; fi
+}
+# How slow this host runs the VM suite against the machine whose times the
+# scripts carry as estimates, in percent (100: as fast; never below): the
+# largest ratio a whole VM pass showed so far in this build tree.
+SLOWNESS_FILE="$KDBT_ROOT/build/host-slowness"
+host_slowness() {
+    local s
+    s="$(cat "$SLOWNESS_FILE" 2>/dev/null || echo 100)"
+    case "$s" in ''|*[!0-9]*) s=100 ;; esac
+    [ "$s" -lt 100 ] && s=100
+    echo "$s"
+}
+# Records that something estimated at $1 s took $2 s.
+note_slowness() {
+    local ratio=$(( $2 * 100 / ($1 > 0 ? $1 : 1) ))
+    mkdir -p "${SLOWNESS_FILE%/*}"
+    [ "$ratio" -gt "$(host_slowness)" ] && echo "$ratio" > "$SLOWNESS_FILE"
+    return 0
+}

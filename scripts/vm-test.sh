@@ -5,7 +5,7 @@
 #   default    -smp 2, the whole suite, default code-cache size
 #   mincache   -smp 2, the whole suite but hostile_gsbase and client_count
 #              (which run at the smallest size themselves) and client_sysfs
-#              (24 client switches: minutes), every test's cache at the smallest
+#              (client switches: minutes), every test's cache at the smallest
 #              size the module allows, shortened by kdbt_test.quick=1
 #   smp1, smp4, smp8, smp64max2
 #              -smp 1 / 4 / 8 / 64 with the kernel's maxcpus=2 (64 possible CPU
@@ -35,7 +35,10 @@
 # those tests (names without t- and .sh) in every pass, e.g.
 #   KDBT_PASSES=default KDBT_TESTS=hostile_gsbase bash scripts/vm-test.sh
 # KDBT_VM_TIMEOUT: per boot (default 1500 s for the whole suite, 900 s for a
-# reduced one, 300 s for smp2max1).
+# reduced one, 300 s for smp2max1, each scaled by the host's measured
+# slowness). Under KDBT_DEADLINE (.ci/run) a pass that would not end before
+# it is skipped ("skip - <pass>", counted on the line "vm: N skipped") and no
+# boot runs past it (docs/testing.md, "Time budget").
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/common.sh"
@@ -44,7 +47,17 @@ here="$(cd "$(dirname "$0")" && pwd)"
 MIN_CACHE_KB=3072
 REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug,module_reuse,static_key
 vmlinux="$("$here/kernel.sh")/vmlinux"
-passed=0; failed=0
+passed=0; failed=0; skipped=0
+# Seconds each whole pass took on the reference machine (docs/testing.md):
+# with the host's slowness, what a pass is expected to take.
+estimate() {
+    case "$KDBT_KERNEL/$1" in
+        small/default) echo 1000 ;; small/mincache) echo 400 ;; small/smp1) echo 60 ;;
+        small/smp4) echo 150 ;; small/smp8) echo 230 ;; small/smp64max2) echo 170 ;;
+        small/smp2max1) echo 70 ;; distro/all4) echo 900 ;; distro/rethunk) echo 70 ;;
+        distro/intel) echo 65 ;; distro/intelpti) echo 35 ;; *) echo 300 ;;
+    esac
+}
 if [ "$KDBT_KERNEL" = distro ]; then
     passes="${KDBT_PASSES:-all4 rethunk intel intelpti}"
 else
@@ -91,16 +104,31 @@ for pass in $passes; do
         small/smp2max1) ;;
         small/smp* | small/mincache | distro/all4) append="$append kdbt_test.quick=1" ;;
     esac
+    slow=$(host_slowness)
+    est=$(( $(estimate "$pass") * slow / 100 ))
+    left=$(budget_left)
+    # A pass that would not end before the deadline is not started: CI's
+    # limit would cut the whole run, results and count line included.
+    if [ -z "${KDBT_TESTS:-}" ] && [ "$left" -lt $(( est + 120 )) ]; then
+        echo "skip - $name: expected to take ${est} s (host slowness ${slow}%), ${left} s left before the deadline"
+        skipped=$((skipped + 1)); continue
+    fi
+    limit=$(( ${KDBT_VM_TIMEOUT:-$limit} * slow / 100 ))
+    [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
     echo "== vm pass: $name (-smp $smp -m $mem${cpu:+ -cpu $cpu}${extra:+, $extra}${only:+, tests $only})"
     t0=$(date +%s)
     KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
-        "$here/vm.sh" test "$log" "${KDBT_VM_TIMEOUT:-$limit}"
+        "$here/vm.sh" test "$log" "$limit"
     rc=$?
-    echo "== vm pass: $name took $(( $(date +%s) - t0 )) s"
+    took=$(( $(date +%s) - t0 ))
+    echo "== vm pass: $name took $took s (timeout $limit s)"
+    # Only a whole pass says how fast this host is.
+    [ -z "${KDBT_TESTS:-}" ] && note_slowness "$(estimate "$pass")" "$took"
     out="$(python3 "$here/judge-vm.py" "$log" "$vmlinux" "$rc" "$name")"
     echo "$out" | grep -v '^vm: '
     read -r p f < <(echo "$out" | sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
     passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
 done
+echo "vm: $skipped skipped"
 echo "vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

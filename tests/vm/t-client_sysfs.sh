@@ -3,7 +3,7 @@
 # client_reset give EINVAL and change nothing (the client, the recorded
 # data), translation off and on; switching the client while translating
 # flushes the caches (a block translated before the switch is recorded or
-# counted when it runs after it) and, switched 24 times under the workload
+# counted when it runs after it) and, switched 10 times under the workload
 # (with 200 fork+exec), keeps its output identical to native; uid 1000 cannot read the
 # debugfs files nor write the knobs, and nothing changes or breaks when it
 # tries.
@@ -65,15 +65,16 @@ snap coverage
 arms_recorded /tmp/cl.coverage 1
 echo "switches while translating: arm0 counted, then recorded again"
 
-# The workload while the client changes every 250 ms, 24 times (each switch
-# flushes every cache: more would make the workload crawl), then runs on.
+# The workload while the client changes every 250 ms, 10 times, then runs on.
+# Each switch flushes every cache and stops every CPU: on TCG one costs
+# seconds of re-translation, so more would make the test crawl (24 took
+# 194 s, docs/testing.md).
 rm -f /tmp/cl.done
 t0=$(date +%s)
 ( workload > /tmp/translated.out 2>&1; touch /tmp/cl.done ) &
 wl=$!
 switches=0
-for c in count none coverage count coverage none count coverage none none count count \
-         coverage coverage none count none coverage count none coverage count none coverage; do
+for c in count none coverage count coverage none none count coverage coverage; do
     [ -e /tmp/cl.done ] && break
     set_client $c
     switches=$((switches + 1))
@@ -83,7 +84,7 @@ done
 wait $wl
 kdbt_off
 echo "$switches client switches while the workload ran; it took $(($(date +%s) - t0)) s ($native_s s natively)"
-[ $switches -ge 12 ] || fail "only $switches switches: the workload ended first"
+[ $switches -ge 6 ] || fail "only $switches switches: the workload ended first"
 diff /tmp/native.out /tmp/translated.out || fail "translated output differs from native while the client switched"
 
 # uid 1000, translation off and on.
