@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Mutex;
 
 use kdbt_engine::{CallRetPolicy, IblSize, Stats};
-use kdbt_host::{Options, Placement, Runtime};
+use kdbt_host::{Options, Placement, Runtime, TransparentSites};
 
 type Guest = extern "C" fn(u64, u64) -> u64;
 
@@ -233,10 +233,15 @@ fn cases() -> Vec<(&'static str, Guest, u64, u64)> {
 }
 
 fn run_corpus(policy: CallRetPolicy, placement: Placement) -> Stats {
+    run_corpus_with(policy, placement, TransparentSites::default())
+}
+
+fn run_corpus_with(policy: CallRetPolicy, placement: Placement, sites: TransparentSites) -> Stats {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut opts = Options::new(policy);
     opts.placement = placement;
     let mut rt = Runtime::new(opts).expect("runtime");
+    rt.set_transparent_sites(sites);
     for (name, f, a, b) in cases() {
         let entry = f as *const () as u64;
         let native = rt.run_native(entry, &[a, b]).expect("native run");
@@ -312,6 +317,37 @@ fn corpus_matches_native_transparent_cache_in_low_2gib() {
 #[test]
 fn corpus_matches_native_fast_cache_in_low_2gib() {
     assert_busy(&run_corpus(CallRetPolicy::Fast, Placement::Low));
+}
+
+/// Every address of the process.
+const EVERYWHERE: std::ops::Range<u64> = 0..u64::MAX;
+
+#[test]
+fn corpus_matches_native_fast_with_every_ret_transparent() {
+    // Every `ret` (rustc's, libc's) pops a Fast caller's return site, misses its inline
+    // lookup and is resumed by the dispatcher at the site's guest return address.
+    let sites = TransparentSites {
+        calls: vec![],
+        rets: vec![EVERYWHERE],
+    };
+    let s = run_corpus_with(CallRetPolicy::Fast, Placement::Low, sites);
+    // At least deep_chain's 3000 returns, twice.
+    assert!(s.site_resumes > 6000, "{s:?}");
+    assert_eq!(s.native_fallbacks, 0, "{s:?}");
+}
+
+#[test]
+fn corpus_matches_native_fast_with_every_call_and_ret_transparent() {
+    // Direct calls push guest return addresses, whose `ret`s hit inline and jump to the
+    // Fast lookup entries; indirect calls stay Fast, so their callees' `ret`s resume at
+    // return sites.
+    let sites = TransparentSites {
+        calls: vec![EVERYWHERE],
+        rets: vec![EVERYWHERE],
+    };
+    let s = run_corpus_with(CallRetPolicy::Fast, Placement::Near(guest_addr()), sites);
+    assert_busy(&s);
+    assert!(s.site_resumes > 0, "{s:?}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Differential fuzzing: random programs (ALU and flag-consuming instructions, memory
 //! through a pointer and RIP-relative, forward jcc/jmp, `loop`, `jrcxz`, direct calls,
 //! indirect calls and jumps through registers and `[rsp]`, `ret imm16`, push/pop) are assembled with iced, run
-//! natively and translated under both call/ret policies, both red zones and a cache near
+//! natively and translated under both call/ret policies (and in Fast caches whose `ret`s,
+//! or direct calls and `ret`s, are Transparent sites), both red zones and a cache near
 //! them, far from them and in the low 2 GiB, and must leave identical registers, flags and
 //! memory.
 
@@ -9,7 +10,7 @@ use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Code, Instruction, InstructionBlock, MemoryOperand, Register,
 };
 use kdbt_engine::CallRetPolicy;
-use kdbt_host::{ExecMemory, Options, Placement, Runtime};
+use kdbt_host::{ExecMemory, Options, Placement, Runtime, TransparentSites};
 
 mod common;
 
@@ -336,6 +337,26 @@ fn execute(
     (buf, page.as_ref()[..bytes.len()].to_vec())
 }
 
+/// Runs the program natively, then translated twice (cold, then linked): the same
+/// registers, flags and memory each time. Returns the native outcome.
+fn assert_native_results(
+    rt: &mut Runtime,
+    page: &mut ExecMemory,
+    bytes: &[u8],
+    what: &str,
+) -> (Vec<u64>, Vec<u8>) {
+    let native = execute(rt, page, bytes, false);
+    let translated = execute(rt, page, bytes, true);
+    assert_eq!(translated, native, "{what}");
+    assert_eq!(
+        execute(rt, page, bytes, true),
+        native,
+        "{what}: rerun, linked"
+    );
+    assert!(rt.cache().stats().blocks > 0);
+    native
+}
+
 #[test]
 fn random_programs_give_native_results_under_every_configuration() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -350,21 +371,9 @@ fn random_programs_give_native_results_under_every_configuration() {
             for red_zone in [128, 0] {
                 for place in [Place::Near, Place::Far, Place::Low] {
                     let mut rt = runtime(policy, red_zone, place, page.base());
-                    let native = execute(&mut rt, &mut page, &bytes, false);
-                    let translated = execute(&mut rt, &mut page, &bytes, true);
-                    assert_eq!(
-                        translated, native,
-                        "program {n} {policy:?} red zone {red_zone} {place:?}"
-                    );
-                    // Again, now linked.
-                    assert_eq!(
-                        execute(&mut rt, &mut page, &bytes, true),
-                        native,
-                        "program {n} rerun"
-                    );
-                    assert!(rt.cache().stats().blocks > 0);
+                    let what = format!("program {n} {policy:?} red zone {red_zone} {place:?}");
+                    outcomes.insert(assert_native_results(&mut rt, &mut page, &bytes, &what));
                     links += rt.cache().stats().links;
-                    outcomes.insert(native);
                     runs += 1;
                 }
             }
@@ -376,18 +385,71 @@ fn random_programs_give_native_results_under_every_configuration() {
     assert!(links > 1000, "{links} links");
 }
 
+/// Fast-cache Transparent sites over the whole program: every `ret` (which then pops Fast
+/// return sites, through the dispatcher), and every direct call and `ret` (indirect calls
+/// stay Fast).
+fn transparent_sites(code: &ExecMemory) -> [(&'static str, TransparentSites); 2] {
+    let all = code.base()..code.base() + code.len() as u64;
+    [
+        (
+            "every ret",
+            TransparentSites {
+                calls: vec![],
+                rets: vec![all.clone()],
+            },
+        ),
+        (
+            "every call and ret",
+            TransparentSites {
+                calls: vec![all.clone()],
+                rets: vec![all],
+            },
+        ),
+    ]
+}
+
+#[test]
+fn random_programs_give_native_results_in_fast_caches_with_transparent_sites() {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut page = ExecMemory::new(1 << 16).expect("code page");
+    let mut resumes = 0;
+    for n in 0..120 {
+        let insns = program(&mut rng);
+        let bytes = assemble(&insns, &page);
+        for (sites, declared) in transparent_sites(&page) {
+            for (red_zone, place) in [(128, Place::Near), (0, Place::Low)] {
+                let mut rt = runtime(CallRetPolicy::Fast, red_zone, place, page.base());
+                rt.set_transparent_sites(declared.clone());
+                let what = format!("program {n} Fast, {sites} Transparent, {place:?}");
+                assert_native_results(&mut rt, &mut page, &bytes, &what);
+                resumes += rt.cache().stats().site_resumes;
+            }
+        }
+    }
+    // Returns into Fast callers went through the dispatcher's return-site resumes.
+    assert!(resumes > 1000, "{resumes} resumes");
+}
+
 #[test]
 fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
     let mut rng = Rng(0x5eed_0000_0000_0077);
     let page = ExecMemory::new(1 << 16).expect("code page");
     let mut total = common::Stepped::default();
+    let mut configs = vec![
+        (CallRetPolicy::Transparent, "", TransparentSites::default()),
+        (CallRetPolicy::Fast, "", TransparentSites::default()),
+    ];
+    for (sites, declared) in transparent_sites(&page) {
+        configs.push((CallRetPolicy::Fast, sites, declared));
+    }
     for n in 0..12 {
         let insns = program(&mut rng);
         let bytes = assemble(&insns, &page);
         let base = page.base() as *mut u8;
-        for policy in [CallRetPolicy::Transparent, CallRetPolicy::Fast] {
+        for (policy, sites, declared) in &configs {
             for (red_zone, place) in [(128, Place::Near), (0, Place::Far), (0, Place::Low)] {
-                let mut rt = runtime(policy, red_zone, place, page.base());
+                let mut rt = runtime(*policy, red_zone, place, page.base());
+                rt.set_transparent_sites(declared.clone());
                 let mut buf = vec![7u64; BUF];
                 let buf_ptr = buf.as_mut_ptr();
                 let reset = || {
@@ -401,7 +463,7 @@ fn single_stepping_random_programs_only_shows_native_states_after_rollback() {
                         }
                     }
                 };
-                let what = format!("program {n} {policy:?} red zone {red_zone} {place:?}");
+                let what = format!("program {n} {policy:?} {sites} red zone {red_zone} {place:?}");
                 let (_, seen) = assert_stepped_states_are_native(
                     &mut rt,
                     page.base(),

@@ -9,7 +9,7 @@
 mod common;
 
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, Register};
-use kdbt_engine::{CallRetPolicy, CodeCache, FragmentId, RipSource, TABLE_OFFSET};
+use kdbt_engine::{CallRetPolicy, RipSource, TABLE_OFFSET};
 use kdbt_host::{ExecMemory, Options, Placement, Runtime};
 
 const G: usize = 0x100;
@@ -138,25 +138,6 @@ fn expected() -> u64 {
     15 * A + 12 + B
 }
 
-/// The host instructions of fragment `id`, from its first byte for as long as the PC map
-/// covers its code.
-fn fragment_code<M: AsRef<[u8]> + AsMut<[u8]>>(
-    cache: &CodeCache<M>,
-    id: FragmentId,
-) -> Vec<Instruction> {
-    let bytes = cache.arena().as_ref();
-    let mut at = cache.lookup_entry(id).expect("fragment");
-    let mut out = Vec::new();
-    while cache.pc_map(at).is_some() {
-        let i = (at - cache.exec_base()) as usize;
-        let insn = Decoder::with_ip(64, &bytes[i..], at, DecoderOptions::NONE).decode();
-        assert_ne!(insn.code(), Code::INVALID, "undecodable at {at:#x}");
-        at = insn.next_ip();
-        out.push(insn);
-    }
-    out
-}
-
 #[test]
 fn fast_indirect_calls_give_native_results_with_rsp_relative_operands() {
     let g = Guest::new();
@@ -180,7 +161,7 @@ fn fast_indirect_call_is_a_real_call_whose_return_address_is_its_return_site() {
         // main's blocks: each ends at one of its four indirect calls, then the last.
         for _ in 0..5 {
             let id = cache.lookup(pc).expect("block translated");
-            let code = fragment_code(cache, id);
+            let code = common::fragment_code(cache, id);
             let mut next_block = None;
             for insn in &code {
                 let guest_pc = cache.pc_map(insn.ip()).expect("mapped").insn_pc;
@@ -247,7 +228,7 @@ fn fast_lookup_hits_enter_through_an_endbr64_entry_that_restores_the_spill() {
                 .find(|&s| word(TABLE_OFFSET + 8 * s) == target.wrapping_neg())
                 .expect("target in the lookup table");
             assert_eq!(word(TABLE_OFFSET + 8 * (slots + slot)), entry, "{what}");
-            let code = fragment_code(cache, id);
+            let code = common::fragment_code(cache, id);
             let (first, rest) = code.split_first().expect("code");
             assert_eq!(first.code(), Code::Endbr64, "{what}");
             let pops: Vec<Register> = rest

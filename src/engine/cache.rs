@@ -22,7 +22,7 @@ use crate::memory::GuestMemory;
 use crate::meta::{self, Exit, Header, Prev, Shape, Stream};
 use crate::pcmap::{EntryKind, PcMapping, RipSource, Rollback};
 use crate::stats::Stats;
-use crate::translate::{self, Built, Layout};
+use crate::translate::{self, Built, Layout, Sites};
 
 /// Offset of the dispatcher slot in the arena.
 pub const DISPATCHER_SLOT_OFFSET: usize = 0;
@@ -383,8 +383,19 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// The fragment for guest `pc`, translating the block if needed (a dispatcher lookup,
     /// counted in [`Stats`]). On `CacheFull` or `OutOfMemory` nothing changed: flush and
-    /// retry.
+    /// retry. A new block gets no Transparent sites: in a Fast cache whose embedder names
+    /// some, translate through [`Self::dispatch`].
     pub fn translate(&mut self, pc: u64, mem: &dyn GuestMemory) -> Result<FragmentId, Error> {
+        self.translate_with(pc, mem, Sites::NONE)
+    }
+
+    /// [`Self::translate`], a new block with the Transparent sites `sites`.
+    pub(crate) fn translate_with(
+        &mut self,
+        pc: u64,
+        mem: &dyn GuestMemory,
+        sites: Sites<'_>,
+    ) -> Result<FragmentId, Error> {
         self.stats.lookups += 1;
         if let Some(id) = self.lookup(pc) {
             self.stats.hits += 1;
@@ -414,7 +425,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             through_jcc: self.cfg.through_jcc && self.client.is_none(),
         };
         self.scratch.reserve()?;
-        let built = translate::build(mem, pc, &self.cfg, layout, &mut self.scratch)?;
+        let built = translate::build(mem, pc, &self.cfg, layout, sites, &mut self.scratch)?;
         let mut stream = core::mem::take(&mut self.scratch.meta);
         let result = meta::encode(pc, &built, &mut self.shapes, &mut stream).and_then(|()| {
             let counter = counter.map_or(NONE, |(i, _)| i);

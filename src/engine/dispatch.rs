@@ -1,10 +1,11 @@
 //! One dispatch step: lookup → translate → link → flush-and-retry, the same for the kernel
 //! dispatcher and the user-space runtimes, which supply what differs through [`Embedder`].
 
-use crate::cache::CodeCache;
+use crate::cache::{CacheWord, CodeCache, FragmentId};
 use crate::error::Error;
 use crate::exit::{ExitId, ExitReason, HookSite};
 use crate::memory::GuestMemory;
+use crate::translate::Sites;
 
 /// What the dispatcher was entered for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,13 +63,33 @@ pub trait Embedder<A> {
     /// what must always be translated (e.g. the syscall entry). Nothing flushes again
     /// during this step, so a translation here that fails stays failed.
     fn flushed(&mut self, _cache: &mut CodeCache<A>) {}
+
+    /// Fast policy: whether a direct `call` to `target` pushes its guest return address
+    /// and jumps (a Transparent call) instead of pushing a code-cache one, for code that
+    /// decides from its return address (the kernel's ftrace trampolines take the traced
+    /// function's address from it). Asked when a block with such a call is translated;
+    /// an answer may change only where code changes too (the target's or its callers'),
+    /// which invalidation re-translates.
+    fn transparent_call(&self, _target: u64) -> bool {
+        false
+    }
+
+    /// Fast policy: whether the `ret` at guest `pc` is translated Transparent (an inline
+    /// lookup of the address it pops) instead of copied: the `ret`s of the
+    /// [`Self::transparent_call`] targets, which pop guest return addresses. A copied one
+    /// would return to the guest address and run natively from there. Asked as
+    /// [`Self::transparent_call`] is.
+    fn transparent_ret(&self, _pc: u64) -> bool {
+        false
+    }
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
-    /// One dispatcher step. `Err` only for an exit id that names no current exit (no guest
-    /// PC is known then). See `docs/engine.md` for the contract.
+    /// One dispatcher step. `Err` only for an exit id that names no current exit, or a
+    /// target in the cache that is no return site (no guest PC is known then). See
+    /// `docs/engine.md` for the contract.
     pub fn dispatch<E: Embedder<A>>(&mut self, step: Step, env: &mut E) -> Result<Dispatch, Error> {
-        let (pc, exit) = match step {
+        let (target, exit) = match step {
             Step::Enter { pc } => (pc, None),
             Step::Exit { exit_id, aux } => match self.exit_reason(exit_id, aux)? {
                 ExitReason::Hook(site) => return Ok(Dispatch::Hook(site)),
@@ -76,10 +97,39 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
                 ExitReason::IndirectMiss { target, .. } => (target, None),
             },
         };
+        let pc = self.guest_target(target)?;
         if env.runs_natively(pc) {
             return Ok(Dispatch::Native { pc, error: None });
         }
         Ok(self.settle(pc, exit, env))
+    }
+
+    /// The guest PC a step's `target` stands for. A code-cache return site (a Transparent
+    /// site's `ret` popped a Fast caller's return address, or an indirect branch loaded
+    /// one) stands for its guest return address: resuming at the translation of that,
+    /// rather than at the site, is right whether the site's fragment was invalidated
+    /// since, and survives a flush in this step. Any other address in the arena is
+    /// refused: it is not guest code, and running it would skip or repeat guest state.
+    fn guest_target(&mut self, target: u64) -> Result<u64, Error> {
+        match self.classify(target) {
+            None => Ok(target),
+            Some(CacheWord::ReturnSite(guest)) => {
+                self.stats.site_resumes += 1;
+                Ok(guest)
+            }
+            Some(CacheWord::Code(_) | CacheWord::Data) => Err(Error::CacheTarget { target }),
+        }
+    }
+
+    /// [`Self::translate`] with the embedder's Transparent sites.
+    fn translate_for<E: Embedder<A>>(&mut self, pc: u64, env: &E) -> Result<FragmentId, Error> {
+        let call = |target| env.transparent_call(target);
+        let ret = |pc| env.transparent_ret(pc);
+        let sites = Sites {
+            call: &call,
+            ret: &ret,
+        };
+        self.translate_with(pc, env.memory(), sites)
     }
 
     /// Translates (or finds) `pc`, flushing and retrying once when the cache is full, the
@@ -87,13 +137,13 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// the result unless a flush made it stale.
     fn settle<E: Embedder<A>>(&mut self, pc: u64, exit: Option<ExitId>, env: &mut E) -> Dispatch {
         let blocks = self.stats.blocks;
-        let mut r = self.translate(pc, env.memory());
+        let mut r = self.translate_for(pc, env);
         let full = matches!(r, Err(Error::CacheFull { .. } | Error::OutOfMemory));
         let pressed = r.is_ok() && self.stats.blocks != blocks && env.under_pressure(self);
         if (full || pressed) && env.may_flush() {
             self.flush();
             env.flushed(self);
-            r = self.translate(pc, env.memory());
+            r = self.translate_for(pc, env);
         }
         let id = match r {
             Ok(id) => id,

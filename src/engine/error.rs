@@ -42,6 +42,10 @@ pub enum Error {
     Encode { pc: u64 },
     /// An exit id the dispatcher received does not name a current exit.
     UnknownExit { id: u64 },
+    /// The dispatcher was to run `target`, an address in the code cache's arena that is not
+    /// a code-cache return site (inside a fragment's code, in its data, or stale since a
+    /// flush): not guest code to translate, nor a place to resume.
+    CacheTarget { target: u64 },
     /// A fragment id does not name a current fragment.
     UnknownFragment,
     /// The exit is not a direct exit, so it cannot be linked.
@@ -72,6 +76,12 @@ impl fmt::Display for Error {
             Error::Config => write!(f, "invalid engine configuration"),
             Error::Encode { pc } => write!(f, "cannot re-encode instruction at {pc:#x}"),
             Error::UnknownExit { id } => write!(f, "unknown exit id {id}"),
+            Error::CacheTarget { target } => {
+                write!(
+                    f,
+                    "target {target:#x} is in the code cache but no return site"
+                )
+            }
             Error::UnknownFragment => write!(f, "unknown fragment"),
             Error::NotLinkable => write!(f, "exit is not a direct exit"),
             Error::OutOfMemory => write!(f, "out of memory for code-cache metadata"),

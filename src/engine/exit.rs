@@ -40,7 +40,8 @@ pub enum IndirectKind {
     Jmp,
     /// `call r/m64`.
     Call,
-    /// `ret` / `ret imm16` (Transparent policy only).
+    /// `ret` / `ret imm16`: under the Transparent policy, and a Fast cache's Transparent
+    /// sites' `ret` (whose target may then be a Fast caller's code-cache return address).
     Ret,
 }
 

@@ -158,7 +158,11 @@ impl Builder<'_> {
     /// ```
     /// Under the Fast policy each hit ends with `jmp rcx` instead (no `tail`): the table
     /// holds the targets' lookup entries ([`Builder::ibl_entry`]), which restore the
-    /// spilled registers and `rsp`; `ret` is never a lookup there.
+    /// spilled registers and `rsp` from a spill area `red_zone + 8` below `post`. A `ret`
+    /// is a lookup there only at the embedder's Transparent sites; a plain one's spill
+    /// area (`L = red_zone`) is where an entry expects it, a `ret imm16`'s is not, so its
+    /// hits take the `tail` into the target's fragment entry: `lea rcx, [rcx + E]` (`E`
+    /// the lookup entry's length) first.
     /// Otherwise (`n = 3`, rdx pushed after rcx) rdx holds the first key's address:
     /// `movzx ecx, ax|al ; lea rdx, [rip + keys] ; lea rdx, [rdx + rcx*8] ; mov rcx, [rdx]`,
     /// the second probe reads `[rdx + 8]`, the hits `[rdx + 8*slots (+ 8)]`, and the tail is
@@ -176,7 +180,10 @@ impl Builder<'_> {
         let rz = self.rz();
         let sp = Spill::of(self.layout.table, self.cfg.ibl);
         let abs = sp.n == 2;
-        let jump = self.cfg.policy == CallRetPolicy::Fast;
+        let fast = self.cfg.policy == CallRetPolicy::Fast;
+        // Fast hits jump to a lookup entry, which finds the spill area `rz + 8` below
+        // `post`: every lookup's but a `ret imm16`'s (a Transparent site's).
+        let jump = fast && (kind != IndirectKind::Ret || pop == 8);
         let s = sp.bytes();
         // L: rsp on entry - rsp after the first lea; k as documented above. The target
         // slot (k + 8) lies above the spill area, so the miss path can store it first.
@@ -295,6 +302,15 @@ impl Builder<'_> {
         }
         if let Some(join) = join {
             self.e.patch_rel8(join).ok_or(Error::Encode { pc })?;
+        }
+        if fast {
+            // The table holds lookup entries: return past it, into the fragment entry.
+            let skip = ibl_entry_len(self.cfg, self.layout.table);
+            let entry = MemoryOperand::with_base_displ(Register::RCX, i64::from(skip));
+            self.asm(
+                Instruction::with2(Code::Lea_r64_m, Register::RCX, entry),
+                pc,
+            )?;
         }
         if abs {
             self.e.load_rsp(Gpr::Rax, 8);

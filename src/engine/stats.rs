@@ -37,6 +37,10 @@ pub struct Stats {
     pub blocks_invalidated: u64,
     /// Ranges a client could not record: its block table had no room.
     pub client_dropped: u64,
+    /// Dispatcher steps whose target was a code-cache return site (Fast policy: a
+    /// Transparent site's `ret`, or an indirect branch, that popped or loaded a Fast
+    /// caller's return address), resumed at its guest return address.
+    pub site_resumes: u64,
 }
 
 impl Stats {
@@ -58,5 +62,6 @@ impl Stats {
             .blocks_invalidated
             .wrapping_add(other.blocks_invalidated);
         self.client_dropped = self.client_dropped.wrapping_add(other.client_dropped);
+        self.site_resumes = self.site_resumes.wrapping_add(other.site_resumes);
     }
 }

@@ -39,6 +39,29 @@ pub(crate) struct Layout {
     pub through_jcc: bool,
 }
 
+/// The embedder's Transparent sites in a Fast cache ([`crate::Embedder::transparent_call`],
+/// [`crate::Embedder::transparent_ret`]): which direct calls push their guest return
+/// address and which `ret`s look up the address they pop.
+#[derive(Clone, Copy)]
+pub(crate) struct Sites<'a> {
+    /// Whether a direct `call` to this target is translated Transparent.
+    pub call: &'a dyn Fn(u64) -> bool,
+    /// Whether the `ret` at this guest PC is translated Transparent.
+    pub ret: &'a dyn Fn(u64) -> bool,
+}
+
+fn never(_: u64) -> bool {
+    false
+}
+
+impl Sites<'static> {
+    /// None: every call and `ret` follows the cache's policy.
+    pub const NONE: Self = Sites {
+        call: &never,
+        ret: &never,
+    };
+}
+
 /// Most conditional branches a block goes on past; keeps every fragment within the
 /// exit, fixup and literal buffers (`MAX_SMALL`) with room for its last transfer.
 const MAX_THROUGH_JCC: usize = 8;
@@ -122,6 +145,7 @@ pub(crate) fn to_i32(v: u32) -> i32 {
 pub(crate) struct Builder<'c> {
     pub cfg: &'c Config,
     pub layout: Layout,
+    sites: Sites<'c>,
     pub e: Emitter,
     pub exits: Vec<ExitSpec>,
     pub return_sites: Vec<(u32, u64)>,
@@ -138,10 +162,11 @@ pub(crate) fn build(
     pc: u64,
     cfg: &Config,
     layout: Layout,
+    sites: Sites<'_>,
     scratch: &mut Scratch,
 ) -> Result<Built, Error> {
     let window = Window::fetch(mem, pc, core::mem::take(&mut scratch.window))?;
-    let result = build_from(&window, pc, cfg, layout, scratch);
+    let result = build_from(&window, pc, cfg, layout, sites, scratch);
     scratch.window = window.bytes;
     result
 }
@@ -151,6 +176,7 @@ fn build_from(
     pc: u64,
     cfg: &Config,
     layout: Layout,
+    sites: Sites<'_>,
     scratch: &mut Scratch,
 ) -> Result<Built, Error> {
     let mut decoder = window.decoder();
@@ -159,6 +185,7 @@ fn build_from(
     let mut b = Builder {
         cfg,
         layout,
+        sites,
         e: Emitter::new(layout.base, scratch),
         exits: core::mem::take(&mut scratch.exits),
         return_sites: core::mem::take(&mut scratch.return_sites),
@@ -219,6 +246,25 @@ fn build_from(
 impl Builder<'_> {
     pub(crate) fn rz(&self) -> u32 {
         self.cfg.red_zone
+    }
+
+    /// How a direct `call` to `target` is translated: by the cache's policy, except that a
+    /// Fast cache gives the embedder's Transparent call targets a Transparent call.
+    fn call_policy(&self, target: u64) -> CallRetPolicy {
+        match self.cfg.policy {
+            CallRetPolicy::Fast if (self.sites.call)(target) => CallRetPolicy::Transparent,
+            policy => policy,
+        }
+    }
+
+    /// How the `ret` at guest `pc` (or a `jmp` to a return thunk there) is translated: by
+    /// the cache's policy, except that a Fast cache gives the `ret`s the embedder names
+    /// (those of its Transparent call targets) a Transparent `ret`.
+    fn ret_policy(&self, pc: u64) -> CallRetPolicy {
+        match self.cfg.policy {
+            CallRetPolicy::Fast if (self.sites.ret)(pc) => CallRetPolicy::Transparent,
+            policy => policy,
+        }
     }
 
     pub(crate) fn exit_id(&self, local: usize) -> Result<i32, Error> {
@@ -285,7 +331,13 @@ impl Builder<'_> {
 
     /// Translates one instruction; `Ok(true)` when it ended the fragment.
     fn insn(&mut self, w: &Window, insn: &Instruction) -> Result<bool, Error> {
-        let alias = self.cfg.thunks.stand_in(insn, self.cfg.policy);
+        // Only a `jmp` (to a return thunk) depends on how a `ret` here is translated.
+        let ret_policy = if insn.is_jmp_short_or_near() {
+            self.ret_policy(insn.ip())
+        } else {
+            self.cfg.policy
+        };
+        let alias = self.cfg.thunks.stand_in(insn, ret_policy);
         let insn = alias.as_ref().unwrap_or(insn);
         let pc = insn.ip();
         let next = insn.next_ip();
@@ -335,7 +387,7 @@ impl Builder<'_> {
             }
             FlowControl::Return
                 if matches!(insn.code(), Code::Retnq | Code::Retnq_imm16)
-                    && self.cfg.policy == CallRetPolicy::Transparent =>
+                    && self.ret_policy(pc) == CallRetPolicy::Transparent =>
             {
                 let pop = if insn.code() == Code::Retnq_imm16 {
                     8 + u32::from(insn.immediate16())
@@ -622,7 +674,7 @@ impl Builder<'_> {
         let next = insn.next_ip();
         let target = insn.near_branch_target();
         self.e.map(pc, Rollback::at(pc));
-        match self.cfg.policy {
+        match self.call_policy(target) {
             CallRetPolicy::Transparent => {
                 // `push qword [rip + literal(next)]` then continue at the target.
                 let lit = self.e.literal(next);

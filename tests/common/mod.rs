@@ -22,7 +22,8 @@ impl Rng {
 use std::collections::HashSet;
 use std::ops::Range;
 
-use kdbt_engine::{Frame, RipSource};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use kdbt_engine::{CodeCache, FragmentId, Frame, RipSource};
 use kdbt_host::{kdbt_host_trampolines_end, kdbt_host_trampolines_start, Runtime, Trace};
 
 /// CF PF AF ZF SF OF DF: the flags guest code can observe.
@@ -98,4 +99,24 @@ pub fn assert_stepped_states_are_native(
         }
     }
     (native, seen)
+}
+
+/// The host instructions of fragment `id`, from its first byte for as long as the PC map
+/// covers its code.
+#[allow(dead_code)] // each test crate uses a subset of this module
+pub fn fragment_code<M: AsRef<[u8]> + AsMut<[u8]>>(
+    cache: &CodeCache<M>,
+    id: FragmentId,
+) -> Vec<Instruction> {
+    let bytes = cache.arena().as_ref();
+    let mut at = cache.lookup_entry(id).expect("fragment");
+    let mut out = Vec::new();
+    while cache.pc_map(at).is_some() {
+        let i = (at - cache.exec_base()) as usize;
+        let insn = Decoder::with_ip(64, &bytes[i..], at, DecoderOptions::NONE).decode();
+        assert_ne!(insn.code(), Code::INVALID, "undecodable at {at:#x}");
+        at = insn.next_ip();
+        out.push(insn);
+    }
+    out
 }

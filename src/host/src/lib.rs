@@ -13,7 +13,9 @@ mod trampoline;
 pub use corpus::text_section;
 pub use exec::ExecMemory;
 pub use memory::ProcessMemory;
-pub use runtime::{HookAction, HookFn, Options, Placement, Rewrite, RunError, Runtime};
+pub use runtime::{
+    HookAction, HookFn, Options, Placement, Rewrite, RunError, Runtime, TransparentSites,
+};
 pub use signals::{Step, Trace, Trap, STACK_WORDS};
 pub use trampoline::{
     kdbt_host_dispatch_entry, kdbt_host_return, kdbt_host_trampolines_end,

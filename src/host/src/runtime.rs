@@ -2,6 +2,7 @@
 //! dispatcher the engine's exit stubs enter.
 
 use std::cell::Cell;
+use std::ops::Range;
 use std::ptr;
 
 use kdbt_engine::{
@@ -65,6 +66,16 @@ impl Options {
     }
 }
 
+/// Fast policy: the calls and `ret`s translated Transparent, for guest code that reads its
+/// return address (see [`kdbt_engine::Embedder::transparent_call`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransparentSites {
+    /// A direct `call` to a target in one of these ranges pushes its guest return address.
+    pub calls: Vec<Range<u64>>,
+    /// A `ret` in one of these ranges is an inline lookup of the address it pops.
+    pub rets: Vec<Range<u64>>,
+}
+
 /// What a hook handler wants after a hooked instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookAction {
@@ -123,6 +134,7 @@ pub struct Runtime {
     panic: Option<Box<dyn std::any::Any + Send>>,
     signals: Box<SignalState>,
     rewrite: Option<Rewrite>,
+    sites: TransparentSites,
 }
 
 impl Runtime {
@@ -171,6 +183,7 @@ impl Runtime {
                 trace: None,
             }),
             rewrite: None,
+            sites: TransparentSites::default(),
         })
     }
 
@@ -188,6 +201,15 @@ impl Runtime {
     /// The code cache, mutably (flush, invalidate, ...).
     pub fn cache_mut(&mut self) -> &mut CodeCache<ExecMemory> {
         &mut self.cache
+    }
+
+    /// Sets the calls and `ret`s a Fast cache translates Transparent, and flushes the cache
+    /// if it holds translations (they followed the sites of before).
+    pub fn set_transparent_sites(&mut self, sites: TransparentSites) {
+        self.sites = sites;
+        if self.cache.used() > 0 {
+            self.cache.flush();
+        }
     }
 
     /// Sets the handler for hooked instructions (without one, a hook stops the run).
@@ -219,6 +241,7 @@ impl Runtime {
         let mut env = Env {
             mem: &self.mem,
             may_flush: true,
+            sites: &self.sites,
         };
         let pc = match self.cache.dispatch(Step::Enter { pc: entry }, &mut env) {
             Ok(Dispatch::Run { cache_pc }) => cache_pc,
@@ -302,6 +325,12 @@ impl Runtime {
         let mapping = self.cache.pc_map(frame.rip)?;
         let mut state = *frame;
         mapping.rollback.apply(&mut state, read_stack).ok()?;
+        // A lookup's miss path rolls back to after its branch, at the target it read: in a
+        // Fast cache that may be a caller's return site (a Transparent `ret` popped it),
+        // which stands for its guest return address.
+        if let Some(guest) = self.cache.return_site(state.rip) {
+            state.rip = guest;
+        }
         Some((mapping, state))
     }
 
@@ -370,6 +399,7 @@ impl Runtime {
             let mut env = Env {
                 mem: &self.mem,
                 may_flush: self.cache.config().policy == CallRetPolicy::Transparent,
+                sites: &self.sites,
             };
             match self.cache.dispatch(step, &mut env) {
                 Ok(Dispatch::Run { cache_pc }) => return cache_pc,
@@ -412,6 +442,7 @@ impl Runtime {
 struct Env<'m> {
     mem: &'m ProcessMemory,
     may_flush: bool,
+    sites: &'m TransparentSites,
 }
 
 impl<A> Embedder<A> for Env<'_> {
@@ -426,6 +457,14 @@ impl<A> Embedder<A> for Env<'_> {
 
     fn may_flush(&self) -> bool {
         self.may_flush
+    }
+
+    fn transparent_call(&self, target: u64) -> bool {
+        self.sites.calls.iter().any(|r| r.contains(&target))
+    }
+
+    fn transparent_ret(&self, pc: u64) -> bool {
+        self.sites.rets.iter().any(|r| r.contains(&pc))
     }
 }
 

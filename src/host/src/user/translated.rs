@@ -180,6 +180,9 @@ impl Translator {
     /// One dispatcher step towards guest `target` (the step's destination): where to
     /// resume and the fragment entered, translated if needed.
     fn enter(&mut self, step: Step, target: u64) -> Result<(u64, FragmentId), Error> {
+        // A Fast caller's return site as the target (a `longjmp` to a saved return
+        // address) is resumed at its guest return address.
+        let target = self.cache.return_site(target).unwrap_or(target);
         let before = self.cache.stats().guest_insns;
         let mut env = Env {
             mem: &self.mem,
