@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: busybox-static, kdbt.ko, the VM tests, the test
-# kernel modules (scripts/test-modules.sh, in /kdbt/modules), /init, and
+# kernel modules (scripts/test-modules.sh, in /kdbt/modules), the kernel's x86
+# selftests (scripts/guest-selftests.sh, in /kdbt/selftests/x86), /init, and
 # $KDBT_WORKLOAD when set (as /kdbt/client-workload.sh).
 # usage: initramfs.sh KO OUT.cpio
 set -euo pipefail
@@ -30,6 +31,9 @@ fi
 progs="$("$here/guest-progs.sh")"
 mkdir -p "$root/kdbt/bin"
 cp -r "$progs/." "$root/kdbt/bin/"
+selftests="$("$here/guest-selftests.sh")"
+mkdir -p "$root/kdbt/selftests/x86"
+cp "$selftests"/* "$root/kdbt/selftests/x86/"
 mods="$("$here/test-modules.sh")"
 cp "$mods"/*.ko "$root/kdbt/modules/"
 chmod +x "$root/init" "$root"/kdbt/tests/*.sh
