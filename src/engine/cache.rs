@@ -103,10 +103,11 @@ pub enum CacheWord {
 /// # Invariants
 /// The arena's dispatcher slot and lookup table are initialised; every lookup-table entry
 /// either is empty (its guest PC's low bits differ from its index) or maps a live fragment's
-/// guest PC to its lookup entry (its first byte); `fragments` are sorted by `start` and by
-/// first exit; every linked body branch jumps to the entry of a live fragment whose
-/// incoming list holds it, every other direct branch jumps to its own exit stub (so the
-/// code itself records the links).
+/// guest PC to its lookup entry (its first byte); in a shared cache each slot's value has
+/// been, since the last flush, 0 or lookup entries of fragments of one guest PC;
+/// `fragments` are sorted by `start` and by first exit; every linked body branch jumps to
+/// the entry of a live fragment whose incoming list holds it, every other direct branch
+/// jumps to its own exit stub (so the code itself records the links).
 pub struct CodeCache<A> {
     arena: A,
     arena_len: usize,
@@ -130,6 +131,8 @@ pub struct CodeCache<A> {
     client: Option<Client>,
     /// Count client: counters handed out since the last flush.
     counters_used: u32,
+    /// Executed by several CPUs while it changes ([`Self::set_shared`]).
+    shared: bool,
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -162,6 +165,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             scratch: Scratch::new(),
             client: None,
             counters_used: 0,
+            shared: false,
         };
         cache.scratch.reserve()?;
         crate::decode::warm_up(&mut cache.scratch.encoded);
@@ -227,20 +231,23 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     }
 
     pub(crate) fn write_u64(&mut self, off: usize, value: u64) {
-        if let Some(dst) = off
-            .checked_add(8)
-            .and_then(|end| self.arena.as_mut().get_mut(off..end))
-        {
-            dst.copy_from_slice(&value.to_le_bytes());
-        }
+        self.store(off, value.to_le_bytes());
     }
 
     pub(crate) fn write_u32(&mut self, off: usize, value: u32) {
-        if let Some(dst) = off
-            .checked_add(4)
-            .and_then(|end| self.arena.as_mut().get_mut(off..end))
-        {
-            dst.copy_from_slice(&value.to_le_bytes());
+        self.store(off, value.to_le_bytes());
+    }
+
+    /// Writes `bytes` at arena offset `off` as one fixed-size copy, which compiles to one
+    /// `mov` (a `memcpy` of the slice's length need not): CPUs running a shared cache read
+    /// table words and branch fields while they are written (`docs/engine.md`, "Sharing a
+    /// cache between CPUs"). Outside the arena: nothing.
+    fn store<const N: usize>(&mut self, off: usize, bytes: [u8; N]) {
+        let field = off
+            .checked_add(N)
+            .and_then(|end| self.arena.as_mut().get_mut(off..end));
+        if let Some(dst) = field.and_then(|f| <&mut [u8; N]>::try_from(f).ok()) {
+            *dst = bytes;
         }
     }
 
@@ -283,20 +290,71 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Points a table slot for `guest_pc` at `cache_pc`: its first slot when that is free
     /// or already its own, else the second (evicting what was there), so two hot targets
     /// with the same low bits both hit. The key is invalidated first and written last, so
-    /// a concurrent lookup sees either the old pair, a miss, or the new pair (x86 keeps
-    /// stores in order).
+    /// a lookup that reads the key after these stores sees either a miss or the new pair
+    /// (x86 keeps stores in order, and loads). In a shared cache a lookup on another CPU
+    /// may have read the old key just before and read the value just after: a slot is
+    /// then only ever given to one guest PC until the next flush ([`Self::set_shared`]).
     fn table_insert(&mut self, guest_pc: u64, cache_pc: u64) {
         let first = self.table_index(guest_pc);
         let mine = guest_pc.wrapping_neg();
-        let slot = if self.key_is(first, mine) || self.key_is(first, self.empty_key(first)) {
+        let slot = if self.shared {
+            let Some(slot) = [first, first + 1]
+                .into_iter()
+                .find(|&slot| self.slot_holds_only(slot, guest_pc))
+            else {
+                self.stats.table_refusals += 1;
+                return;
+            };
+            slot
+        } else if self.key_is(first, mine) || self.key_is(first, self.empty_key(first)) {
             first
         } else {
             first + 1
         };
         let (key, value) = self.table_offsets(slot);
+        if self.key_is(slot, mine) && self.read_u64(value) == Some(cache_pc) {
+            // Already there: rewriting it would make concurrent lookups miss for nothing.
+            return;
+        }
         self.write_u64(key, self.empty_key(slot));
         self.write_u64(value, cache_pc);
         self.write_u64(key, mine);
+    }
+
+    /// Whether table slot `slot` has held nothing but translations of `guest_pc` since the
+    /// last flush: its value is unused (0) or the lookup entry of a fragment translated at
+    /// `guest_pc` (invalidated ones included: their records stay until the flush).
+    fn slot_holds_only(&self, slot: u64, guest_pc: u64) -> bool {
+        let (_, value) = self.table_offsets(slot);
+        match self.read_u64(value) {
+            Some(0) => true,
+            Some(entry) => entry
+                .checked_sub(self.exec_base)
+                .and_then(|off| u32::try_from(off).ok())
+                .and_then(|start| self.fragment_starting_at(start))
+                .and_then(|id| self.fragments.get(id as usize))
+                .is_some_and(|f| f.guest_pc == guest_pc),
+            None => false,
+        }
+    }
+
+    /// Declares whether CPUs (threads) execute this cache's code while it is changed: one
+    /// cache shared by several CPUs, every change made under the embedder's lock
+    /// (`docs/engine.md`, "Sharing a cache between CPUs"). Shared, a lookup-table slot is
+    /// only ever pointed at translations of the first guest PC it was given after a flush:
+    /// an inline lookup reads a slot's key, then its value, and another CPU may change the
+    /// slot in between; had the value become another target's, that lookup would jump to
+    /// the wrong code. A target whose two slots belong to others goes through the
+    /// dispatcher (counted in [`Stats::table_refusals`]) until the next flush. Not shared
+    /// (the default), slots are reused: a CPU interrupted inside a lookup of its own cache
+    /// is rolled back before the interrupt handler's dispatcher can change the table.
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    /// Whether the cache is shared ([`Self::set_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Whether no inline lookup can hit: every table slot holds its empty key.

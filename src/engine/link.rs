@@ -2,13 +2,12 @@
 //! and undoing it.
 //!
 //! A link rewrites one rel32 field: 4 bytes at a 4-byte-aligned address (the emitter pads
-//! patchable branches so). A 4-byte copy normally compiles to one `mov`, which a CPU
-//! running the branch sees whole, but the language does not promise it: a cache shared by
-//! running CPUs also needs the store made volatile at the embedder's edge. Serialising the
-//! writers is the caller's concern. The code records
-//! where an exit is linked (its rel32 points at its stub or at a fragment entry); each
-//! fragment heads a singly-linked list, through `next_incoming`, of the exits linked to it.
-//! Nothing here allocates.
+//! patchable branches so), written as one fixed-size copy that compiles to one `mov`, which
+//! a CPU running the branch sees whole (the language does not promise the single store;
+//! `docs/engine.md`, "Sharing a cache between CPUs"). Serialising the writers is the
+//! caller's concern. The code records where an exit is linked (its rel32 points at its stub
+//! or at a fragment entry); each fragment heads a singly-linked list, through
+//! `next_incoming`, of the exits linked to it. Nothing here allocates.
 
 use crate::cache::{CodeCache, Fragment, FragmentId, NONE};
 use crate::error::Error;
@@ -52,7 +51,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     }
 
     /// The fragment starting at arena offset `start`.
-    fn fragment_starting_at(&self, start: u32) -> Option<u32> {
+    pub(crate) fn fragment_starting_at(&self, start: u32) -> Option<u32> {
         let i = self.fragments.partition_point(|f| f.start < start);
         let f = self.fragments.get(i)?;
         (f.start == start).then_some(u32::try_from(i).ok()?)

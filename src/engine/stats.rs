@@ -41,6 +41,9 @@ pub struct Stats {
     /// Transparent site's `ret`, or an indirect branch, that popped or loaded a Fast
     /// caller's return address), resumed at its guest return address.
     pub site_resumes: u64,
+    /// Lookup-table inserts not made in a shared cache: both of the target's slots had
+    /// held another guest PC since the flush ([`crate::CodeCache::set_shared`]).
+    pub table_refusals: u64,
 }
 
 impl Stats {
@@ -63,5 +66,6 @@ impl Stats {
             .wrapping_add(other.blocks_invalidated);
         self.client_dropped = self.client_dropped.wrapping_add(other.client_dropped);
         self.site_resumes = self.site_resumes.wrapping_add(other.site_resumes);
+        self.table_refusals = self.table_refusals.wrapping_add(other.table_refusals);
     }
 }

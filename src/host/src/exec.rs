@@ -127,6 +127,8 @@ impl AsRef<[u8]> for ExecMemory {
 impl AsMut<[u8]> for ExecMemory {
     fn as_mut(&mut self) -> &mut [u8] {
         // SAFETY: per the invariant the range is mapped writable and `&mut self` is unique.
+        // (In a shared cache other threads execute the mapping meanwhile: machine code,
+        // not Rust accesses, and the engine's stores there are ones that code tolerates.)
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }

@@ -194,7 +194,7 @@ macro_rules! dispatch_entry {
             "pop rax",
             "popfq",
             concat!("ret ", $ret),
-            dispatch = sym crate::runtime::kdbt_host_dispatch,
+            dispatch = sym crate::context::kdbt_host_dispatch,
         );
     };
 }
