@@ -266,7 +266,9 @@ pub(crate) fn enable(native: NativeRange) -> Result {
     crate::entry::set_native_handlers(kernel_idt.iter().map(idt::Gate::handler));
     let syscall = crate::syscall::prologue(idt::rdmsr(MSR_LSTAR))?;
     let thunks = crate::mitigations::thunks();
-    let setup = Setup { kernel_idt, syscall, native, cache_bytes: cache_kb() * 1024, thunks };
+    // SAFETY: a NUL-terminated name; the helper only looks it up.
+    let ldt_return = unsafe { crate::ffi::kdbt_symbol(c"native_irq_return_ldt".as_ptr()) };
+    let setup = Setup { kernel_idt, syscall, native, ldt_return, cache_bytes: cache_kb() * 1024, thunks };
     let mut chunks = KVec::with_capacity(cpu::ids(), GFP_KERNEL)?;
     for _ in 0..cpu::ids() {
         chunks.push(None, GFP_KERNEL)?;

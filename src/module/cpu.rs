@@ -58,6 +58,8 @@ pub(crate) struct CpuState {
     /// Each syscall stub instruction's page offset and the native PC it stands for.
     pub(crate) syscall_map: [(usize, u64); 5],
     pub(crate) native: NativeRange,
+    /// `Setup::ldt_return`.
+    pub(crate) ldt_return: u64,
     pub(crate) stats: &'static CpuStats,
     /// The count client's counters (in `_region`).
     counters: &'static [AtomicU64],
@@ -79,6 +81,12 @@ pub(crate) struct Setup {
     pub(crate) kernel_idt: Vec<Gate>,
     pub(crate) syscall: crate::syscall::Prologue,
     pub(crate) native: NativeRange,
+    /// The kernel's return to user mode on a stack segment from the LDT
+    /// (`native_irq_return_ldt`, ESPFIX64), 0 without it: it moves onto a
+    /// read-only alias of its stack before its last jump, where an exit from
+    /// translated code could not push its frame (a double fault the kernel
+    /// takes for a faulting `iretq`); it runs natively to its `iretq`.
+    pub(crate) ldt_return: u64,
     pub(crate) cache_bytes: usize,
     pub(crate) thunks: kdbt_engine::Thunks,
 }
@@ -159,6 +167,7 @@ impl CpuState {
                 syscall_entry: setup.syscall.safe_stack,
                 syscall_map,
                 native: setup.native,
+                ldt_return: setup.ldt_return,
                 stats,
                 counters,
                 exec_breakpoints: [None; 4],

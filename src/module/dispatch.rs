@@ -67,6 +67,7 @@ struct Env<'a> {
     exec: u64,
     native: NativeRange,
     exec_breakpoints: [Option<u64>; 4],
+    ldt_return: u64,
     syscall_entry: u64,
     thunks: &'a mut [u8],
     stats: &'static CpuStats,
@@ -78,9 +79,12 @@ impl Embedder<&'static mut [u8]> for Env<'_> {
     }
 
     /// kdbt's own text, so that it never translates the code that manages the
-    /// caches, and armed hardware execute breakpoints, so that they fire.
+    /// caches, armed hardware execute breakpoints, so that they fire, and the
+    /// kernel's return on an LDT stack segment (`Setup::ldt_return`).
     fn runs_natively(&self, pc: u64) -> bool {
-        (pc >= self.native.start && pc < self.native.end) || self.exec_breakpoints.contains(&Some(pc))
+        (pc >= self.native.start && pc < self.native.end)
+            || self.exec_breakpoints.contains(&Some(pc))
+            || (pc == self.ldt_return && pc != 0)
     }
 
     /// The heap runs short and this CPU holds a fair share of it (a CPU with a
@@ -108,8 +112,16 @@ pub(crate) fn set_syscall_target(thunks: &mut [u8], target: u64) {
 
 /// Runs the engine's dispatch step for this CPU and publishes its statistics.
 fn step(cpu: &mut CpuState, step: Step) -> Result<Dispatch, Error> {
-    let CpuState { exec, cache, thunks, native, syscall_entry, stats, exec_breakpoints, .. } = cpu;
-    let mut env = Env { exec: *exec, native: *native, exec_breakpoints: *exec_breakpoints, syscall_entry: *syscall_entry, thunks, stats };
+    let CpuState { exec, cache, thunks, native, ldt_return, syscall_entry, stats, exec_breakpoints, .. } = cpu;
+    let mut env = Env {
+        exec: *exec,
+        native: *native,
+        exec_breakpoints: *exec_breakpoints,
+        ldt_return: *ldt_return,
+        syscall_entry: *syscall_entry,
+        thunks,
+        stats,
+    };
     let r = cache.dispatch(step, &mut env);
     publish_stats(cpu);
     r

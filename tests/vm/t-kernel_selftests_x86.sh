@@ -7,13 +7,8 @@
 # (exit 0, no [FAIL]) must pass. One line per program: exit status, counts of
 # [OK]/[FAIL]/[SKIP] lines (and of the KTAP ok/not ok/# SKIP lines of the
 # kselftest-harness ones), seconds; native, then translated.
-# KNOWN_BAD: programs that differ under translation because of a known kdbt
-# bug; they run and are reported like the others, but do not fail the case
-# (each one's bug in docs/testing.md, and on which kernel it shows);
-# their output is not shown.
 . ./lib.sh
 D=/kdbt/selftests/x86
-KNOWN_BAD="ldt_gdt sigreturn"
 # Seconds a program may take (busybox timeout kills it with SIGTERM: exit
 # 143): a hang detector, not a speed check. The slowest, ldt_gdt on the
 # distro kernel, takes 1.5 s natively, 5 s translated; the first translated
@@ -55,7 +50,7 @@ blocks=$(kdbt_stat blocks_translated)
 kdbt_unload
 [ "$blocks" -gt 1000 ] || fail "only $blocks blocks translated"
 echo "selftest: native exit, [OK]/[FAIL]/[SKIP], s | translated exit, [OK]/[FAIL]/[SKIP], s"
-n=0; npass=0; ndiff=0; nknown=0
+n=0; npass=0; ndiff=0
 for p in $progs; do
     nat=/tmp/st.$p.native; xl=/tmp/st.$p.translated
     n=$((n + 1))
@@ -65,16 +60,7 @@ for p in $progs; do
         { passes "$nat" && ! passes "$xl"; }; then
         verdict=DIFFERS
     fi
-    case " $KNOWN_BAD " in
-        *" $p "*)
-            if [ $verdict = same ]; then
-                verdict="same (in KNOWN_BAD)"
-            else
-                verdict="DIFFERS: KNOWN_BAD, a known kdbt bug (docs/testing.md), not counted"
-                nknown=$((nknown + 1))
-            fi ;;
-        *) [ $verdict = same ] || ndiff=$((ndiff + 1)) ;;
-    esac
+    [ $verdict = same ] || ndiff=$((ndiff + 1))
     echo "$p: $(cat $nat.res) $(cat $nat.secs) | $(cat $xl.res) $(cat $xl.secs): $verdict"
     if [ "$verdict" = DIFFERS ]; then
         echo "  native [FAIL] lines:"; grep -E '^(\[FAIL\]|not ok [0-9]+)' "$nat" | head -10
@@ -82,5 +68,5 @@ for p in $progs; do
         echo "  translated output ends:"; tail -3 "$xl"
     fi
 done
-echo "selftests: $n run, $npass pass natively, $ndiff differ translated, $nknown known bad (KNOWN_BAD: $KNOWN_BAD)"
+echo "selftests: $n run, $npass pass natively, $ndiff differ translated"
 [ $ndiff -eq 0 ] || fail "$ndiff selftests differ under translation"
