@@ -94,7 +94,11 @@ for pass in $passes; do
     name="$pass"; [ "$KDBT_KERNEL" = distro ] && name="distro-$pass"
     log="$KDBT_BUILD/vm/test-console-$pass.log"
     rm -f "$log"
-    append="${KDBT_APPEND:-}${extra:+ $extra} kdbt_test.cpus=${boot_cpus:-$smp}"
+    # tsc=reliable: no clocksource watchdog, which on a loaded host marks the TSC
+    # unstable and flips sched_clock_stable's jump label mid-test; MTTCG then
+    # ran a stale int3 of that patch once, natively at boot (smp8, Oops:
+    # int3 at sched_clock_stable+0x1: docs/testing.md, "Known flake").
+    append="${KDBT_APPEND:-}${extra:+ $extra} tsc=reliable kdbt_test.cpus=${boot_cpus:-$smp}"
     [ -n "$boot_cpus" ] && append="$append maxcpus=$boot_cpus kdbt_test.possible=$smp"
     [ "$pass" = mincache ] && append="$append kdbt_test.cache_kb=$MIN_CACHE_KB"
     [ -n "$only" ] && append="$append kdbt_test.only=$only"
@@ -108,8 +112,10 @@ for pass in $passes; do
     est=$(( $(estimate "$pass") * slow / 100 ))
     left=$(budget_left)
     # A pass that would not end before the deadline is not started: CI's
-    # limit would cut the whole run, results and count line included.
-    if [ -z "${KDBT_TESTS:-}" ] && [ "$left" -lt $(( est + 120 )) ]; then
+    # limit would cut the whole run, results and count line included. Half
+    # the estimate again as margin: a pass ran 1.7 times its scaled estimate
+    # once, beside other VMs, and was cut at the deadline.
+    if [ -z "${KDBT_TESTS:-}" ] && [ "$left" -lt $(( est * 3 / 2 + 120 )) ]; then
         echo "skip - $name: expected to take ${est} s (host slowness ${slow}%), ${left} s left before the deadline"
         skipped=$((skipped + 1)); continue
     fi
