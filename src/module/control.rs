@@ -134,15 +134,10 @@ fn on_all_cpus(f: unsafe extern "C" fn(*mut core::ffi::c_void) -> i32) -> Result
     Ok(())
 }
 
-/// Makes this CPU's next interrupt come as soon as interrupts are on again,
-/// so that the stopper a callback returns into goes on translated (the
-/// interrupt's `iretq` to kernel mode is hooked): at enable it was not yet
-/// translated; later, on the CPU of the knob writer, which sleeps in
-/// `stop_machine` natively (kdbt's text and what it calls run natively), the
-/// writer's native context switch resumed the stopper natively, and the
-/// stopper's own switch when it sleeps again would resume the next task
-/// natively, uncounted by the count client until its next interrupt
-/// (docs/testing.md, "Known intermittent failure").
+/// Makes this CPU's next interrupt come as soon as interrupts are on again:
+/// the enable's callback returns into a stopper not yet translated, which
+/// would run natively until then. (The other callbacks are called from
+/// translated code and return through the gate, `entry::gate_return`.)
 fn recapture() {
     // SAFETY: plain call; interrupts are off, the IPI waits until they are on.
     unsafe { ffi::kdbt_recapture() };
@@ -200,7 +195,6 @@ unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.while_busy(CpuState::apply_client);
-        recapture();
     }
     0
 }
@@ -209,7 +203,6 @@ unsafe extern "C" fn harvest_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     if let Some(cpu) = unsafe { cpu::get(this_cpu()) } {
         cpu.cache.harvest();
-        recapture();
     }
     0
 }
@@ -220,7 +213,6 @@ unsafe extern "C" fn flush_on_cpu(_: *mut core::ffi::c_void) -> i32 {
         // Busy like the dispatcher: a fault while re-translating the syscall
         // entry goes to the kernel's handler, not into this CPU's state.
         cpu.while_busy(CpuState::flush);
-        recapture();
     }
     0
 }
