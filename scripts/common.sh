@@ -57,6 +57,17 @@ host_slowness() {
     [ "$s" -lt 100 ] && s=100
     echo "$s"
 }
+# Seconds a whole VM pass ($2) on kernel $1 took on the reference machine
+# (docs/testing.md, "Time budget"): with the host's slowness, what it is
+# expected to take.
+estimate() {
+    case "$1/$2" in
+        small/default) echo 1000 ;; small/mincache) echo 400 ;; small/smp1) echo 60 ;;
+        small/smp4) echo 150 ;; small/smp8) echo 230 ;; small/smp64max2) echo 170 ;;
+        small/smp2max1) echo 70 ;; distro/all4) echo 950 ;; distro/rethunk) echo 70 ;;
+        distro/intel) echo 65 ;; distro/intelpti) echo 35 ;; *) echo 300 ;;
+    esac
+}
 # Records that something estimated at $1 s took $2 s.
 note_slowness() {
     local ratio=$(( $2 * 100 / ($1 > 0 ? $1 : 1) ))

@@ -56,7 +56,7 @@ distro_fits() {
     tree="$(KDBT_KERNEL=distro bash -c ". '$here/common.sh'; kernel_tree")"
     [ -f "$tree/.kdbt-built" ] && return 0
     slow=$(host_slowness)
-    need=$(( (DISTRO_BUILD_S + 900) * slow / 100 + 120 ))
+    need=$(( (DISTRO_BUILD_S + $(estimate distro all4)) * slow / 100 + 120 ))
     [ "$(budget_left)" -ge "$need" ] && return 0
     echo "skip - distro kernel build: it and distro-all4 are expected to take ${need} s (host slowness ${slow}%), $(budget_left) s left before the deadline"
     return 1

@@ -48,16 +48,6 @@ MIN_CACHE_KB=3072
 REDUCED=cpus_online,translated_workloads,enable_disable_under_load,cpu_hotplug,module_reuse,static_key
 vmlinux="$("$here/kernel.sh")/vmlinux"
 passed=0; failed=0; skipped=0
-# Seconds each whole pass took on the reference machine (docs/testing.md):
-# with the host's slowness, what a pass is expected to take.
-estimate() {
-    case "$KDBT_KERNEL/$1" in
-        small/default) echo 1000 ;; small/mincache) echo 400 ;; small/smp1) echo 60 ;;
-        small/smp4) echo 150 ;; small/smp8) echo 230 ;; small/smp64max2) echo 170 ;;
-        small/smp2max1) echo 70 ;; distro/all4) echo 950 ;; distro/rethunk) echo 70 ;;
-        distro/intel) echo 65 ;; distro/intelpti) echo 35 ;; *) echo 300 ;;
-    esac
-}
 if [ "$KDBT_KERNEL" = distro ]; then
     passes="${KDBT_PASSES:-all4 rethunk intel intelpti}"
 else
@@ -109,7 +99,8 @@ for pass in $passes; do
         small/smp* | small/mincache | distro/all4) append="$append kdbt_test.quick=1" ;;
     esac
     slow=$(host_slowness)
-    est=$(( $(estimate "$pass") * slow / 100 ))
+    base=$(estimate "$KDBT_KERNEL" "$pass")
+    est=$(( base * slow / 100 ))
     left=$(budget_left)
     # A pass that would not end before the deadline is not started: CI's
     # limit would cut the whole run, results and count line included. Half
@@ -129,7 +120,7 @@ for pass in $passes; do
     took=$(( $(date +%s) - t0 ))
     echo "== vm pass: $name took $took s (timeout $limit s)"
     # Only a whole pass says how fast this host is.
-    [ -z "${KDBT_TESTS:-}" ] && note_slowness "$(estimate "$pass")" "$took"
+    [ -z "${KDBT_TESTS:-}" ] && note_slowness "$base" "$took"
     out="$(python3 "$here/judge-vm.py" "$log" "$vmlinux" "$rc" "$name")"
     echo "$out" | grep -v '^vm: '
     read -r p f < <(echo "$out" | sed -n 's/^vm: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
