@@ -26,6 +26,12 @@ set -- $selected
 # Flip the kernel's once-only TCP static key now, in one process, rather than
 # in a test's concurrent socket workload (docs/testing.md, "Known flake").
 /kdbt/bin/sockets warm || echo "# runner: TCP warm-up failed"
+# Likewise the scheduler's perf static keys, which every test's perf events
+# (and the kernel selftests' ptrace watchpoints) would otherwise flip while
+# other vCPUs run the scheduler: held on for the whole run.
+/kdbt/bin/perfhold > /tmp/perfhold 2>&1 &
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/perfhold ] && break; usleep 100000; done
+grep -q '^held' /tmp/perfhold || echo "# runner: perf key hold failed: $(cat /tmp/perfhold)"
 usleep 200000
 # The CPUs online at boot: only those are put back online after a case.
 boot_online=
