@@ -82,6 +82,22 @@ pub trait Embedder<A> {
     fn transparent_ret(&self, _pc: u64) -> bool {
         false
     }
+
+    /// Whether direct calls and direct jumps (tail calls) to `target` are dropped from
+    /// translated code, for code that matters only when the kernel calls it natively (the
+    /// module's own tracepoint probe): from translated code it does not run, at no cost. A
+    /// direct `call target` becomes nothing: the block goes on with the next instruction
+    /// (no code, no exit). A direct `jmp target` (a tail call, e.g. a static-call
+    /// trampoline's `jmp`) becomes the `ret` the callee would end with: the Transparent
+    /// policy's inline lookup of the popped address (also at a [`Self::transparent_ret`]
+    /// PC of a Fast cache), otherwise a real `ret`. This holds for a target the thunks
+    /// would stand in for too. Indirect calls and jumps (the target known only at run
+    /// time) and conditional branches to `target` are not affected: they run it. Asked
+    /// when a block is translated; an answer may change only where code changes too,
+    /// which invalidation re-translates.
+    fn elided_call(&self, _target: u64) -> bool {
+        false
+    }
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -121,13 +137,15 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         }
     }
 
-    /// [`Self::translate`] with the embedder's Transparent sites.
+    /// [`Self::translate`] with the embedder's Transparent sites and elided callees.
     fn translate_for<E: Embedder<A>>(&mut self, pc: u64, env: &E) -> Result<FragmentId, Error> {
         let call = |target| env.transparent_call(target);
         let ret = |pc| env.transparent_ret(pc);
+        let elide = |target| env.elided_call(target);
         let sites = Sites {
             call: &call,
             ret: &ret,
+            elide: &elide,
         };
         self.translate_with(pc, env.memory(), sites)
     }

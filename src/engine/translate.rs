@@ -41,13 +41,17 @@ pub(crate) struct Layout {
 
 /// The embedder's Transparent sites in a Fast cache ([`crate::Embedder::transparent_call`],
 /// [`crate::Embedder::transparent_ret`]): which direct calls push their guest return
-/// address and which `ret`s look up the address they pop.
+/// address and which `ret`s look up the address they pop; and its elided callees
+/// ([`crate::Embedder::elided_call`]), whose direct calls and jumps are dropped.
 #[derive(Clone, Copy)]
 pub(crate) struct Sites<'a> {
     /// Whether a direct `call` to this target is translated Transparent.
     pub call: &'a dyn Fn(u64) -> bool,
     /// Whether the `ret` at this guest PC is translated Transparent.
     pub ret: &'a dyn Fn(u64) -> bool,
+    /// Whether a direct `call` to this target is dropped and a direct `jmp` to it is a
+    /// `ret`.
+    pub elide: &'a dyn Fn(u64) -> bool,
 }
 
 fn never(_: u64) -> bool {
@@ -55,10 +59,11 @@ fn never(_: u64) -> bool {
 }
 
 impl Sites<'static> {
-    /// None: every call and `ret` follows the cache's policy.
+    /// None: every call and `ret` follows the cache's policy, nothing is elided.
     pub const NONE: Self = Sites {
         call: &never,
         ret: &never,
+        elide: &never,
     };
 }
 
@@ -331,6 +336,14 @@ impl Builder<'_> {
 
     /// Translates one instruction; `Ok(true)` when it ended the fragment.
     fn insn(&mut self, w: &Window, insn: &Instruction) -> Result<bool, Error> {
+        // Elided callees come before the thunks' stand-ins: the embedder names the target
+        // as written, and a stand-in would hide it (a `call`/`jmp` to a register's thunk
+        // becomes one through the register, whose target only the run knows). An elided
+        // target must not run from translated code, whatever the branch to it would
+        // otherwise become.
+        if let Some(ended) = self.elided(insn)? {
+            return Ok(ended);
+        }
         // Only a `jmp` (to a return thunk) depends on how a `ret` here is translated.
         let ret_policy = if insn.is_jmp_short_or_near() {
             self.ret_policy(insn.ip())
@@ -411,6 +424,41 @@ impl Builder<'_> {
                 Ok(self.after_copy(insn, hooks::copied_flow(insn)))
             }
         }
+    }
+
+    /// A direct `call` or `jmp` to a target the embedder elides
+    /// ([`crate::Embedder::elided_call`]); `Ok(None)` for any other instruction, `Ok(Some(
+    /// ended))` when elided. The `call` emits nothing and maps nothing: the next
+    /// instruction's translation follows at once, and an interruption there is before that
+    /// instruction, the state a native run reaches once an empty callee has returned. The
+    /// `jmp` (a tail call) is the `ret` the callee would end with, with the `jmp`'s
+    /// address and length: by the `jmp`'s `ret` policy a Transparent `ret` (the inline
+    /// lookup, which maps itself) or a real `ret`, encoded here (copying would copy the
+    /// `jmp`'s bytes) and mapped to the state before the `jmp`.
+    fn elided(&mut self, insn: &Instruction) -> Result<Option<bool>, Error> {
+        let call = insn.is_call_near();
+        if insn.op0_kind() != OpKind::NearBranch64
+            || !(call || insn.is_jmp_short_or_near())
+            || !(self.sites.elide)(insn.near_branch_target())
+        {
+            return Ok(None);
+        }
+        if call {
+            return Ok(Some(false));
+        }
+        let pc = insn.ip();
+        let mut ret = Instruction::with(Code::Retnq);
+        ret.set_len(insn.len());
+        ret.set_ip(pc);
+        match self.ret_policy(pc) {
+            CallRetPolicy::Transparent => self.ibl(&ret, IndirectKind::Ret, 8)?,
+            CallRetPolicy::Fast => {
+                self.encode(&ret, pc)?;
+                self.e.map(pc, Rollback::at(pc));
+                self.e.bytes(&self.enc);
+            }
+        }
+        Ok(Some(true))
     }
 
     /// The count client's increment of this fragment's counter, before the guest code:

@@ -9,6 +9,7 @@
 //! which decides whether a flush is allowed.
 
 use std::cell::Cell;
+use std::ops::Range;
 use std::ptr::{self, NonNull};
 
 use kdbt_engine::{
@@ -96,6 +97,7 @@ impl Context {
         &mut self,
         cache: &mut CodeCache<ExecMemory>,
         sites: &TransparentSites,
+        elided: &[Range<u64>],
         sharing: Sharing,
         entry: u64,
     ) -> Result<u64, RunError> {
@@ -104,6 +106,7 @@ impl Context {
             mem: &self.mem,
             may_flush: sharing == Sharing::Alone,
             sites,
+            elided,
         };
         match cache.dispatch(Step::Enter { pc: entry }, &mut env) {
             Ok(Dispatch::Run { cache_pc }) => Ok(cache_pc),
@@ -133,6 +136,7 @@ impl Context {
         &mut self,
         cache: &mut CodeCache<ExecMemory>,
         sites: &TransparentSites,
+        elided: &[Range<u64>],
         sharing: Sharing,
         frame: &mut DispatchFrame,
     ) -> u64 {
@@ -151,6 +155,7 @@ impl Context {
                 mem: &self.mem,
                 may_flush,
                 sites,
+                elided,
             };
             match cache.dispatch(step, &mut env) {
                 Ok(Dispatch::Run { cache_pc }) => return cache_pc,
@@ -286,6 +291,8 @@ struct Env<'m> {
     mem: &'m ProcessMemory,
     may_flush: bool,
     sites: &'m TransparentSites,
+    /// Targets whose direct calls and jumps are dropped.
+    elided: &'m [Range<u64>],
 }
 
 impl<A> Embedder<A> for Env<'_> {
@@ -308,6 +315,10 @@ impl<A> Embedder<A> for Env<'_> {
 
     fn transparent_ret(&self, pc: u64) -> bool {
         self.sites.rets.iter().any(|r| r.contains(&pc))
+    }
+
+    fn elided_call(&self, target: u64) -> bool {
+        self.elided.iter().any(|r| r.contains(&target))
     }
 }
 

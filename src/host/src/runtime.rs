@@ -120,6 +120,8 @@ pub enum RunError {
 pub struct Runtime {
     cache: CodeCache<ExecMemory>,
     sites: TransparentSites,
+    /// Targets whose direct calls and jumps translated code drops.
+    elided: Vec<Range<u64>>,
     ctx: Context,
 }
 
@@ -162,6 +164,7 @@ impl Runtime {
         Ok(Runtime {
             cache,
             sites: TransparentSites::default(),
+            elided: Vec::new(),
             ctx: Context::new(opts.stack_len)?,
         })
     }
@@ -186,6 +189,17 @@ impl Runtime {
     /// if it holds translations (they followed the sites of before).
     pub fn set_transparent_sites(&mut self, sites: TransparentSites) {
         self.sites = sites;
+        if self.cache.used() > 0 {
+            self.cache.flush();
+        }
+    }
+
+    /// Sets the callees translated code drops (see [`kdbt_engine::Embedder::elided_call`]): a
+    /// direct `call` to a target in one of these ranges is no code, a direct `jmp` to one
+    /// a `ret`; indirect ones still run the target. Flushes the cache if it holds
+    /// translations (they followed the callees of before).
+    pub fn set_elided_calls(&mut self, targets: Vec<Range<u64>>) {
+        self.elided = targets;
         if self.cache.used() > 0 {
             self.cache.flush();
         }
@@ -216,9 +230,13 @@ impl Runtime {
     /// Runs the function at guest address `entry` under translation with up to six
     /// integer arguments; returns its `rax`.
     pub fn run(&mut self, entry: u64, args: &[u64]) -> Result<u64, RunError> {
-        let pc = self
-            .ctx
-            .start(&mut self.cache, &self.sites, Sharing::Alone, entry)?;
+        let pc = self.ctx.start(
+            &mut self.cache,
+            &self.sites,
+            &self.elided,
+            Sharing::Alone,
+            entry,
+        )?;
         context::enter(self, pc, args)
     }
 
@@ -266,7 +284,12 @@ impl Dispatcher for Runtime {
     }
 
     fn dispatch(&mut self, frame: &mut DispatchFrame) -> u64 {
-        self.ctx
-            .dispatch(&mut self.cache, &self.sites, Sharing::Alone, frame)
+        self.ctx.dispatch(
+            &mut self.cache,
+            &self.sites,
+            &self.elided,
+            Sharing::Alone,
+            frame,
+        )
     }
 }

@@ -35,7 +35,7 @@ pub struct SharedCache {
 
 impl SharedCache {
     /// A cache mapped according to `opts` (each thread's guest stack: `opts.stack_len`),
-    /// translating `sites` Transparent under the Fast policy.
+    /// translating `sites` Transparent under the Fast policy (eliding no callees).
     pub fn new(opts: Options, sites: TransparentSites) -> Result<Arc<Self>, RunError> {
         let mut cache = new_cache(&opts)?;
         cache.set_shared(true);
@@ -111,7 +111,7 @@ impl SharedRuntime {
         let pc = {
             let mut cache = self.shared.lock();
             self.ctx
-                .start(&mut cache, &self.shared.sites, Sharing::Shared, entry)?
+                .start(&mut cache, &self.shared.sites, &[], Sharing::Shared, entry)?
         };
         context::enter(self, pc, args)
     }
@@ -132,6 +132,6 @@ impl Dispatcher for SharedRuntime {
     fn dispatch(&mut self, frame: &mut DispatchFrame) -> u64 {
         let mut cache = self.shared.lock();
         self.ctx
-            .dispatch(&mut cache, &self.shared.sites, Sharing::Shared, frame)
+            .dispatch(&mut cache, &self.shared.sites, &[], Sharing::Shared, frame)
     }
 }
