@@ -87,6 +87,13 @@ impl Embedder<&'static mut [u8]> for Env<'_> {
             || (pc == self.ldt_return && pc != 0)
     }
 
+    /// The `sched_switch` probe (`switch_hook`): it acts only on switches made
+    /// natively, and translated code need not pay a dispatcher round trip on
+    /// every context switch to call it.
+    fn elided_call(&self, target: u64) -> bool {
+        target != 0 && target == crate::switch_hook::probe()
+    }
+
     /// The heap runs short and this CPU holds a fair share of it (a CPU with a
     /// near-empty cache flushing would free nothing).
     fn under_pressure(&self, cache: &CodeCache<&'static mut [u8]>) -> bool {
@@ -551,7 +558,9 @@ fn through_gate(cpu: &CpuState, d: Dispatch, id: u64, aux: u64, guest_rsp: u64) 
     }
     // No flush since the exit: `runs_natively` came before any translation.
     match cpu.cache.exit_reason(id, aux) {
-        Ok(ExitReason::IndirectMiss { kind: IndirectKind::Call | IndirectKind::Jmp, .. }) => {
+        // A direct call or tail call (kdbt's text is entered only at function
+        // entries) has the caller's return address on top as well.
+        Ok(ExitReason::IndirectMiss { kind: IndirectKind::Call | IndirectKind::Jmp, .. } | ExitReason::DirectMiss { .. }) => {
             let slot = guest_rsp - 8;
             // SAFETY: the word below the guest stack pointer is free (no red
             // zone in the kernel) and this CPU's dispatcher runs with

@@ -36,6 +36,8 @@ extern "C" {
     pub(crate) fn kdbt_recapture();
     pub(crate) fn kdbt_gate_init(native: u64);
     pub(crate) fn kdbt_gate_set(target: u64);
+    pub(crate) fn kdbt_switch_hook_register(gate_return: u64, gate_native: u64) -> u64;
+    pub(crate) fn kdbt_switch_hook_unregister();
     pub(crate) fn kdbt_unsupported_entry() -> *const core::ffi::c_char;
     pub(crate) fn kdbt_resolve_symbols() -> i32;
     pub(crate) fn kdbt_symbol(name: *const core::ffi::c_char) -> u64;

@@ -20,6 +20,7 @@
 #include <linux/sched/task_stack.h>
 #include <linux/set_memory.h>
 #include <linux/smp.h>
+#include <linux/tracepoint.h>
 #include <linux/vmalloc.h>
 #include <asm/apic.h>
 #include <asm/cpufeature.h>
@@ -92,6 +93,60 @@ void kdbt_gate_init(unsigned long native)
 void kdbt_gate_set(unsigned long target)
 {
 	this_cpu_write(kdbt_gate, target);
+}
+
+/*
+ * Native context switches (switch_hook.rs). kdbt's own code runs natively,
+ * and so do the kernel functions it calls: when it sleeps, the switch is
+ * made natively, and the next task resumes natively in its own __schedule
+ * frame (its return addresses are native) until this CPU's next interrupt.
+ * This probe on sched_switch sees such a switch: translated code never calls
+ * it (the dispatcher elides direct calls and tail calls to it) or calls it
+ * through the return gate. The reschedule IPI it sends comes in as soon as
+ * the next task enables interrupts again (finish_task_switch), and that
+ * handler's iretq, kdbt's, brings the task back under translation.
+ */
+static unsigned long kdbt_gate_return_addr, kdbt_gate_native_addr;
+static struct tracepoint *kdbt_switch_tp;
+
+static void kdbt_on_switch(void *data, bool preempt, struct task_struct *prev,
+			   struct task_struct *next, unsigned int prev_state)
+{
+	if ((unsigned long)__builtin_return_address(0) == kdbt_gate_return_addr ||
+	    this_cpu_read(kdbt_gate) == kdbt_gate_native_addr)
+		return;
+	apic->send_IPI_self(RESCHEDULE_VECTOR);
+	kdbt_native_switch();
+}
+
+static void find_switch_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sched_switch"))
+		*(struct tracepoint **)priv = tp;
+}
+
+/* Returns the probe's address (which translated code must not call), or 0. */
+unsigned long kdbt_switch_hook_register(unsigned long gate_return, unsigned long gate_native)
+{
+	struct tracepoint *tp = NULL;
+
+	kdbt_gate_return_addr = gate_return;
+	kdbt_gate_native_addr = gate_native;
+	for_each_kernel_tracepoint(find_switch_tp, &tp);
+	if (!tp || tracepoint_probe_register(tp, kdbt_on_switch, NULL))
+		return 0;
+	kdbt_switch_tp = tp;
+	return (unsigned long)kdbt_on_switch;
+}
+
+void kdbt_switch_hook_unregister(void)
+{
+	if (!kdbt_switch_tp)
+		return;
+	tracepoint_probe_unregister(kdbt_switch_tp, kdbt_on_switch, NULL);
+	/* No CPU is still inside the probe when the module's text goes. */
+	tracepoint_synchronize_unregister();
+	kdbt_switch_tp = NULL;
 }
 
 unsigned int kdbt_this_cpu(void)

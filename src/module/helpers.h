@@ -12,6 +12,8 @@ unsigned int kdbt_this_cpu(void);
 void kdbt_recapture(void);
 void kdbt_gate_init(unsigned long native);
 void kdbt_gate_set(unsigned long target);
+unsigned long kdbt_switch_hook_register(unsigned long gate_return, unsigned long gate_native);
+void kdbt_switch_hook_unregister(void);
 const char *kdbt_unsupported_entry(void);
 int kdbt_resolve_symbols(void);
 unsigned long kdbt_symbol(const char *name);
@@ -27,6 +29,9 @@ void kdbt_debugfs_remove(void);
 int kdbt_sprint_symbol(char *buf, unsigned long addr);
 unsigned long kdbt_kaslr_offset(void);
 int kdbt_module_text(unsigned long addr, unsigned long *base, unsigned long *size, char *name);
+
+/* Rust (switch_hook.rs), called from here. */
+void kdbt_native_switch(void);
 
 /* Rust (consistency.rs), called from here. */
 void kdbt_code_changed(unsigned long start, unsigned long end);

@@ -24,6 +24,7 @@ pub(crate) struct CpuStats {
     pub(crate) client_dropped: AtomicU64,
     pub(crate) stack_scans: AtomicU64,
     pub(crate) stack_words_rewritten: AtomicU64,
+    pub(crate) native_switches: AtomicU64,
     pub(crate) entries_by_vector: [AtomicU64; VECTORS],
 }
 
@@ -45,6 +46,7 @@ impl CpuStats {
             client_dropped: ZERO,
             stack_scans: ZERO,
             stack_words_rewritten: ZERO,
+            native_switches: ZERO,
             entries_by_vector: [ZERO; VECTORS],
         }
     }
@@ -56,7 +58,7 @@ pub(crate) fn all() -> &'static [CpuStats] {
 }
 
 /// The scalar statistics, by sysfs file name.
-pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 14] = [
+pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 15] = [
     ("blocks_translated", |s| &s.blocks_translated),
     ("cache_bytes_used", |s| &s.cache_bytes_used),
     ("dispatcher_entries", |s| &s.dispatcher_entries),
@@ -71,6 +73,7 @@ pub(crate) const SCALARS: [(&str, fn(&CpuStats) -> &AtomicU64); 14] = [
     ("client_dropped", |s| &s.client_dropped),
     ("stack_scans", |s| &s.stack_scans),
     ("stack_words_rewritten", |s| &s.stack_words_rewritten),
+    ("native_switches", |s| &s.native_switches),
 ];
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -37,6 +37,7 @@ const STAT_NAMES: [&CStr; NSTATS] = [
     c"client_dropped",
     c"stack_scans",
     c"stack_words_rewritten",
+    c"native_switches",
     c"entries_by_vector",
 ];
 
