@@ -24,6 +24,7 @@ use crate::ffi::{self, MSR_LSTAR};
 use crate::heap::{self, Chunk};
 use crate::idt;
 use crate::irq::IrqGuard;
+use crate::switch_hook::SwitchHook;
 
 /// Smallest per-CPU cache, in KiB.
 pub(crate) const MIN_CACHE_KB: usize = 3072;
@@ -44,6 +45,8 @@ struct Session {
     /// Each CPU id's heap chunk, kept while translation is on (a CPU coming
     /// back online reuses its chunk).
     chunks: KVec<Option<Chunk>>,
+    /// Registered once every CPU translates, dropped before any leaves.
+    switch: Option<SwitchHook>,
 }
 
 /// The session; changed by enable and disable (hotplug off) and by hotplug
@@ -172,11 +175,26 @@ static LEAVING: AtomicUsize = AtomicUsize::new(0);
 /// none names the caches about to be freed (`stack::rewrite_stacks`).
 unsafe extern "C" fn leave_on_cpu(data: *mut core::ffi::c_void) -> i32 {
     // SAFETY: the same contract as ours.
+    unsafe { leave(data) };
+    // The frames below held addresses in the regions about to be freed; the
+    // stopper's next frames need not overwrite them (`disable`).
+    // SAFETY: plain call; it writes only below this frame, in this stopper's stack.
+    unsafe { ffi::kdbt_scrub_stack() };
+    0
+}
+
+/// `leave_on_cpu`'s work, in a frame of its own below the scrub's reach.
+///
+/// # Safety
+/// As `leave_on_cpu`.
+#[inline(never)]
+unsafe fn leave(data: *mut core::ffi::c_void) {
+    // SAFETY: the same contract as ours.
     unsafe { remove_from_cpu(data) };
     if LEAVING.fetch_sub(1, Ordering::AcqRel) != 1 {
-        return 0;
+        return;
     }
-    let Some(stats) = crate::stats::all().get(this_cpu()) else { return 0 };
+    let Some(stats) = crate::stats::all().get(this_cpu()) else { return };
     // SAFETY: every other online CPU has left translation (`LEAVING`) and
     // waits in `stop_machine` until this callback returns; this CPU holds
     // no state reference.
@@ -188,7 +206,6 @@ unsafe extern "C" fn leave_on_cpu(data: *mut core::ffi::c_void) -> i32 {
         scan.words,
         rewritten
     );
-    0
 }
 
 unsafe extern "C" fn client_on_cpu(_: *mut core::ffi::c_void) -> i32 {
@@ -266,25 +283,29 @@ pub(crate) fn enable(native: NativeRange) -> Result {
     crate::entry::set_native_handlers(kernel_idt.iter().map(idt::Gate::handler));
     let syscall = crate::syscall::prologue(idt::rdmsr(MSR_LSTAR))?;
     let thunks = crate::mitigations::thunks();
-    // SAFETY: a NUL-terminated name; the helper only looks it up.
-    let ldt_return = unsafe { crate::ffi::kdbt_symbol(c"native_irq_return_ldt".as_ptr()) };
+    let ldt_return = ffi::symbol(c"native_irq_return_ldt");
     let setup = Setup { kernel_idt, syscall, native, ldt_return, cache_bytes: cache_kb() * 1024, thunks };
     let mut chunks = KVec::with_capacity(cpu::ids(), GFP_KERNEL)?;
     for _ in 0..cpu::ids() {
         chunks.push(None, GFP_KERNEL)?;
     }
-    let mut session = KBox::new(Session { setup, chunks }, GFP_KERNEL)?;
+    let mut session = KBox::new(Session { setup, chunks, switch: None }, GFP_KERNEL)?;
     let built = (0..cpu::ids()).filter(|&id| cpu_online(id)).try_for_each(|id| build_cpu(&mut session, id));
-    if let Err(e) = built.and_then(|()| on_all_cpus(install_on_cpu)) {
-        // Undo wherever the install got to before freeing anything.
-        let undone = on_all_cpus(remove_from_cpu);
-        if undone.is_ok() {
-            teardown(Some(session));
-        } else {
-            pr_crit!("cannot undo a failed enable; keeping its memory\n");
-            core::mem::forget(session);
+    let installed = built.and_then(|()| on_all_cpus(install_on_cpu));
+    // Once every CPU translates (`SwitchHook`).
+    match installed.and_then(|()| SwitchHook::register()) {
+        Ok(hook) => session.switch = Some(hook),
+        Err(e) => {
+            // Undo wherever the install got to before freeing anything.
+            let undone = on_all_cpus(remove_from_cpu);
+            if undone.is_ok() {
+                teardown(Some(session));
+            } else {
+                pr_crit!("cannot undo a failed enable; keeping its memory\n");
+                core::mem::forget(session);
+            }
+            return Err(e);
         }
-        return Err(e);
     }
     *SESSION.lock() = Some(session);
     ENABLED.store(true, Ordering::Release);
@@ -294,7 +315,12 @@ pub(crate) fn enable(native: NativeRange) -> Result {
 
 /// Gives every CPU back to native execution and frees the caches.
 pub(crate) fn disable() -> Result {
-    disable_locked(Control::wait(true)?)
+    let r = disable_locked(Control::wait(true)?);
+    // The teardown's frames, below this one, held addresses in the freed
+    // regions; the writer's later system calls must not find them.
+    // SAFETY: plain call; it writes only below this frame, in this task's stack.
+    unsafe { ffi::kdbt_scrub_stack() };
+    r
 }
 
 /// `disable`, which a signal cannot stop: the module is going away.
@@ -302,14 +328,26 @@ pub(crate) fn disable_at_unload() -> Result {
     disable_locked(Control::wait(false)?)
 }
 
+/// Not inlined: its frame and its callees' lie below `disable`'s, where the scrub reaches.
+#[inline(never)]
 fn disable_locked(_c: Control) -> Result {
     if !enabled() {
         return Ok(());
     }
     let _h = NoHotplug::new();
+    // While every CPU still runs `__schedule` translated (`SwitchHook`).
+    let switch = SESSION.lock().as_mut().and_then(|s| s.switch.take());
+    drop(switch);
     // Hotplug is off: every online CPU runs the callback.
     LEAVING.store((0..cpu::ids()).filter(|&id| cpu_online(id)).count(), Ordering::Release);
-    on_all_cpus(leave_on_cpu)?;
+    if let Err(e) = on_all_cpus(leave_on_cpu) {
+        // Still translating: the probe goes back (not under the spinlock: it sleeps).
+        let hook = SwitchHook::register().ok();
+        if let Some(s) = SESSION.lock().as_mut() {
+            s.switch = hook;
+        }
+        return Err(e);
+    }
     ENABLED.store(false, Ordering::Release);
     let session = SESSION.lock().take();
     teardown(session);

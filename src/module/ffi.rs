@@ -33,10 +33,12 @@ extern "C" {
     pub(crate) fn kdbt_control_unlock();
     pub(crate) fn kdbt_page_kernel() -> u64;
     pub(crate) fn kdbt_this_cpu() -> u32;
+    pub(crate) fn kdbt_scrub_stack();
     pub(crate) fn kdbt_recapture();
     pub(crate) fn kdbt_gate_init(native: u64);
     pub(crate) fn kdbt_gate_set(target: u64);
-    pub(crate) fn kdbt_switch_hook_register(gate_return: u64, gate_native: u64) -> u64;
+    pub(crate) fn kdbt_switch_probe() -> u64;
+    pub(crate) fn kdbt_switch_hook_register(gate_return: u64, gate_native: u64) -> i32;
     pub(crate) fn kdbt_switch_hook_unregister();
     pub(crate) fn kdbt_unsupported_entry() -> *const core::ffi::c_char;
     pub(crate) fn kdbt_resolve_symbols() -> i32;
@@ -62,6 +64,12 @@ extern "C" {
         scan: *mut crate::stack::StackScan,
     );
     pub(crate) fn kdbt_module_text(addr: u64, base: *mut u64, size: *mut u64, name: *mut u8) -> i32;
+}
+
+/// The address of the kernel symbol `name` (`kallsyms_lookup_name`), 0 if unknown.
+pub(crate) fn symbol(name: &core::ffi::CStr) -> u64 {
+    // SAFETY: `name` is NUL-terminated; the helper only looks it up.
+    unsafe { kdbt_symbol(name.as_ptr()) }
 }
 
 /// Room for what `sprint_symbol` writes (`KSYM_SYMBOL_LEN` is about 630).

@@ -125,18 +125,26 @@ static void find_switch_tp(struct tracepoint *tp, void *priv)
 		*(struct tracepoint **)priv = tp;
 }
 
-/* Returns the probe's address (which translated code must not call), or 0. */
-unsigned long kdbt_switch_hook_register(unsigned long gate_return, unsigned long gate_native)
+/* The probe's address, which translated code must not call. */
+unsigned long kdbt_switch_probe(void)
+{
+	return (unsigned long)kdbt_on_switch;
+}
+
+int kdbt_switch_hook_register(unsigned long gate_return, unsigned long gate_native)
 {
 	struct tracepoint *tp = NULL;
+	int r;
 
 	kdbt_gate_return_addr = gate_return;
 	kdbt_gate_native_addr = gate_native;
 	for_each_kernel_tracepoint(find_switch_tp, &tp);
-	if (!tp || tracepoint_probe_register(tp, kdbt_on_switch, NULL))
-		return 0;
-	kdbt_switch_tp = tp;
-	return (unsigned long)kdbt_on_switch;
+	if (!tp)
+		return -ENOENT;
+	r = tracepoint_probe_register(tp, kdbt_on_switch, NULL);
+	if (!r)
+		kdbt_switch_tp = tp;
+	return r;
 }
 
 void kdbt_switch_hook_unregister(void)
@@ -147,6 +155,25 @@ void kdbt_switch_hook_unregister(void)
 	/* No CPU is still inside the probe when the module's text goes. */
 	tracepoint_synchronize_unregister();
 	kdbt_switch_tp = NULL;
+}
+
+/*
+ * Zeroes the unused part of this task's kernel stack, below the caller's
+ * frame (with room for this function's own). kdbt's teardown runs natively
+ * in the knob writer's stack and leaves addresses in the regions it frees in
+ * slots it no longer uses, which the task's later frames need not overwrite
+ * (padding, locals not yet written): a stack scan would then find words that
+ * name freed code, though never as return addresses. An interrupt meanwhile
+ * pushes its frame below the stack pointer and is done with it before the
+ * loop goes on.
+ */
+noinline void kdbt_scrub_stack(void)
+{
+	unsigned long *p = end_of_stack(current) + 1;
+	unsigned long *hi = (unsigned long *)(current_stack_pointer - 256);
+
+	while (p < hi)
+		WRITE_ONCE(*p++, 0);
 }
 
 unsigned int kdbt_this_cpu(void)

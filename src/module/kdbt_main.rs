@@ -59,7 +59,6 @@ struct Kdbt {
     sysfs: Option<sysfs::Sysfs>,
     hotplug: Option<control::Hotplug>,
     hooks: Option<consistency::Hooks>,
-    switch: Option<switch_hook::SwitchHook>,
     table: Option<KBox<cpu::Table>>,
 }
 
@@ -84,9 +83,8 @@ impl Kdbt {
         let text = unsafe { &(*module.as_ptr()).mem[bindings::mod_mem_type_MOD_TEXT as usize] };
         NATIVE_START.store(text.base as u64, Ordering::Relaxed);
         NATIVE_END.store(text.base as u64 + u64::from(text.size), Ordering::Relaxed);
-        let mut this = Kdbt { sysfs: None, hotplug: None, hooks: None, switch: None, table: Some(cpu::Table::new()?) };
+        let mut this = Kdbt { sysfs: None, hotplug: None, hooks: None, table: Some(cpu::Table::new()?) };
         this.hooks = Some(consistency::Hooks::register()?);
-        this.switch = Some(switch_hook::SwitchHook::register()?);
         this.hotplug = Some(control::Hotplug::register()?);
         this.sysfs = Some(sysfs::Sysfs::new()?);
         report::create();
@@ -107,14 +105,12 @@ impl Drop for Kdbt {
             pr_crit!("disable at unload failed ({:?}): leaking kdbt's memory\n", e);
             core::mem::forget(self.hotplug.take());
             core::mem::forget(self.hooks.take());
-            core::mem::forget(self.switch.take());
             core::mem::forget(self.table.take());
             return;
         }
         self.hotplug = None;
         // No CPU translates any more: changes from now on concern no cache.
         self.hooks = None;
-        self.switch = None;
         let blocks = stats::total(|s| &s.blocks_translated);
         self.table = None;
         heap::exit();

@@ -29,27 +29,22 @@ const ARRAYS: [(&CStr, u64); 4] = [
     (c"__x86_indirect_its_thunk_array", 64),
 ];
 
-fn symbol(name: &CStr) -> u64 {
-    // SAFETY: `name` is NUL-terminated; the helper only looks it up.
-    unsafe { ffi::kdbt_symbol(name.as_ptr()) }
-}
-
 /// The thunks of the running kernel.
 pub(crate) fn thunks() -> Thunks {
     let mut t = Thunks::NONE;
     for (slot, name) in t.returns.iter_mut().zip(RETURNS) {
-        *slot = symbol(name);
+        *slot = ffi::symbol(name);
     }
     // The thunk the kernel patched its returns to, should it be none of the
     // named ones (a mitigation newer than this list).
-    let var = symbol(c"x86_return_thunk");
+    let var = ffi::symbol(c"x86_return_thunk");
     if var != 0 {
         if let (Some(slot), Some(v)) = (t.returns.get_mut(RETURNS.len()), crate::dispatch::read_u64(var)) {
             *slot = v;
         }
     }
     for (slot, (name, stride)) in t.indirect.iter_mut().zip(ARRAYS) {
-        *slot = ThunkArray { base: symbol(name), stride };
+        *slot = ThunkArray { base: ffi::symbol(name), stride };
     }
     let returns = t.returns.iter().filter(|&&a| a != 0).count();
     let arrays = t.indirect.iter().filter(|a| a.base != 0).count();

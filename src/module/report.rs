@@ -73,8 +73,7 @@ impl Text {
 }
 
 fn core_text() -> Text {
-    // SAFETY: plain calls with static C strings.
-    let (start, end) = unsafe { (ffi::kdbt_symbol(c"_stext".as_ptr()), ffi::kdbt_symbol(c"_etext".as_ptr())) };
+    let (start, end) = (ffi::symbol(c"_stext"), ffi::symbol(c"_etext"));
     let mut name = [0u8; ffi::MODULE_NAME_LEN];
     name[..7].copy_from_slice(b"vmlinux");
     Text { base: start, size: end.saturating_sub(start), name }

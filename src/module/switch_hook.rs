@@ -18,11 +18,11 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kernel::error::{code::ENOENT, Result};
+use kernel::error::{Error, Result};
 
 use crate::{entry, ffi, stats};
 
-/// The probe's address while registered, else 0.
+/// The probe's address while registered (or being registered), else 0.
 static PROBE: AtomicU64 = AtomicU64::new(0);
 
 /// The probe's address (0 when none is registered): translated calls to it are elided.
@@ -30,23 +30,31 @@ pub(crate) fn probe() -> u64 {
     PROBE.load(Ordering::Relaxed)
 }
 
-/// The probe on `sched_switch`.
+/// The probe on `sched_switch`, registered while translation is on: the
+/// registration patches `__schedule` (a jump label and a static call), which
+/// every CPU then runs from its code cache; under QEMU's multi-threaded TCG a
+/// patch of code other vCPUs run natively can leave them a stale `int3`
+/// (docs/testing.md, "Known flake").
 ///
 /// # Invariants
 /// While the value lives, `helpers.c`'s probe is registered and [`PROBE`] is its address.
 pub(crate) struct SwitchHook(());
 
 impl SwitchHook {
-    /// Registers it. Process context, at load (before any CPU translates).
+    /// Registers it. Process context, control lock held.
     pub(crate) fn register() -> Result<Self> {
+        // Published first: a block translated while the static call changes
+        // already elides it.
+        // SAFETY: plain call; returns the probe's address.
+        PROBE.store(unsafe { ffi::kdbt_switch_probe() }, Ordering::Relaxed);
         // SAFETY: registers `helpers.c`'s probe, which reads the two gate
         // addresses, this CPU's gate word, and calls `kdbt_native_switch`.
-        let probe = unsafe { ffi::kdbt_switch_hook_register(entry::gate_return(), entry::gate_native()) };
-        if probe == 0 {
-            kernel::pr_err!("cannot probe sched_switch; refusing to load\n");
-            return Err(ENOENT);
+        let r = unsafe { ffi::kdbt_switch_hook_register(entry::gate_return(), entry::gate_native()) };
+        if r != 0 {
+            PROBE.store(0, Ordering::Relaxed);
+            kernel::pr_err!("cannot probe sched_switch ({})\n", r);
+            return Err(Error::from_errno(r));
         }
-        PROBE.store(probe, Ordering::Relaxed);
         // INVARIANT: registered, and its address published.
         Ok(SwitchHook(()))
     }

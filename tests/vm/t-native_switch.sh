@@ -1,9 +1,12 @@
 #!/bin/sh
 # A knob writer sleeps inside kdbt (natively): `echo 1 > flush` waits in
-# stop_machine, so its CPU switches to the stopper with a native __schedule.
-# The sched_switch probe counts each such switch (stats/native_switches) and
-# sends the reschedule IPI that brings the next task back under translation.
-# Translated switches never count: a pipeline's thousands of context switches
+# stop_machine, so its CPU switches to the stopper with a native __schedule,
+# unless an interrupt came first: the kernel function it interrupted (inside
+# the wait) goes on translated, kdbt's iretq being a hook, and so does the
+# switch. The sched_switch probe counts the switches made natively
+# (stats/native_switches) and sends the reschedule IPI that brings the next
+# task back under translation; 20 flushes make some (14 to 20 seen).
+# Translated switches never count: a pipeline's hundreds of context switches
 # add none (or only the few of kdbt's own sysfs reads that slept).
 . ./lib.sh
 K=/sys/kernel/kdbt
@@ -22,7 +25,7 @@ n=20
 for i in $(seq 1 $n); do echo 1 > $K/flush || fail "flush $i failed"; done
 s2=$(kdbt_stat native_switches)
 echo "$n flushes: $((s2 - s1)) native switches"
-[ $((s2 - s1)) -ge $n ] || fail "$n flushes slept in stop_machine, but only $((s2 - s1)) native switches seen"
+[ $((s2 - s1)) -ge 1 ] || fail "$n flushes slept in stop_machine, but no native switch was seen"
 # The tasks switched to natively came back: the workload still runs translated.
 d0=$(kdbt_stat dispatcher_entries)
 out=$(seq 1 2000 | sort -rn | head -1)
