@@ -132,6 +132,38 @@ fn translation_under_allocation_failure_reports_out_of_memory_and_recovers_after
 }
 
 #[test]
+fn the_stale_bitmap_is_allocated_only_when_turned_on_and_failing_leaves_it_off() {
+    let mut cache = CodeCache::new(vec![0u8; 8 << 20], 0x1_0000_0000, kernel_config()).unwrap();
+    let words = (8 << 20) / 4096;
+    let r = with_budget(Some(words * 8 - 1), || cache.track_stale(true));
+    assert_eq!(r, Err(Error::OutOfMemory));
+    assert!(!cache.tracks_stale() && cache.stale_words().is_empty());
+    let Some((addr, text)) = busybox() else {
+        eprintln!("no /bin/busybox: skipped");
+        return;
+    };
+    let (blocks, err) = sweep(&mut cache, addr, &text);
+    assert!(blocks > 1000 && err.is_none(), "{blocks} {err:?}");
+    // Off: invalidating allocates nothing and marks nothing.
+    let n = with_budget(Some(0), || cache.invalidate_range(addr, addr + 4096)).unwrap();
+    assert!(n > 0);
+    let r = with_budget(Some(words * 8), || cache.track_stale(true));
+    assert_eq!(r, Ok(()), "exactly the words");
+    assert_eq!(cache.stale_words().len(), words);
+    let stale = |c: &CodeCache<Vec<u8>>| c.stale_words().iter().filter(|&&w| w != 0).count();
+    let marked = stale(&cache);
+    assert!(marked > 0, "the fragments invalidated before");
+    // On: neither invalidation nor the flush allocates.
+    let end = addr + text.len() as u64;
+    let more = with_budget(Some(0), || cache.invalidate_range(addr + 4096, end)).unwrap();
+    assert!(more > 0);
+    assert!(stale(&cache) > marked);
+    with_budget(Some(0), || cache.flush());
+    assert_eq!(stale(&cache), 0);
+    assert!(cache.tracks_stale());
+}
+
+#[test]
 fn a_cache_whose_buffers_cannot_be_reserved_is_not_created() {
     let arena = vec![0u8; 1 << 20];
     let r = with_budget(Some(0), || {

@@ -107,7 +107,8 @@ pub enum CacheWord {
 /// been, since the last flush, 0 or lookup entries of fragments of one guest PC;
 /// `fragments` are sorted by `start` and by first exit; every linked body branch jumps to
 /// the entry of a live fragment whose incoming list holds it, every other direct branch
-/// jumps to its own exit stub (so the code itself records the links).
+/// jumps to its own exit stub (so the code itself records the links); the stale bitmap,
+/// when kept, has exactly the bits of the chunks overlapping invalidated fragments' code.
 pub struct CodeCache<A> {
     arena: A,
     arena_len: usize,
@@ -133,6 +134,8 @@ pub struct CodeCache<A> {
     counters_used: u32,
     /// Executed by several CPUs while it changes ([`Self::set_shared`]).
     shared: bool,
+    /// The stale bitmap's words, empty when not kept (`stale.rs`).
+    pub(crate) stale: Vec<u64>,
 }
 
 impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
@@ -166,6 +169,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             client: None,
             counters_used: 0,
             shared: false,
+            stale: Vec::new(),
         };
         cache.scratch.reserve()?;
         crate::decode::warm_up(&mut cache.scratch.encoded);
@@ -206,7 +210,8 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
 
     /// Heap bytes the cache holds: every structure's capacity times its element size
     /// (fragment records, exits' incoming links, the guest-PC index, rollback shapes,
-    /// translation buffers). Not counted: iced's one-time tables (see `docs/engine.md`).
+    /// translation buffers, the stale bitmap). Not counted: iced's one-time tables (see
+    /// `docs/engine.md`).
     pub fn metadata_bytes(&self) -> usize {
         use core::mem::size_of;
         self.fragments.capacity() * size_of::<Fragment>()
@@ -214,6 +219,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
             + self.next_incoming.capacity() * 4
             + self.shapes.capacity() * size_of::<Shape>()
             + self.scratch.heap_bytes()
+            + self.stale.capacity() * 8
     }
 
     /// Bytes of the code area.
@@ -654,11 +660,11 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         }
     }
 
-    /// Drops every fragment, exit and table entry. Exit and fragment ids of before are no
-    /// longer valid; under the Fast policy, code-cache return addresses on live stacks
-    /// become dangling (the caller must rewrite or discard those stacks). The records'
-    /// memory goes back to the heap, so the heap the cache holds follows the code it
-    /// describes rather than its peak.
+    /// Drops every fragment, exit and table entry, and clears the stale bitmap. Exit and
+    /// fragment ids of before are no longer valid; under the Fast policy, code-cache return
+    /// addresses on live stacks become dangling (the caller must rewrite or discard those
+    /// stacks). The records' memory goes back to the heap, so the heap the cache holds
+    /// follows the code it describes rather than its peak.
     pub fn flush(&mut self) {
         self.harvest();
         // A stale code-cache address still in use (a return address under Fast that the
@@ -676,6 +682,8 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         self.counters_used = 0;
         self.generation = self.generation.wrapping_add(1);
         self.clear_table();
+        // Kept in place (its address may be in generated code), and no allocation.
+        self.stale.fill(0);
         self.stats.flushes += 1;
     }
 

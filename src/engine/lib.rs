@@ -34,6 +34,7 @@ mod link;
 mod memory;
 mod meta;
 mod pcmap;
+mod stale;
 mod stats;
 mod thunks;
 mod translate;
@@ -51,5 +52,6 @@ pub use exit::{
 pub use hooks::HookClass;
 pub use memory::{GuestMemory, MemoryFault, SliceMemory};
 pub use pcmap::{Frame, Gpr, PcMapping, Restore, RipSource, Rollback, StackReadFault};
+pub use stale::{STALE_CHUNK, STALE_CHUNK_SHIFT};
 pub use stats::Stats;
 pub use thunks::{ThunkArray, Thunks};

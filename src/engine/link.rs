@@ -173,7 +173,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
     /// Removes fragment `id` from use: unlinks every exit into it and out of it, and drops
     /// it from the lookup table and the guest-PC index. Its code stays in the arena (and
     /// keeps mapping back through the PC map) until the next flush, so threads still
-    /// inside it finish safely.
+    /// inside it finish safely; its chunks become stale ([`Self::track_stale`]).
     pub fn invalidate(&mut self, id: FragmentId) -> Result<(), Error> {
         let pc = self.retire(id)?;
         self.remove_guest(pc, id);
@@ -215,6 +215,7 @@ impl<A: AsRef<[u8]> + AsMut<[u8]>> CodeCache<A> {
         if let Some(f) = self.fragments.get_mut(id.0 as usize) {
             f.kill();
         }
+        self.mark_stale(id.0 as usize);
         Ok(pc)
     }
 
