@@ -180,23 +180,47 @@ fn counts(out: &mut Report, s: &mut Snapshot) -> Result {
     Ok(())
 }
 
+/// The name of drcov's module for code in no text.
+const OTHER_TEXT: &[u8] = b"[other kernel text]";
+
+/// drcov's modules: the snapshot's texts, then, when some ranges lie in none
+/// of them (ftrace and kprobe trampolines, BPF programs), one more spanning
+/// those, so that every range has its record, as in the text report.
+fn drcov_texts(s: &Snapshot) -> Result<VVec<Text>> {
+    let mut texts = VVec::with_capacity(s.texts.len() + 1, GFP)?;
+    for t in s.texts.iter() {
+        texts.push(*t, GFP)?;
+    }
+    let other = s.ranges.iter().filter(|r| !s.texts.iter().any(|t| t.contains(r.start))).fold(None, |span, r| {
+        let end = r.start + u64::from(r.len);
+        Some(span.map_or((r.start, end), |(lo, hi): (u64, u64)| (lo.min(r.start), hi.max(end))))
+    });
+    if let Some((lo, hi)) = other {
+        let mut name = [0u8; ffi::MODULE_NAME_LEN];
+        name[..OTHER_TEXT.len()].copy_from_slice(OTHER_TEXT);
+        texts.push(Text { base: lo, size: hi - lo, name }, GFP)?;
+    }
+    Ok(texts)
+}
+
 /// DynamoRIO's drcov format, version 2: a module table, then one binary
 /// record per block (offset from its module's base, size, module id).
 fn drcov(out: &mut Report, s: &Snapshot) -> Result {
+    let texts = drcov_texts(s)?;
     let blocks = || {
         s.ranges.iter().filter_map(|r| {
-            let id = s.texts.iter().position(|t| t.contains(r.start))?;
-            let t = s.texts.get(id)?;
+            let id = texts.iter().position(|t| t.contains(r.start))?;
+            let t = texts.get(id)?;
             Some((u32::try_from(r.start - t.base).ok()?, u16::try_from(r.len).ok()?, id as u16))
         })
     };
     (|| -> core::fmt::Result {
         writeln!(out, "DRCOV VERSION: 2")?;
         writeln!(out, "DRCOV FLAVOR: kdbt")?;
-        writeln!(out, "Module Table: version 2, count {}", s.texts.len())?;
+        writeln!(out, "Module Table: version 2, count {}", texts.len())?;
         writeln!(out, "Columns: id, base, end, entry, checksum, timestamp, path")?;
-        for (i, t) in s.texts.iter().enumerate() {
-            let ko = if i == 0 { "" } else { ".ko" };
+        for (i, t) in texts.iter().enumerate() {
+            let ko = if i == 0 || i == s.texts.len() { "" } else { ".ko" };
             writeln!(out, "{:3}, {:#018x}, {:#018x}, 0x0000000000000000, 0x00000000, 0x00000000, {}{}", i, t.base, t.base + t.size, t.name(), ko)?;
         }
         writeln!(out, "BB Table: {} bbs", blocks().count())
