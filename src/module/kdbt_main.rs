@@ -6,7 +6,8 @@
 //! and off), `idt` + `entry` (shadow IDT, entry stubs), `dispatch` (the
 //! dispatcher: PC rewriting, rollback, translate-and-run), `cpu` (per-CPU
 //! state), `execmem` (executable cache memory), `heap` (the allocator behind
-//! `alloc`), `stats` + `sysfs` (the user interface), `client` + `report` (the
+//! `alloc`), `consistency` (code changes), `switch_hook` (tasks switched to
+//! natively), `stats` + `sysfs` (the user interface), `client` + `report` (the
 //! instrumentation clients and their debugfs reports). Translation itself is
 //! the `kdbt_engine` crate.
 
