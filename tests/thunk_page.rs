@@ -16,7 +16,7 @@ mod thunk_page;
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand, Register};
 use kdbt_engine::CallRetPolicy;
 use kdbt_host::{Options, Placement, Runtime};
-use thunk_page::{stub_undo, thunks, Entries, StubUndo, NMI_VECTOR, VECTORS};
+use thunk_page::{exit_undo, stub_undo, thunks, Entries, StubUndo, NMI_VECTOR, VECTORS};
 
 const EXEC: u64 = 0xffff_ffff_c000_0000;
 const DATA: u64 = EXEC + 0x80_0000;
@@ -37,14 +37,26 @@ fn prologue() -> Vec<Instruction> {
 }
 
 fn page() -> Vec<u8> {
+    page_of_cpu(3)
+}
+
+fn page_of_cpu(cpu: u32) -> Vec<u8> {
     let mut page = vec![0u8; thunks::SIZE];
     let entries = Entries {
         idt_common: EXEC - 0x10_0000,
         exit_common: EXEC - 0x10_0100,
         log_published: LOG_PUBLISHED,
     };
-    thunk_page::write_thunks(&mut page, EXEC, DATA, 3, |v| v == 14, &prologue(), entries)
-        .expect("thunk page");
+    thunk_page::write_thunks(
+        &mut page,
+        EXEC,
+        DATA,
+        cpu,
+        |v| v == 14,
+        &prologue(),
+        entries,
+    )
+    .expect("thunk page");
     page
 }
 
@@ -72,19 +84,102 @@ fn thunk_offsets_the_dispatcher_rolls_back_by_match_the_encoding() {
     let page = page();
     let mut off = thunks::EXIT;
     let mut ends = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         off += first(&page, off).len();
         ends.push(off);
     }
     let want = [
         thunks::EXIT_PUSHFQ,
         thunks::EXIT_CLI,
-        thunks::EXIT_PUSH_CPU,
+        thunks::EXIT_PUSH_RAX,
+        thunks::EXIT_MOV,
+        thunks::EXIT_LSL,
+        thunks::EXIT_AND,
+        thunks::EXIT_XCHG,
         thunks::EXIT_JMP,
     ];
     assert_eq!(ends, want);
     assert_eq!(first(&page, thunks::EXIT_PUSHFQ).code(), Code::Pushfq);
     assert_eq!(first(&page, thunks::RESUME_IRETQ).code(), Code::Iretq);
+}
+
+/// The exit thunk pushes what the common exit expects (the guest's rflags, then the CPU
+/// id, rax unchanged), read from the CPUNODE segment, so that its code is the same on
+/// every CPU; each instruction boundary has the undo the dispatcher applies there.
+#[test]
+fn exit_thunk_finds_its_cpu_without_naming_it() {
+    let page3 = page_of_cpu(3);
+    let page5 = page_of_cpu(5);
+    let exit = thunks::EXIT..thunks::EXIT_JMP + 5;
+    assert_eq!(page3[exit.clone()], page5[exit.clone()]);
+    assert_ne!(
+        page3[..thunks::SYSCALL],
+        page5[..thunks::SYSCALL],
+        "vector stubs name the CPU"
+    );
+
+    let mov = first(&page3, thunks::EXIT_MOV);
+    assert_eq!(
+        (mov.code(), mov.op0_register(), mov.immediate32()),
+        (Code::Mov_r32_imm32, Register::EAX, 15 * 8 + 3)
+    );
+    let lsl = first(&page3, thunks::EXIT_LSL);
+    assert_eq!(
+        (lsl.code(), lsl.op0_register(), lsl.op1_register()),
+        (Code::Lsl_r32_r32m16, Register::EAX, Register::EAX)
+    );
+    let and = first(&page3, thunks::EXIT_AND);
+    assert_eq!(
+        (and.code(), and.immediate32()),
+        (Code::And_EAX_imm32, 0xfff)
+    );
+    let xchg = first(&page3, thunks::EXIT_XCHG);
+    assert_eq!(
+        (
+            xchg.code(),
+            xchg.memory_base(),
+            xchg.memory_displacement64(),
+            xchg.op1_register()
+        ),
+        (Code::Xchg_rm64_r64, Register::RSP, 0, Register::RAX)
+    );
+    let jmp = first(&page3, thunks::EXIT_JMP);
+    assert_eq!(
+        (jmp.code(), jmp.near_branch_target()),
+        (Code::Jmp_rel32_64, EXEC - 0x10_0100)
+    );
+
+    let undo = |pushed, rflags, rax| {
+        Some(StubUndo {
+            pushed,
+            rflags,
+            rax,
+        })
+    };
+    assert_eq!(exit_undo(thunks::EXIT), undo(0, None, None));
+    assert_eq!(exit_undo(thunks::EXIT_PUSHFQ), undo(0, None, None));
+    assert_eq!(exit_undo(thunks::EXIT_CLI), undo(1, Some(0), None));
+    assert_eq!(exit_undo(thunks::EXIT_PUSH_RAX), undo(1, Some(0), None));
+    for at in [
+        thunks::EXIT_MOV,
+        thunks::EXIT_LSL,
+        thunks::EXIT_AND,
+        thunks::EXIT_XCHG,
+    ] {
+        assert_eq!(exit_undo(at), undo(2, Some(1), Some(0)), "offset {at:#x}");
+    }
+    assert_eq!(exit_undo(thunks::EXIT_JMP), undo(2, Some(1), None));
+    // Nothing but instruction boundaries inside the thunk.
+    let boundaries: Vec<usize> = (thunks::EXIT..thunks::RESUME)
+        .filter(|&o| exit_undo(o).is_some())
+        .collect();
+    let mut want = vec![thunks::EXIT];
+    let mut off = thunks::EXIT;
+    while off < thunks::EXIT_JMP {
+        off += first(&page3, off).len();
+        want.push(off);
+    }
+    assert_eq!(boundaries, want);
 }
 
 #[test]
@@ -248,4 +343,45 @@ fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
             assert!(indirect > 0, "far placement: no exit went through the slot");
         }
     }
+}
+
+/// The selector and mask the exit thunk uses give the CPU id on a real kernel: `lsl`
+/// works at CPL 3 too (the vDSO's `getcpu`), so this process pinned to each CPU in turn
+/// reads that CPU's id.
+#[test]
+fn cpunode_selector_names_the_running_cpu() {
+    // SAFETY: plain libc calls on this thread's own affinity.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .take(8)
+        .collect();
+    assert!(!cpus.is_empty());
+    for cpu in cpus {
+        // SAFETY: plain libc calls on this thread's own affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                0
+            );
+        }
+        let limit: u32;
+        // SAFETY: `lsl` only reads the descriptor table.
+        unsafe {
+            std::arch::asm!("lsl {l:e}, {s:e}", s = in(reg) u32::from(thunk_page::CPUNODE_SELECTOR),
+                l = lateout(reg) limit, options(nostack))
+        };
+        assert_eq!((limit & thunk_page::CPUNODE_CPU_MASK) as usize, cpu);
+    }
+    // SAFETY: gives this thread its affinity back.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&allowed), &allowed) };
 }

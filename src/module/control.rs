@@ -149,11 +149,13 @@ fn recapture() {
 unsafe extern "C" fn install_on_cpu(_: *mut core::ffi::c_void) -> i32 {
     // SAFETY: stop_machine runs this on each CPU with interrupts off.
     match unsafe { cpu::get(this_cpu()) } {
-        Some(cpu) => {
-            cpu.install();
-            recapture();
-            0
-        }
+        Some(cpu) => match cpu.install() {
+            Ok(()) => {
+                recapture();
+                0
+            }
+            Err(e) => e.to_errno(),
+        },
         None => -(bindings::ENODEV as i32),
     }
 }
@@ -427,10 +429,15 @@ unsafe extern "C" fn cpu_online_cb(id: u32) -> i32 {
         pr_warn!("cpu {} came online but stays native: {:?}\n", id, e);
         return 0;
     }
-    let _irq = IrqGuard::new();
-    // SAFETY: this is CPU `id`, interrupts are off, and its state was just published.
-    if let Some(cpu) = unsafe { cpu::get(id) } {
-        cpu.install();
+    let installed = {
+        let _irq = IrqGuard::new();
+        // SAFETY: this is CPU `id`, interrupts are off, and its state was just published.
+        unsafe { cpu::get(id) }.map(CpuState::install)
+    };
+    if let Some(Err(e)) = installed {
+        pr_warn!("cpu {} came online but stays native: {:?}\n", id, e);
+        // Never installed: no entry path can be using it.
+        drop(cpu::take(id));
     }
     0
 }

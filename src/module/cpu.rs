@@ -250,7 +250,12 @@ impl CpuState {
     }
 
     /// Puts this CPU under translation. Runs on the CPU itself, interrupts off.
-    pub(crate) fn install(&mut self) {
+    /// `EINVAL` (nothing changed) if the exit thunk would not find this CPU's id.
+    pub(crate) fn install(&mut self) -> Result {
+        if idt::cpunode_cpu().map(|c| c as usize) != Some(self.id) {
+            pr_err!("cpu {}: its CPUNODE segment does not name it\n", self.id);
+            return Err(EINVAL);
+        }
         let slot = &table_slots()[self.id];
         slot.stack_top.store(self.stack_top(), Ordering::Relaxed);
         slot.kernel_gs.store(idt::rdmsr(crate::ffi::MSR_GS_BASE), Ordering::Relaxed);
@@ -268,6 +273,7 @@ impl CpuState {
             idt::wrmsr(crate::ffi::MSR_LSTAR, self.exec + thunks::SYSCALL as u64);
             crate::ffi::kdbt_gate_set(self.exec + thunks::EXIT as u64);
         }
+        Ok(())
     }
 
     /// Gives this CPU back to the kernel's IDT and syscall entry. Runs on the

@@ -22,7 +22,7 @@ use kernel::prelude::*;
 use crate::consistency;
 use crate::cpu::{self, CpuState, NativeRange};
 use crate::entry::{thunks, EntryFrame, ExitFrame, HwFrame, DESC_ERROR_CODE, DESC_PRIVATE_STACK, GATE_EXIT};
-use crate::thunk_page::{stub_undo, StubUndo};
+use crate::thunk_page::{exit_undo, stub_undo, StubUndo};
 use crate::debugreg;
 use crate::ffi;
 use crate::stats::{bump, CpuStats};
@@ -326,24 +326,23 @@ fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFra
         *hw = HwFrame { rip, ..frame };
         bump(&stats.pc_rewrites);
         return true;
-    } else if (thunks::EXIT..thunks::RESUME).contains(&(off as usize)) {
+    } else if let Some(undo) = exit_undo(off as usize) {
         // Inside the exit thunk: the exit frame is on the stack, below it the
-        // guest flags (once `pushfq` ran) and the CPU id (once pushed).
-        let pushed = match off as usize {
-            thunks::EXIT | thunks::EXIT_PUSHFQ => 0,
-            thunks::EXIT_CLI | thunks::EXIT_PUSH_CPU => 1,
-            thunks::EXIT_JMP => 2,
-            _ => return false,
-        };
-        let base = hw.rsp + pushed * 8;
-        let (Some(id), Some(aux)) = (read_u64(base), read_u64(base + 8)) else { return false };
+        // words the thunk pushed (the guest's rflags and rax, the CPU id).
+        let word = |i: u64| read_u64(hw.rsp + 8 * i);
+        let base = undo.pushed;
+        let (Some(id), Some(aux)) = (word(base), word(base + 1)) else { return false };
         let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
-        if pushed > 0 {
-            let Some(flags) = read_u64(hw.rsp + (pushed - 1) * 8) else { return false };
+        if let Some(i) = undo.rflags {
+            let Some(flags) = word(i) else { return false };
             hw.rflags = flags;
         }
+        if let Some(i) = undo.rax {
+            let Some(rax) = word(i) else { return false };
+            regs.rax = rax;
+        }
         bump(&stats.rollbacks);
-        (pc, pushed * 8 + kdbt_engine::FRAME_SIZE)
+        (pc, undo.pushed * 8 + kdbt_engine::FRAME_SIZE)
     } else {
         return false;
     };

@@ -73,17 +73,33 @@ pub(crate) mod thunks {
     pub(crate) const SYSCALL: usize = 256 * VECTOR_STUB;
     /// The 8-byte target of the `syscall` stub.
     pub(crate) const SYSCALL_TARGET: usize = SYSCALL + 56;
-    /// `endbr64; pushfq; cli; push cpu; jmp exit_common`: the engine's dispatcher entry.
+    /// The exit thunk, the engine's dispatcher entry. It names no CPU, so one
+    /// copy can serve a cache that every CPU runs: it finds the CPU id with
+    /// `lsl` of the CPUNODE segment (`vdso_read_cpunode`), which needs no GS
+    /// base (GS may be the user's in the kernel's entry code). Offsets within it:
+    /// ```text
+    ///  0 endbr64
+    ///  4 pushfq
+    ///  5 cli
+    ///  6 push rax
+    ///  7 mov eax, CPUNODE_SELECTOR
+    /// 12 lsl eax, eax
+    /// 15 and eax, CPUNODE_CPU_MASK
+    /// 20 xchg [rsp], rax       ; the CPU id where `push cpu` used to leave it
+    /// 24 jmp exit_common
+    /// ```
     pub(crate) const EXIT: usize = SYSCALL + 64;
-    /// The exit thunk's `pushfq` and `cli`: with `EXIT`, where it runs with
-    /// interrupts on (0, 0 and 1 words pushed).
     pub(crate) const EXIT_PUSHFQ: usize = EXIT + 4;
     pub(crate) const EXIT_CLI: usize = EXIT + 5;
-    /// The exit thunk's `push cpu` and `jmp`.
-    pub(crate) const EXIT_PUSH_CPU: usize = EXIT + 6;
-    pub(crate) const EXIT_JMP: usize = EXIT + 11;
+    pub(crate) const EXIT_PUSH_RAX: usize = EXIT + 6;
+    pub(crate) const EXIT_MOV: usize = EXIT + 7;
+    pub(crate) const EXIT_LSL: usize = EXIT + 12;
+    pub(crate) const EXIT_AND: usize = EXIT + 15;
+    pub(crate) const EXIT_XCHG: usize = EXIT + 20;
+    pub(crate) const EXIT_JMP: usize = EXIT + 24;
     /// `lea rsp, [rip + iret frame]; iretq`.
     pub(crate) const RESUME: usize = SYSCALL + 96;
+    const _: () = assert!(EXIT_JMP + 5 <= RESUME);
     pub(crate) const RESUME_IRETQ: usize = RESUME + 7;
     /// The 40-byte iret frame the resume thunk loads.
     pub(crate) const IRET_FRAME: usize = SYSCALL + 128;
@@ -138,6 +154,58 @@ pub(crate) fn stub_undo(off: usize) -> Option<StubUndo> {
         rflags,
         rax,
     })
+}
+
+/// `__CPUNODE_SEG` (`arch/x86/include/asm/segment.h`, 64-bit): the GDT entry
+/// whose limit is `node << 12 | cpu` on every CPU (`setup_getcpu`). kdbt checks
+/// on each CPU before it translates there that `lsl` of it gives the CPU's id.
+pub(crate) const CPUNODE_SELECTOR: u16 = 15 * 8 + 3;
+/// `VDSO_CPUNODE_MASK`: the CPU id's bits of that limit.
+pub(crate) const CPUNODE_CPU_MASK: u32 = 0xfff;
+
+/// The undo of an event at page offset `off` inside the exit thunk: the words
+/// it pushed above the exit frame and where it saved the guest's rflags and
+/// rax meanwhile; `None` outside it or between instructions.
+pub(crate) fn exit_undo(off: usize) -> Option<StubUndo> {
+    let (pushed, rflags, rax) = match off {
+        thunks::EXIT | thunks::EXIT_PUSHFQ => (0, None, None),
+        thunks::EXIT_CLI | thunks::EXIT_PUSH_RAX => (1, Some(0), None),
+        thunks::EXIT_MOV | thunks::EXIT_LSL | thunks::EXIT_AND | thunks::EXIT_XCHG => {
+            (2, Some(1), Some(0))
+        }
+        thunks::EXIT_JMP => (2, Some(1), None),
+        _ => return None,
+    };
+    Some(StubUndo {
+        pushed,
+        rflags,
+        rax,
+    })
+}
+
+/// The exit thunk's instructions (see [`thunks::EXIT`]).
+pub(crate) fn exit_thunk(exit_common: u64) -> Option<[Instruction; 9]> {
+    Some([
+        Instruction::with(Code::Endbr64),
+        Instruction::with(Code::Pushfq),
+        Instruction::with(Code::Cli),
+        Instruction::with1(Code::Push_r64, Register::RAX).ok()?,
+        Instruction::with2(
+            Code::Mov_r32_imm32,
+            Register::EAX,
+            u32::from(CPUNODE_SELECTOR),
+        )
+        .ok()?,
+        Instruction::with2(Code::Lsl_r32_r32m16, Register::EAX, Register::EAX).ok()?,
+        Instruction::with2(Code::And_EAX_imm32, Register::EAX, CPUNODE_CPU_MASK).ok()?,
+        Instruction::with2(
+            Code::Xchg_rm64_r64,
+            MemoryOperand::with_base(Register::RSP),
+            Register::RAX,
+        )
+        .ok()?,
+        Instruction::with_branch(Code::Jmp_rel32_64, exit_common).ok()?,
+    ])
 }
 
 /// kdbt's entry code the thunks jump to.
@@ -295,21 +363,19 @@ pub(crate) fn write_thunks(
         &syscall,
         &mut offsets,
     )?;
-    let exit = [
-        Instruction::with(Code::Endbr64),
-        Instruction::with(Code::Pushfq),
-        Instruction::with(Code::Cli),
-        Instruction::with1(Code::Pushq_imm32, cpu).ok()?,
-        Instruction::with_branch(Code::Jmp_rel32_64, entries.exit_common).ok()?,
-    ];
+    let exit = exit_thunk(entries.exit_common)?;
     // The dispatcher's rollback of an event inside the exit thunk relies on these offsets.
-    let mut ends = [0; 4];
+    let mut ends = [0; 8];
     emit(page, exec, thunks::EXIT, thunks::RESUME, &exit, &mut ends)?;
     if ends
         != [
             thunks::EXIT_PUSHFQ,
             thunks::EXIT_CLI,
-            thunks::EXIT_PUSH_CPU,
+            thunks::EXIT_PUSH_RAX,
+            thunks::EXIT_MOV,
+            thunks::EXIT_LSL,
+            thunks::EXIT_AND,
+            thunks::EXIT_XCHG,
             thunks::EXIT_JMP,
         ]
     {
