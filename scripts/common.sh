@@ -64,7 +64,7 @@ estimate() {
     case "$1/$2" in
         small/default) echo 1000 ;; small/mincache) echo 400 ;; small/smp1) echo 60 ;;
         small/smp4) echo 150 ;; small/smp8) echo 230 ;; small/smp64max2) echo 170 ;;
-        small/smp2max1) echo 70 ;; distro/all4) echo 1050 ;; distro/rethunk) echo 70 ;;
+        small/smp2max1) echo 70 ;; distro/all4) echo 1080 ;; distro/rethunk) echo 70 ;;
         distro/intel) echo 65 ;; distro/intelpti) echo 35 ;; *) echo 300 ;;
     esac
 }
