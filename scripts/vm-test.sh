@@ -114,9 +114,21 @@ for pass in $passes; do
     [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
     echo "== vm pass: $name (-smp $smp -m $mem${cpu:+ -cpu $cpu}${extra:+, $extra}${only:+, tests $only})"
     t0=$(date +%s)
-    KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
-        "$here/vm.sh" test "$log" "$limit"
-    rc=$?
+    for attempt in 1 2; do
+        KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
+            "$here/vm.sh" test "$log" "$limit"
+        rc=$?
+        # QEMU's multi-threaded TCG can run a stale int3 of a jump-label patch
+        # the kernel makes while it boots (docs/testing.md, "Known flake"):
+        # an oops before kdbt was loaded and before the first test is the
+        # host's, and the pass boots once more (its time counts).
+        [ "$attempt" = 1 ] && grep -aq 'Oops: int3' "$log" && ! grep -aq 'kdbt: loaded' "$log" &&
+            ! grep -aq '^TAP version' "$log" || break
+        echo "# retry - $name: native int3 oops while booting, before kdbt was loaded ($(grep -a -m1 'RIP:' "$log" | tr -s ' '))"
+        cp "$log" "$log.flake"
+        left=$(budget_left)
+        [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
+    done
     took=$(( $(date +%s) - t0 ))
     echo "== vm pass: $name took $took s (timeout $limit s)"
     # Only a whole pass says how fast this host is.
