@@ -111,10 +111,11 @@ for pass in $passes; do
         skipped=$((skipped + 1)); continue
     fi
     limit=$(( ${KDBT_VM_TIMEOUT:-$limit} * slow / 100 ))
-    [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
     echo "== vm pass: $name (-smp $smp -m $mem${cpu:+ -cpu $cpu}${extra:+, $extra}${only:+, tests $only})"
     t0=$(date +%s)
     for attempt in 1 2; do
+        left=$(budget_left)
+        [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
         KDBT_SMP="$smp" KDBT_MEM="$mem" KDBT_APPEND="$append" KDBT_QUIET=1 KDBT_CPU="${cpu:-${KDBT_CPU:-}}" \
             "$here/vm.sh" test "$log" "$limit"
         rc=$?
@@ -126,8 +127,6 @@ for pass in $passes; do
             ! grep -aq '^TAP version' "$log" || break
         echo "# retry - $name: native int3 oops while booting, before kdbt was loaded ($(grep -a -m1 'RIP:' "$log" | tr -s ' '))"
         cp "$log" "$log.flake"
-        left=$(budget_left)
-        [ "$limit" -gt $(( left - 60 )) ] && limit=$(( left > 120 ? left - 60 : 60 ))
     done
     took=$(( $(date +%s) - t0 ))
     echo "== vm pass: $name took $took s (timeout $limit s)"

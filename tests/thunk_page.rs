@@ -346,8 +346,8 @@ fn emitted_code_branches_indirectly_only_to_the_exit_thunk() {
 }
 
 /// The selector and mask the exit thunk uses give the CPU id on a real kernel: `lsl`
-/// works at CPL 3 too (the vDSO's `getcpu`), so this process pinned to each CPU in turn
-/// reads that CPU's id.
+/// works at CPL 3 too (the vDSO's `getcpu`), so `cpunode_cpu`, the check `install` makes,
+/// run by this process pinned to each CPU in turn reads that CPU's id.
 #[test]
 fn cpunode_selector_names_the_running_cpu() {
     // SAFETY: plain libc calls on this thread's own affinity.
@@ -374,13 +374,7 @@ fn cpunode_selector_names_the_running_cpu() {
                 0
             );
         }
-        let limit: u32;
-        // SAFETY: `lsl` only reads the descriptor table.
-        unsafe {
-            std::arch::asm!("lsl {l:e}, {s:e}", s = in(reg) u32::from(thunk_page::CPUNODE_SELECTOR),
-                l = lateout(reg) limit, options(nostack))
-        };
-        assert_eq!((limit & thunk_page::CPUNODE_CPU_MASK) as usize, cpu);
+        assert_eq!(thunk_page::cpunode_cpu(), Some(cpu as u32));
     }
     // SAFETY: gives this thread its affinity back.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&allowed), &allowed) };

@@ -425,18 +425,14 @@ unsafe extern "C" fn cpu_online_cb(id: u32) -> i32 {
     let Some(mut session) = SESSION.lock().take() else { return 0 };
     let built = build_cpu(&mut session, id);
     *SESSION.lock() = Some(session);
-    if let Err(e) = built {
-        pr_warn!("cpu {} came online but stays native: {:?}\n", id, e);
-        return 0;
-    }
-    let installed = {
+    let installed = built.and_then(|()| {
         let _irq = IrqGuard::new();
         // SAFETY: this is CPU `id`, interrupts are off, and its state was just published.
-        unsafe { cpu::get(id) }.map(CpuState::install)
-    };
-    if let Some(Err(e)) = installed {
+        unsafe { cpu::get(id) }.map_or(Err(ENODEV), CpuState::install)
+    });
+    if let Err(e) = installed {
         pr_warn!("cpu {} came online but stays native: {:?}\n", id, e);
-        // Never installed: no entry path can be using it.
+        // Never installed (if published at all): no entry path can be using it.
         drop(cpu::take(id));
     }
     0

@@ -252,7 +252,7 @@ impl CpuState {
     /// Puts this CPU under translation. Runs on the CPU itself, interrupts off.
     /// `EINVAL` (nothing changed) if the exit thunk would not find this CPU's id.
     pub(crate) fn install(&mut self) -> Result {
-        if idt::cpunode_cpu().map(|c| c as usize) != Some(self.id) {
+        if crate::thunk_page::cpunode_cpu().map(|c| c as usize) != Some(self.id) {
             pr_err!("cpu {}: its CPUNODE segment does not name it\n", self.id);
             return Err(EINVAL);
         }

@@ -276,6 +276,19 @@ fn in_entry_stub(cpu: &CpuState, off: usize) -> Option<(u64, StubUndo)> {
     }
 }
 
+/// Takes back the guest's rflags and rax from where a stub or the exit thunk,
+/// interrupted at the point `undo` describes, saved them on the stack.
+fn restore_saved(undo: StubUndo, regs: &mut EntryFrame, hw: &mut HwFrame) -> Option<()> {
+    let word = |i: u64| read_u64(hw.rsp + 8 * i);
+    if let Some(i) = undo.rflags {
+        hw.rflags = word(i)?;
+    }
+    if let Some(i) = undo.rax {
+        regs.rax = word(i)?;
+    }
+    Some(())
+}
+
 /// Turns an interrupted code-cache state in `regs` + hardware frame `hw` into
 /// the precise guest state. Returns whether anything was rewritten.
 fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFrame) -> bool {
@@ -306,14 +319,8 @@ fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFra
         // An IST event inside a vector stub or the syscall stub: the native
         // state is the kernel's entry point with the stub's pushes undone and
         // the rflags and rax it had saved.
-        let word = |i: u64| read_u64(hw.rsp + 8 * i);
-        if let Some(i) = undo.rflags {
-            let Some(flags) = word(i) else { return false };
-            hw.rflags = flags;
-        }
-        if let Some(i) = undo.rax {
-            let Some(rax) = word(i) else { return false };
-            regs.rax = rax;
+        if restore_saved(undo, regs, hw).is_none() {
+            return false;
         }
         (pc, undo.pushed * 8)
     } else if matches!(off as usize, thunks::RESUME | thunks::RESUME_IRETQ) {
@@ -329,17 +336,11 @@ fn rewrite_interrupted(cpu: &mut CpuState, regs: &mut EntryFrame, hw: &mut HwFra
     } else if let Some(undo) = exit_undo(off as usize) {
         // Inside the exit thunk: the exit frame is on the stack, below it the
         // words the thunk pushed (the guest's rflags and rax, the CPU id).
-        let word = |i: u64| read_u64(hw.rsp + 8 * i);
-        let base = undo.pushed;
-        let (Some(id), Some(aux)) = (word(base), word(base + 1)) else { return false };
+        let frame = hw.rsp + 8 * undo.pushed;
+        let (Some(id), Some(aux)) = (read_u64(frame), read_u64(frame + 8)) else { return false };
         let Some(pc) = exit_guest_pc(cpu, id, aux) else { return false };
-        if let Some(i) = undo.rflags {
-            let Some(flags) = word(i) else { return false };
-            hw.rflags = flags;
-        }
-        if let Some(i) = undo.rax {
-            let Some(rax) = word(i) else { return false };
-            regs.rax = rax;
+        if restore_saved(undo, regs, hw).is_none() {
+            return false;
         }
         bump(&stats.rollbacks);
         (pc, undo.pushed * 8 + kdbt_engine::FRAME_SIZE)

@@ -91,19 +91,6 @@ pub(crate) fn has_error_code(vector: usize) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
-/// The CPU id in this CPU's CPUNODE segment limit, as the exit thunk reads
-/// it (`thunk_page::exit_thunk`); `None` if `lsl` refuses the selector.
-pub(crate) fn cpunode_cpu() -> Option<u32> {
-    let (limit, valid): (u32, u8);
-    // SAFETY: `lsl` only reads the descriptor table; an unusable selector
-    // clears ZF and changes nothing.
-    unsafe {
-        asm!("lsl {l:e}, {s:e}", "setz {v}", s = in(reg) u32::from(crate::thunk_page::CPUNODE_SELECTOR),
-             l = lateout(reg) limit, v = out(reg_byte) valid, options(nostack))
-    };
-    (valid != 0).then_some(limit & crate::thunk_page::CPUNODE_CPU_MASK)
-}
-
 /// Reads an MSR.
 pub(crate) fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);

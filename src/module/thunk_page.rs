@@ -163,6 +163,26 @@ pub(crate) const CPUNODE_SELECTOR: u16 = 15 * 8 + 3;
 /// `VDSO_CPUNODE_MASK`: the CPU id's bits of that limit.
 pub(crate) const CPUNODE_CPU_MASK: u32 = 0xfff;
 
+/// The CPU id in the running CPU's CPUNODE segment limit, read as the exit
+/// thunk reads it (`lsl` works at any privilege level, as for the vDSO);
+/// `None` if `lsl` refuses the selector.
+pub(crate) fn cpunode_cpu() -> Option<u32> {
+    let (limit, valid): (u32, u8);
+    // SAFETY: `lsl` only reads the descriptor table; an unusable selector
+    // clears ZF and changes nothing.
+    unsafe {
+        core::arch::asm!(
+            "lsl {l:e}, {s:e}",
+            "setz {v}",
+            s = in(reg) u32::from(CPUNODE_SELECTOR),
+            l = lateout(reg) limit,
+            v = out(reg_byte) valid,
+            options(nostack)
+        )
+    };
+    (valid != 0).then_some(limit & CPUNODE_CPU_MASK)
+}
+
 /// The undo of an event at page offset `off` inside the exit thunk: the words
 /// it pushed above the exit frame and where it saved the guest's rflags and
 /// rax meanwhile; `None` outside it or between instructions.
